@@ -1,0 +1,35 @@
+"""Classifier-free guidance as a denoiser wrapper (Ho & Salimans 2022, Eq. 6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from samplers.core import Denoiser
+
+__all__ = ["ClassifierFreeGuidance"]
+
+
+class ClassifierFreeGuidance:
+    """``eps = eps(x, t, null) + scale * (eps(x, t, cond) - eps(x, t, null))``.
+
+    Conditional and unconditional rows go through the wrapped denoiser as one batch of ``2B``
+    (conditional first), so an early-exit executor decides per row for each half. ``scale = 1``
+    is plain conditional sampling; ``null_cond`` is the label of the null class.
+    """
+
+    def __init__(self, denoiser: Denoiser, scale: float, null_cond: int | Tensor) -> None:
+        if not scale >= 0:
+            raise ValueError(f"guidance scale must be >= 0, got {scale!r}")
+        self.denoiser = denoiser
+        self.scale = float(scale)
+        self.null_cond = null_cond
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        if cond is None:
+            raise ValueError("classifier-free guidance needs a condition (class labels)")
+        null = torch.as_tensor(self.null_cond, device=cond.device, dtype=cond.dtype)
+        null = null.expand_as(cond) if null.ndim == 0 else null
+        eps = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))
+        eps_c, eps_u = eps.chunk(2)
+        return eps_u + self.scale * (eps_c - eps_u)
