@@ -7,8 +7,8 @@ sigma_n^2 I)`` with ``alpha_n = sqrt(alpha_bar[n])`` and ``sigma_n = sqrt(1 - al
 The continuous view follows DPM-Solver's ``NoiseScheduleVP('discrete')`` (Lu et al. 2022,
 App. D): continuous time ``t_n = (n + 1) / T`` in ``(0, 1]`` and ``log alpha(t)`` piecewise-linear
 between the grid points, so solvers can evaluate any ``t`` and invert the half-log-SNR
-``lambda = log(alpha / sigma)``. Model time (what the denoiser receives) is the discrete index ``n = t * T - 1``, a float
-that is fractional between grid points.
+``lambda = log(alpha / sigma)``. Model time (what the denoiser receives) is the discrete index
+``n = t * T - 1``, a float that is fractional between grid points.
 """
 
 from __future__ import annotations
