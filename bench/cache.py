@@ -1,0 +1,147 @@
+"""A content-addressed artifact cache: tensors + JSON metadata in safetensors files.
+
+An artifact's key is a hash of the frozen config that made it (plus its kind and
+:data:`CACHE_VERSION`). Files are written to a temporary name, fsynced and renamed, so an
+interrupted run never leaves a file that later loads as complete; every file carries a SHA-256 of
+its tensor bytes, so a corrupt file is detected on load and rebuilt. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+__all__ = [
+    "CACHE_VERSION",
+    "DEFAULT_CACHE_DIR",
+    "ArtifactCache",
+    "CorruptArtifact",
+    "atomic_write_bytes",
+    "config_hash",
+]
+
+log = logging.getLogger(__name__)
+
+# Bump when a change makes old artifacts wrong (training semantics, file layout).
+CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache"
+
+
+class CorruptArtifact(RuntimeError):
+    pass
+
+
+def _canonical(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"__type__": type(obj).__name__, **_canonical(dataclasses.asdict(obj))}
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def config_hash(config: Any, kind: str = "") -> str:
+    """A short, stable hash of a (dataclass) config, its kind and the cache version."""
+    blob = json.dumps(
+        {"kind": kind, "version": CACHE_VERSION, "config": _canonical(config)}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are ordinary shared files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class ArtifactCache:
+    """Artifacts under ``root/<kind>/<key>.safetensors``."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else DEFAULT_CACHE_DIR
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / f"{key}.safetensors"
+
+    def save(self, kind: str, key: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        header = {"meta": json.dumps(meta, sort_keys=True), "sha256": _digest(tensors)}
+        path = self.path(kind, key)
+        atomic_write_bytes(path, st_save(tensors, metadata=header))
+        return path
+
+    def load(self, kind: str, key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+        """The artifact, or None if absent. A corrupt file is deleted (and None returned)."""
+        path = self.path(kind, key)
+        if not path.exists():
+            return None
+        try:
+            return self._read(path)
+        except CorruptArtifact as e:
+            log.warning("cache file %s is corrupt (%s); rebuilding it", path, e)
+            path.unlink(missing_ok=True)
+            return None
+
+    @staticmethod
+    def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        data = path.read_bytes()
+        try:
+            tensors = st_load(data)
+            n = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + n])["__metadata__"]
+            meta = json.loads(header["meta"])
+        except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CorruptArtifact(f"unreadable: {e}") from e
+        if _digest(tensors) != header.get("sha256"):
+            raise CorruptArtifact("checksum mismatch")
+        return tensors, meta
+
+    def get_or_build(
+        self,
+        kind: str,
+        key: str,
+        build: Callable[[], tuple[dict[str, Tensor], dict[str, Any]]],
+    ) -> tuple[dict[str, Tensor], dict[str, Any], bool]:
+        """Load the artifact or build and save it. Returns (tensors, meta, was_cached)."""
+        hit = self.load(kind, key)
+        if hit is not None:
+            return hit[0], hit[1], True
+        tensors, meta = build()
+        self.save(kind, key, tensors, meta)
+        return tensors, meta, False

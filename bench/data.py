@@ -1,0 +1,162 @@
+"""Datasets, all scaled to [-1, 1] and returned as ``(images, labels)`` tensors or a map dataset.
+
+The embedded default is scikit-learn's bundled digits (1,797 real 8x8 grey images; no download),
+split once into train / held-out with a fixed seed. CIFAR-10 and CelebA-64 load through
+torchvision from a local root; they download only when the caller asks (``download=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "dataset_info", "load_dataset"]
+
+SPLITS = ("train", "heldout")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be loaded (missing root, wrong split...). One line, no traceback."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    img_size: int
+    channels: int
+    num_classes: int
+    needs_root: bool
+
+
+class TensorImages(Dataset):
+    """Images already in memory: ``images`` (N, C, H, W) in [-1, 1], ``labels`` (N,) long."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
+
+
+def _digits(root: Path | None, split: str, download: bool, seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(d.images.astype(np.float32) / 16.0 * 2.0 - 1.0)[:, None]  # (N,1,8,8)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_held = len(labels) // 5  # 20% held out: 359 images
+    idx = perm[n_held:] if split == "train" else perm[:n_held]
+    return TensorImages(images[idx].contiguous(), labels[idx].contiguous())
+
+
+def _torchvision_error(name: str, root: Path | None, folder: str) -> DatasetError:
+    where = f"under {root}" if root is not None else "(no --data-root given)"
+    return DatasetError(
+        f"{name} not found {where}: point --data-root at the folder that holds {folder!r}, "
+        "or add --download when online"
+    )
+
+
+def _cifar10(root: Path | None, split: str, download: bool, seed: int) -> Dataset:
+    import torchvision
+
+    if root is None:
+        raise _torchvision_error("CIFAR-10", root, "cifar-10-batches-py")
+    try:
+        ds = torchvision.datasets.CIFAR10(str(root), train=split == "train", download=download)
+    except (RuntimeError, OSError) as e:
+        raise _torchvision_error("CIFAR-10", root, "cifar-10-batches-py") from e
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N,3,32,32)
+    return TensorImages(images.contiguous(), torch.tensor(ds.targets, dtype=torch.long))
+
+
+class _CelebA64(Dataset):
+    """CelebA aligned faces, centre-cropped to 140 and resized to 64 (U-ViT's preprocessing)."""
+
+    def __init__(self, base: Dataset) -> None:
+        import torchvision.transforms.v2 as T
+
+        self.base = base
+        self.tf = T.Compose(
+            [
+                T.PILToTensor(),
+                T.CenterCrop(140),
+                T.Resize(64, antialias=True),
+                T.ToDtype(torch.float32, scale=True),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        img, _ = self.base[i]
+        return self.tf(img) * 2.0 - 1.0, torch.tensor(0)
+
+
+def _celeba(root: Path | None, split: str, download: bool, seed: int) -> Dataset:
+    import torchvision
+
+    if root is None:
+        raise _torchvision_error("CelebA", root, "celeba")
+    try:
+        base = torchvision.datasets.CelebA(
+            str(root), split="train" if split == "train" else "test", download=download
+        )
+    except (RuntimeError, OSError) as e:
+        raise _torchvision_error("CelebA", root, "celeba") from e
+    return _CelebA64(base)
+
+
+_Loader = Callable[[Path | None, str, bool, int], Dataset]
+
+DATASETS: dict[str, tuple[DatasetInfo, _Loader]] = {
+    "digits": (DatasetInfo("digits", 8, 1, 10, needs_root=False), _digits),
+    "cifar10": (DatasetInfo("cifar10", 32, 3, 10, needs_root=True), _cifar10),
+    "celeba64": (DatasetInfo("celeba64", 64, 3, 0, needs_root=True), _celeba),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
+    return DATASETS[name][0]
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | Path | None = None,
+    download: bool = False,
+    seed: int = 0,
+) -> Dataset:
+    """Load ``split`` ('train' or 'heldout') of the named dataset; images in [-1, 1].
+
+    Raises :class:`DatasetError` (a ``ValueError``) naming the valid choices or the missing root.
+    """
+    dataset_info(name)
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    root_path = Path(root).expanduser() if root is not None else None
+    if root_path is not None and not download and not root_path.is_dir():
+        raise DatasetError(f"--data-root {root_path} is not a directory")
+    return DATASETS[name][1](root_path, split, download, seed)
+
+
+def as_tensors(ds: Dataset, limit: int | None = None) -> tuple[Tensor, Tensor]:
+    """All (or the first ``limit``) images and labels of a dataset as two tensors."""
+    if isinstance(ds, TensorImages):
+        return ds.images[:limit], ds.labels[:limit]
+    n = len(ds) if limit is None else min(limit, len(ds))
+    items = [ds[i] for i in range(n)]
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])

@@ -1,0 +1,293 @@
+"""Train a U-ViT denoiser, cached by a hash of its config.
+
+``python -m bench.train`` trains the CPU default on the bundled digits (a second call with the
+same options is a cache hit and only loads). Training: AdamW, linear learning-rate warm-up, EMA
+with a warm-up of its decay, eps-prediction (Ho et al. 2020), a tqdm bar with the loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from adaptive.recipes import RECIPES, get_recipe
+from bench.cache import ArtifactCache, config_hash
+from bench.data import DATASETS, DatasetError, TensorImages, dataset_info, load_dataset
+from models import MODELS, UViT, make_model
+from samplers import SCHEDULES, VPSchedule, make_schedule
+
+__all__ = ["TrainConfig", "TrainedModel", "build_model", "load_or_train", "main", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained checkpoint (its cache key is a hash of this)."""
+
+    dataset: str = "digits"
+    model: str = "tiny"
+    schedule: str = "cosine"
+    T: int = 1000
+    recipe: str = "full"
+    class_cond: bool = False
+    p_uncond: float = 0.1  # label dropout for classifier-free guidance
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # cosine decay to this after warm-up
+    weight_decay: float = 0.03
+    warmup: int = 200
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {"dataset": DATASETS, "model": MODELS, "schedule": SCHEDULES, "recipe": RECIPES}
+        for name, registry in choices.items():
+            value = getattr(self, name)
+            if value not in registry:
+                raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(registry)}")
+        for name in ("steps", "batch_size", "T"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    @property
+    def key(self) -> str:
+        return config_hash(self, kind="checkpoint")
+
+    def make_schedule(self) -> VPSchedule:
+        return make_schedule(self.schedule, self.T)
+
+
+@dataclass
+class TrainedModel:
+    model: UViT  # the EMA weights, in eval mode
+    config: TrainConfig
+    meta: dict[str, Any]
+    cached: bool
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+    @property
+    def schedule(self) -> VPSchedule:
+        return self.config.make_schedule()
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto'; a clear error if CUDA is asked for but absent."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device; use cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(
+            f"unknown device {device!r}; valid choices: cpu, cuda, cuda:N, auto"
+        ) from e
+
+
+def build_model(cfg: TrainConfig) -> UViT:
+    info = dataset_info(cfg.dataset)
+    return make_model(
+        cfg.model, info.img_size, info.channels, info.num_classes if cfg.class_cond else 0
+    )
+
+
+def _batches(ds, batch_size: int, gen: torch.Generator):
+    """Endless shuffled batches; in-memory datasets are indexed directly (no collation cost)."""
+    if isinstance(ds, TensorImages):
+        n = len(ds)
+        while True:
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+                idx = perm[i : i + batch_size]
+                yield ds.images[idx], ds.labels[idx]
+    else:
+        loader = DataLoader(ds, batch_size, shuffle=True, drop_last=True, generator=gen)
+        while True:
+            yield from loader
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
+    # Warm-up of the decay: early on the EMA follows the weights closely, so it is not dominated
+    # by the random initialisation (a fixed 0.999 keeps 10% of it after 2,300 steps).
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm, 1 - d)
+
+
+def train(
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    data_root: str | Path | None = None,
+    progress: bool = True,
+    init: dict[str, Tensor] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Train from scratch (or from ``init`` weights) and return (tensors to cache, metadata)."""
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ds = load_dataset(cfg.dataset, "train", root=data_root)
+    info = dataset_info(cfg.dataset)
+    model = build_model(cfg).to(device)
+    if init is not None:
+        model.load_state_dict(init)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    schedule = cfg.make_schedule()
+    ab = schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
+    recipe = get_recipe(cfg.recipe)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches = _batches(ds, cfg.batch_size, gen)
+    bar = tqdm(range(cfg.steps), desc=f"train {cfg.key[:8]}", disable=not progress, mininterval=1)
+    loss_ema, t0 = None, time.perf_counter()
+    model.train()
+    for step in bar:
+        x0, y = next(batches)
+        x0, y = x0.to(device), y.to(device)
+        t = torch.randint(0, cfg.T, (x0.shape[0],), generator=gen).to(device)
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        a = ab[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        cond = None
+        if cfg.class_cond:
+            drop = torch.rand(y.shape, generator=gen).to(device) < cfg.p_uncond
+            cond = torch.where(drop, torch.full_like(y, info.num_classes), y)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(cfg, step)
+        loss, logs = recipe(model, x_t, t.float(), cond, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        _ema_update(ema, model, step, cfg.ema_decay)
+        loss_ema = logs["loss"] if loss_ema is None else 0.98 * loss_ema + 0.02 * logs["loss"]
+        if not math.isfinite(logs["loss"]):
+            raise FloatingPointError(f"training diverged at step {step} (loss {logs['loss']})")
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{loss_ema:.4f}")
+    seconds = time.perf_counter() - t0
+    meta = {
+        "config": dataclasses.asdict(cfg),
+        "train_seconds": seconds,
+        "seconds_per_step": seconds / cfg.steps,
+        "final_loss": loss_ema,
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    tensors = {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    return tensors, meta
+
+
+def load_or_train(
+    cfg: TrainConfig,
+    cache: ArtifactCache | None = None,
+    device: torch.device | str = "cpu",
+    data_root: str | Path | None = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """The trained checkpoint for ``cfg``: loaded from the cache, or trained and cached."""
+    cache = cache or ArtifactCache()
+    tensors, meta, cached = cache.get_or_build(
+        "checkpoint", cfg.key, lambda: train(cfg, device, data_root, progress)
+    )
+    model = build_model(cfg)
+    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    return TrainedModel(model.to(device).eval(), cfg, meta, cached)
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m bench.train",
+        description="Train (or load from the cache) a U-ViT denoiser. The checkpoint is keyed by "
+        "a hash of every option below, so the same command twice trains once.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", default=d.dataset, choices=list(DATASETS))
+    p.add_argument("--model", default=d.model, choices=list(MODELS), help="size by name")
+    p.add_argument("--schedule", default=d.schedule, choices=list(SCHEDULES))
+    p.add_argument("--recipe", default=d.recipe, choices=list(RECIPES), help="training loss")
+    p.add_argument("--class-cond", action="store_true", help="class token + null class for CFG")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
+    p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = _parser()
+    a = p.parse_args(argv)
+    try:
+        cfg = TrainConfig(
+            dataset=a.dataset,
+            model=a.model,
+            schedule=a.schedule,
+            recipe=a.recipe,
+            class_cond=a.class_cond,
+            steps=a.steps,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            ema_decay=a.ema_decay,
+            seed=a.seed,
+        )
+        device = resolve_device(a.device)
+        trained = load_or_train(
+            cfg, ArtifactCache(a.cache_dir), device, a.data_root, not a.no_progress
+        )
+    except DatasetError as e:
+        p.error(str(e))
+    except ValueError as e:
+        p.error(str(e))
+    m = trained.meta
+    state = "cache hit" if trained.cached else "trained"
+    print(
+        f"{state}: checkpoint {cfg.key} ({m['params']:,} params, {m['train_seconds']:.0f} s, "
+        f"{m['seconds_per_step']:.3f} s/step, final loss {m['final_loss']:.4f})"
+    )
+    print(ArtifactCache(a.cache_dir).path("checkpoint", cfg.key))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""U-ViT (Bao et al. 2023, "All are Worth Words: A ViT Backbone for Diffusion Models") with a
+layer-wise interface for early exiting.
+
+Tokens are ``[time, (class), patch_1 .. patch_L]``. ``depth`` counts every block: ``depth // 2``
+in-blocks push their output on a skip stack, one mid block, and ``depth // 2`` out-blocks pop a
+skip each and fuse it with ``Linear(concat(h, skip))`` (U-ViT's long skips). One shared output
+head reads eps out of any block's hidden state: LayerNorm -> Linear -> unpatchify -> 3x3 conv.
+
+The layer-wise interface is what the early-exit executor drives::
+
+    state = model.embed(x, t, cond)          # tokens, empty skip stack, time embedding
+    for i in range(model.depth):
+        model.run_block(i, state)            # may stop after any block
+    eps = model.readout(state.h)
+
+``forward`` is exactly that loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MODELS", "UViT", "UViTConfig", "UViTState", "make_model", "timestep_embedding"]
+
+
+@dataclass(frozen=True)
+class UViTConfig:
+    img_size: int = 8
+    in_chans: int = 1
+    patch_size: int = 1
+    embed_dim: int = 96
+    depth: int = 9
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 0  # > 0 adds a class token; label ``num_classes`` is the null class (CFG)
+    qkv_bias: bool = False
+    mlp_time_embed: bool = True
+    conv_out: bool = True
+
+    def __post_init__(self) -> None:
+        if self.depth < 1 or self.depth % 2 == 0:
+            raise ValueError(
+                f"depth counts in + mid + out blocks and must be odd, got {self.depth}"
+            )
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {self.img_size} is not a multiple of patch {self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by {self.num_heads} heads"
+            )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def extras(self) -> int:
+        return 1 + (self.num_classes > 0)
+
+
+# Sizes by name. Geometry (img_size, in_chans, num_classes) comes from the dataset.
+MODELS: dict[str, dict[str, Any]] = {
+    # CPU default for 8x8 digits: ~1.2M parameters, 16 patch tokens.
+    "tiny": dict(patch_size=2, embed_dim=96, depth=9, num_heads=4),
+    # Smaller still, for tests and smoke runs.
+    "micro": dict(patch_size=2, embed_dim=32, depth=5, num_heads=2),
+    # The paper's sizes (U-ViT Table 1; DeeDiff Sec. 5.1).
+    "uvit-s2": dict(patch_size=2, embed_dim=512, depth=13, num_heads=8, mlp_time_embed=False),
+    "uvit-s4": dict(patch_size=4, embed_dim=512, depth=13, num_heads=8, mlp_time_embed=False),
+    "uvit-l2": dict(patch_size=2, embed_dim=1024, depth=21, num_heads=16, mlp_time_embed=False),
+}
+
+
+def make_model(name: str, img_size: int, in_chans: int, num_classes: int = 0, **overrides) -> UViT:
+    """Build the registered size ``name`` for images of ``in_chans x img_size x img_size``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
+    cfg = UViTConfig(img_size=img_size, in_chans=in_chans, num_classes=num_classes, **MODELS[name])
+    return UViT(replace(cfg, **overrides))
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (fractional) timesteps (Vaswani et al. 2017). (B,) -> (B, dim)"""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        # head_dim is derived from qkv so that pruned heads (fewer rows) still reshape right.
+        inner = self.qkv.out_features // 3
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, inner // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
+        return self.proj(out.transpose(1, 2).reshape(B, N, inner))  # (B, N, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: UViTConfig, skip: bool) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, N, D)
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+@dataclass
+class UViTState:
+    """What runs between blocks: hidden tokens, the skip stack, and the time embedding.
+
+    Every tensor is batch-first, so the executor compacts a state by indexing rows.
+    """
+
+    h: Tensor  # (B, N, D)
+    temb: Tensor  # (B, D)
+    skips: list[Tensor] = field(default_factory=list)  # each (B, N, D)
+
+    def select(self, idx: Tensor) -> UViTState:
+        return UViTState(self.h[idx], self.temb[idx], [s[idx] for s in self.skips])
+
+
+class UViT(nn.Module):
+    def __init__(self, cfg: UViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, p, C = cfg.embed_dim, cfg.patch_size, cfg.in_chans
+        self.patch_embed = nn.Conv2d(C, D, kernel_size=p, stride=p)
+        self.time_embed = (
+            nn.Sequential(nn.Linear(D, 4 * D), nn.SiLU(), nn.Linear(4 * D, D))
+            if cfg.mlp_time_embed
+            else nn.Identity()
+        )
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, D) if cfg.num_classes > 0 else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.extras + cfg.num_patches, D))
+        half = cfg.depth // 2
+        self.in_blocks = nn.ModuleList(Block(cfg, skip=False) for _ in range(half))
+        self.mid_block = Block(cfg, skip=False)
+        self.out_blocks = nn.ModuleList(Block(cfg, skip=True) for _ in range(half))
+        self.norm = nn.LayerNorm(D)
+        self.decoder_pred = nn.Linear(D, p * p * C)
+        self.final_layer = nn.Conv2d(C, C, 3, padding=1) if cfg.conv_out else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def depth(self) -> int:
+        return self.cfg.depth
+
+    @property
+    def blocks(self) -> list[Block]:
+        """All blocks in execution order (in-blocks, mid, out-blocks)."""
+        return [*self.in_blocks, self.mid_block, *self.out_blocks]
+
+    def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> UViTState:
+        """Patchify and prepend the time (and class) tokens. x (B, C, H, W), t (B,) -> state."""
+        if self.label_emb is not None and cond is None:
+            raise ValueError("this model is class-conditional: pass cond (labels; null class = K)")
+        h = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, L, D)
+        temb = self.time_embed(timestep_embedding(t, self.cfg.embed_dim))  # (B, D)
+        tokens = [temb[:, None]]  # (B, 1, D)
+        if self.label_emb is not None:
+            tokens.append(self.label_emb(cond.long())[:, None])  # (B, 1, D)
+        h = torch.cat([*tokens, h], dim=1) + self.pos_embed  # (B, extras + L, D)
+        return UViTState(h=h, temb=temb)
+
+    def run_block(self, i: int, state: UViTState) -> UViTState:
+        """Run block ``i`` (0-based, execution order) in place on ``state`` and return it."""
+        half = self.cfg.depth // 2
+        if i < half:
+            state.h = self.in_blocks[i](state.h)
+            state.skips.append(state.h)
+        elif i == half:
+            state.h = self.mid_block(state.h)
+        elif i < self.cfg.depth:
+            state.h = self.out_blocks[i - half - 1](state.h, state.skips.pop())
+        else:
+            raise ValueError(f"block index {i} out of range [0, {self.cfg.depth})")
+        return state
+
+    def readout(self, h: Tensor) -> Tensor:
+        """The shared output head: eps from any block's hidden state. (B, N, D) -> (B, C, H, W)"""
+        cfg = self.cfg
+        x = self.decoder_pred(self.norm(h))[:, cfg.extras :]  # (B, L, p*p*C)
+        g, p, C = cfg.img_size // cfg.patch_size, cfg.patch_size, cfg.in_chans
+        x = x.reshape(-1, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
+        x = x.reshape(-1, C, g * p, g * p)  # (B, C, H, W)
+        return self.final_layer(x)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        state = self.embed(x, t, cond)  # h: (B, N, D)
+        for i in range(self.depth):
+            self.run_block(i, state)  # h: (B, N, D)
+        return self.readout(state.h)  # (B, C, H, W)
+
+    def forward_all(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> list[Tensor]:
+        """Readouts after every block (for layer-wise training losses): depth x (B, C, H, W)."""
+        state = self.embed(x, t, cond)
+        outs = []
+        for i in range(self.depth):
+            outs.append(self.readout(self.run_block(i, state).h))
+        return outs

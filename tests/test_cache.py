@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import torch
+
+from bench.cache import config_hash
+from bench.train import TrainConfig
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a, b = TrainConfig(), TrainConfig()
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(TrainConfig(seed=1))
+    assert config_hash(a, "x") != config_hash(a, "y")
+
+
+def test_roundtrip_and_hit(cache):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"w": torch.arange(6.0).view(2, 3)}, {"note": "hi"}
+
+    t1, _m1, hit1 = cache.get_or_build("thing", "k", build)
+    t2, m2, hit2 = cache.get_or_build("thing", "k", build)
+    assert (hit1, hit2) == (False, True) and len(calls) == 1
+    assert torch.equal(t1["w"], t2["w"]) and m2 == {"note": "hi"}
+    # Nothing but the artifact itself is left behind (no temp files).
+    assert [p.name for p in cache.path("thing", "k").parent.iterdir()] == ["k.safetensors"]
+
+
+def test_truncated_file_is_detected_and_rebuilt(cache):
+    cache.save("thing", "k", {"w": torch.ones(100)}, {})
+    path = cache.path("thing", "k")
+    path.write_bytes(path.read_bytes()[:-37])
+    assert cache.load("thing", "k") is None
+    assert not path.exists()
+    _, _, hit = cache.get_or_build("thing", "k", lambda: ({"w": torch.zeros(1)}, {}))
+    assert hit is False and path.exists()
+
+
+def test_flipped_bit_is_detected(cache):
+    cache.save("thing", "k", {"w": torch.ones(100)}, {})
+    path = cache.path("thing", "k")
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert cache.load("thing", "k") is None
+
+
+def test_garbage_file_is_detected(cache):
+    path = cache.path("thing", "k")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a safetensors file")
+    assert cache.load("thing", "k") is None
