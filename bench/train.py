@@ -54,6 +54,11 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
+    # Exit recipes fine-tune the `full` checkpoint (same fields, recipe="full") for this many steps.
+    finetune_steps: int = 1000
+    finetune_lr: float = 3e-4
+    lambda_u: float = 1.0  # DeeDiff's weights (official code: 1 and 1)
+    lambda_ual: float = 1.0
 
     def __post_init__(self) -> None:
         choices = {"dataset": DATASETS, "model": MODELS, "schedule": SCHEDULES, "recipe": RECIPES}
@@ -61,7 +66,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in registry:
                 raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(registry)}")
-        for name in ("steps", "batch_size", "T"):
+        for name in ("steps", "batch_size", "T", "finetune_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
@@ -75,8 +80,24 @@ class TrainConfig:
     def key(self) -> str:
         return config_hash(self, kind="checkpoint")
 
+    @property
+    def base(self) -> TrainConfig | None:
+        """The `full` checkpoint an exit recipe fine-tunes from (None for `full` itself)."""
+        if not get_recipe(self.recipe).finetune:
+            return None
+        return dataclasses.replace(self, recipe="full", **_FINETUNE_ONLY)
+
+    def normalised(self) -> TrainConfig:
+        """Fields that cannot matter are reset, so equal models hash equal."""
+        if get_recipe(self.recipe).finetune:
+            return self
+        return dataclasses.replace(self, **_FINETUNE_ONLY)
+
     def make_schedule(self) -> VPSchedule:
         return make_schedule(self.schedule, self.T)
+
+
+_FINETUNE_ONLY = dict(finetune_steps=1000, finetune_lr=3e-4, lambda_u=1.0, lambda_ual=1.0)
 
 
 @dataclass
@@ -112,7 +133,11 @@ def resolve_device(device: str) -> torch.device:
 def build_model(cfg: TrainConfig) -> UViT:
     info = dataset_info(cfg.dataset)
     return make_model(
-        cfg.model, info.img_size, info.channels, info.num_classes if cfg.class_cond else 0
+        cfg.model,
+        info.img_size,
+        info.channels,
+        info.num_classes if cfg.class_cond else 0,
+        exit_heads=get_recipe(cfg.recipe).heads,
     )
 
 
@@ -131,11 +156,12 @@ def _batches(ds, batch_size: int, gen: torch.Generator):
             yield from loader
 
 
-def _lr_at(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+def _lr_at(step: int, steps: int, lr: float, min_lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * frac))
 
 
 @torch.no_grad()
@@ -154,7 +180,8 @@ def train(
     progress: bool = True,
     init: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Train from scratch (or from ``init`` weights) and return (tensors to cache, metadata)."""
+    """Train from scratch, or fine-tune ``init`` weights (exit recipes), and return
+    (tensors to cache, metadata). Heads absent from ``init`` start fresh."""
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -162,14 +189,25 @@ def train(
     info = dataset_info(cfg.dataset)
     model = build_model(cfg).to(device)
     if init is not None:
-        model.load_state_dict(init)
+        missing, unexpected = model.load_state_dict(init, strict=False)
+        if unexpected or any(not k.startswith(("uem.", "lte.")) for k in missing):
+            raise ValueError(f"init weights do not fit: missing {missing}, unexpected {unexpected}")
     ema = copy.deepcopy(model).requires_grad_(False)
     schedule = cfg.make_schedule()
     ab = schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
     recipe = get_recipe(cfg.recipe)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = (
+        {"lambda_u": cfg.lambda_u, "lambda_ual": cfg.lambda_ual} if cfg.recipe == "uem" else {}
+    )
+    if init is None:
+        steps, lr, min_lr, warmup = cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup
+    else:
+        steps, lr, warmup = cfg.finetune_steps, cfg.finetune_lr, min(cfg.warmup, 100)
+        min_lr = min(cfg.min_lr, lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     batches = _batches(ds, cfg.batch_size, gen)
-    bar = tqdm(range(cfg.steps), desc=f"train {cfg.key[:8]}", disable=not progress, mininterval=1)
+    desc = f"{'fine-tune' if init is not None else 'train'} {cfg.recipe} {cfg.key[:8]}"
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1)
     loss_ema, t0 = None, time.perf_counter()
     model.train()
     for step in bar:
@@ -184,8 +222,8 @@ def train(
             drop = torch.rand(y.shape, generator=gen).to(device) < cfg.p_uncond
             cond = torch.where(drop, torch.full_like(y, info.num_classes), y)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(cfg, step)
-        loss, logs = recipe(model, x_t, t.float(), cond, eps)
+            g["lr"] = _lr_at(step, steps, lr, min_lr, warmup)
+        loss, logs = recipe.loss(model, x_t, t.float(), cond, eps, step, **weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -200,7 +238,9 @@ def train(
     meta = {
         "config": dataclasses.asdict(cfg),
         "train_seconds": seconds,
-        "seconds_per_step": seconds / cfg.steps,
+        "seconds_per_step": seconds / steps,
+        "steps": steps,
+        "base": cfg.base.key if cfg.base is not None else None,
         "final_loss": loss_ema,
         "params": sum(p.numel() for p in model.parameters()),
         "device": str(device),
@@ -219,11 +259,22 @@ def load_or_train(
     data_root: str | Path | None = None,
     progress: bool = True,
 ) -> TrainedModel:
-    """The trained checkpoint for ``cfg``: loaded from the cache, or trained and cached."""
+    """The trained checkpoint for ``cfg``: loaded from the cache, or trained and cached.
+
+    An exit recipe first loads (or trains) its `full` base checkpoint and fine-tunes its EMA
+    weights.
+    """
     cache = cache or ArtifactCache()
-    tensors, meta, cached = cache.get_or_build(
-        "checkpoint", cfg.key, lambda: train(cfg, device, data_root, progress)
-    )
+    cfg = cfg.normalised()
+
+    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        init = None
+        if cfg.base is not None:
+            base = load_or_train(cfg.base, cache, device, data_root, progress)
+            init = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
+        return train(cfg, device, data_root, progress, init=init)
+
+    tensors, meta, cached = cache.get_or_build("checkpoint", cfg.key, build)
     model = build_model(cfg)
     model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     return TrainedModel(model.to(device).eval(), cfg, meta, cached)
@@ -247,6 +298,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=d.finetune_steps,
+        help="steps an exit recipe fine-tunes the cached `full` checkpoint",
+    )
+    p.add_argument("--lambda-u", type=float, default=d.lambda_u, help="uem: weight of L_u")
+    p.add_argument("--lambda-ual", type=float, default=d.lambda_ual, help="uem: weight of L_UAL")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
@@ -270,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             lr=a.lr,
             ema_decay=a.ema_decay,
             seed=a.seed,
+            finetune_steps=a.finetune_steps,
+            lambda_u=a.lambda_u,
+            lambda_ual=a.lambda_ual,
         )
         device = resolve_device(a.device)
         trained = load_or_train(
@@ -282,10 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     m = trained.meta
     state = "cache hit" if trained.cached else "trained"
     print(
-        f"{state}: checkpoint {cfg.key} ({m['params']:,} params, {m['train_seconds']:.0f} s, "
+        f"{state}: checkpoint {trained.key} ({m['params']:,} params, {m['train_seconds']:.0f} s, "
         f"{m['seconds_per_step']:.3f} s/step, final loss {m['final_loss']:.4f})"
     )
-    print(ArtifactCache(a.cache_dir).path("checkpoint", cfg.key))
+    print(ArtifactCache(a.cache_dir).path("checkpoint", trained.key))
     return 0
 
 

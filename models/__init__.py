@@ -1,5 +1,21 @@
 """Denoiser backbones with a layer-wise interface (see :mod:`models.uvit`)."""
 
-from models.uvit import MODELS, UViT, UViTConfig, UViTState, make_model, timestep_embedding
+from models.uvit import (
+    EXIT_HEADS,
+    MODELS,
+    UViT,
+    UViTConfig,
+    UViTState,
+    make_model,
+    timestep_embedding,
+)
 
-__all__ = ["MODELS", "UViT", "UViTConfig", "UViTState", "make_model", "timestep_embedding"]
+__all__ = [
+    "EXIT_HEADS",
+    "MODELS",
+    "UViT",
+    "UViTConfig",
+    "UViTState",
+    "make_model",
+    "timestep_embedding",
+]

@@ -26,7 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "UViT", "UViTConfig", "UViTState", "make_model", "timestep_embedding"]
+__all__ = [
+    "EXIT_HEADS",
+    "MODELS",
+    "UViT",
+    "UViTConfig",
+    "UViTState",
+    "make_model",
+    "timestep_embedding",
+]
 
 
 @dataclass(frozen=True)
@@ -42,8 +50,13 @@ class UViTConfig:
     qkv_bias: bool = False
     mlp_time_embed: bool = True
     conv_out: bool = True
+    exit_heads: str = "none"  # learned exit parts: "uem" (one UEM per block) or "lte" (BERxiT)
 
     def __post_init__(self) -> None:
+        if self.exit_heads not in EXIT_HEADS:
+            raise ValueError(
+                f"unknown exit_heads {self.exit_heads!r}; valid choices: {', '.join(EXIT_HEADS)}"
+            )
         if self.depth < 1 or self.depth % 2 == 0:
             raise ValueError(
                 f"depth counts in + mid + out blocks and must be odd, got {self.depth}"
@@ -65,6 +78,8 @@ class UViTConfig:
     def extras(self) -> int:
         return 1 + (self.num_classes > 0)
 
+
+EXIT_HEADS = ("none", "uem", "lte")
 
 # Sizes by name. Geometry (img_size, in_chans, num_classes) comes from the dataset.
 MODELS: dict[str, dict[str, Any]] = {
@@ -167,6 +182,13 @@ class UViT(nn.Module):
         self.norm = nn.LayerNorm(D)
         self.decoder_pred = nn.Linear(D, p * p * C)
         self.final_layer = nn.Conv2d(C, C, 3, padding=1) if cfg.conv_out else nn.Identity()
+        # DeeDiff's UEMs (one per block, on [patch token, time embedding]) or BERxiT's shared LTE.
+        self.uem = (
+            nn.ModuleList(nn.Linear(2 * D, p * p * C) for _ in range(cfg.depth))
+            if cfg.exit_heads == "uem"
+            else None
+        )
+        self.lte = nn.Linear(D, 1) if cfg.exit_heads == "lte" else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -215,14 +237,37 @@ class UViT(nn.Module):
             raise ValueError(f"block index {i} out of range [0, {self.cfg.depth})")
         return state
 
-    def readout(self, h: Tensor) -> Tensor:
-        """The shared output head: eps from any block's hidden state. (B, N, D) -> (B, C, H, W)"""
+    def _unpatchify(self, x: Tensor) -> Tensor:
+        """(B, L, p*p*C) -> (B, C, H, W)"""
         cfg = self.cfg
-        x = self.decoder_pred(self.norm(h))[:, cfg.extras :]  # (B, L, p*p*C)
         g, p, C = cfg.img_size // cfg.patch_size, cfg.patch_size, cfg.in_chans
         x = x.reshape(-1, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
-        x = x.reshape(-1, C, g * p, g * p)  # (B, C, H, W)
-        return self.final_layer(x)
+        return x.reshape(-1, C, g * p, g * p)  # (B, C, H, W)
+
+    def readout(self, h: Tensor) -> Tensor:
+        """The shared output head: eps from any block's hidden state. (B, N, D) -> (B, C, H, W)"""
+        x = self.decoder_pred(self.norm(h))[:, self.cfg.extras :]  # (B, L, p*p*C)
+        return self.final_layer(self._unpatchify(x))  # (B, C, H, W)
+
+    def uncertainty(self, i: int, state: UViTState) -> Tensor:
+        """DeeDiff's UEM after block ``i``: a per-pixel uncertainty map in (0, 1), (B, C, H, W).
+
+        A linear layer + sigmoid per patch token on the *detached* hidden state, made
+        timestep-aware by concatenating the (detached) time embedding (DeeDiff Sec. 4.1).
+        """
+        if self.uem is None:
+            raise ValueError("this model has no UEM heads (train it with --recipe uem)")
+        patches = state.h[:, self.cfg.extras :].detach()  # (B, L, D)
+        temb = state.temb.detach()[:, None].expand_as(patches)  # (B, L, D)
+        u = self.uem[i](torch.cat([patches, temb], dim=-1))  # (B, L, p*p*C)
+        return torch.sigmoid(self._unpatchify(u))  # (B, C, H, W)
+
+    def lte_score(self, state: UViTState) -> Tensor:
+        """BERxiT's learning-to-exit module: one shared linear + sigmoid on the mean-pooled,
+        detached hidden state; predicts the readout's error. (B,)"""
+        if self.lte is None:
+            raise ValueError("this model has no LTE head (train it with --recipe berxit)")
+        return torch.sigmoid(self.lte(state.h.detach().mean(dim=1))).squeeze(-1)  # (B,)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         state = self.embed(x, t, cond)  # h: (B, N, D)

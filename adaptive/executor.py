@@ -1,0 +1,213 @@
+"""The early-exit executor: a denoiser ``(x, t, cond) -> eps`` that runs a layer-wise backbone
+block by block, exits samples as the policy decides, and compacts the still-running rows.
+
+After every block (but the last) the policy returns a mask of exiting rows; their eps is read
+out and written into the output, and the hidden state, skip stack, timesteps, conditioning and
+the policy's per-row memory are index-selected down to the rows still running, so the next
+block's cost falls with the exit rate (DESIGN.md: the official AdaDiff code exits on a batch
+mean and so never turns saved FLOPs into batched wall-clock).
+
+Accounting: the FLOPs of each component (embedding, block i, readout, UEM i, LTE) are measured
+once per row with :func:`adaptive.flops.flop_counter` (all are linear in the row count), and the
+executor adds ``cost x rows`` for what it actually ran, exit-head overhead included. A test
+cross-checks the sum against a FlopCounterMode run of the whole executor. The trace records, for
+every sample and call, the exit block, the timestep and the policy's score.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adaptive.flops import count_flops
+from adaptive.policies import ExitPolicy
+from models import UViT, UViTState
+
+__all__ = ["CostModel", "EarlyExitDenoiser", "ExitContext", "ExitTrace"]
+
+
+class CostModel:
+    """FLOPs per row of each component of a layer-wise model, measured on one row."""
+
+    def __init__(self, model: UViT, T: int) -> None:
+        cfg = model.cfg
+        dev = next(model.parameters()).device
+        x = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
+        t = torch.full((1,), T / 2, device=dev)
+        cond = torch.zeros(1, dtype=torch.long, device=dev) if cfg.num_classes else None
+        with torch.inference_mode():
+            self.embed, state = count_flops(model.embed, x, t, cond)
+            self.blocks = []
+            for i in range(model.depth):
+                f, state = count_flops(model.run_block, i, state)
+                self.blocks.append(f)
+            self.readout, _ = count_flops(model.readout, state.h)
+            self.uem = (
+                [count_flops(model.uncertainty, i, state)[0] for i in range(model.depth)]
+                if model.uem is not None
+                else [0] * model.depth
+            )
+            self.lte = count_flops(model.lte_score, state)[0] if model.lte is not None else 0
+
+    @property
+    def full(self) -> int:
+        """One row through the whole network, no exit heads."""
+        return self.embed + sum(self.blocks) + self.readout
+
+
+@dataclass
+class ExitContext:
+    """What a policy sees after block ``layer`` for the ``b`` rows still running."""
+
+    model: UViT
+    layer: int
+    state: UViTState
+    t: Tensor  # (b,) model time
+    T: int
+    memory: dict[str, Tensor]
+    costs: CostModel
+    flops: list[float]  # running total, a 1-element box shared with the executor
+    _readout: Tensor | None = None
+
+    def readout(self) -> Tensor:
+        """eps read out at this block for every running row (computed once, FLOPs counted)."""
+        if self._readout is None:
+            self._readout = self.model.readout(self.state.h)
+            self.flops[0] += self.costs.readout * self.t.shape[0]
+        return self._readout
+
+    def uncertainty(self) -> Tensor:
+        """DeeDiff UEM map (b, C, H, W) at this block (FLOPs counted)."""
+        self.flops[0] += self.costs.uem[self.layer] * self.t.shape[0]
+        return self.model.uncertainty(self.layer, self.state)
+
+    def lte(self) -> Tensor:
+        """BERxiT LTE score (b,) at this block (FLOPs counted)."""
+        self.flops[0] += self.costs.lte * self.t.shape[0]
+        return self.model.lte_score(self.state)
+
+
+@dataclass
+class ExitTrace:
+    """Per call: timesteps, exit blocks (0-based) and scores of every sample, and FLOPs."""
+
+    t: list[Tensor] = field(default_factory=list)
+    exit_block: list[Tensor] = field(default_factory=list)
+    score: list[Tensor] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Flat arrays over all (call, sample) pairs: call, t, exit_block, score."""
+        if not self.t:
+            return {k: np.zeros(0) for k in ("call", "t", "exit_block", "score")}
+        calls = [torch.full_like(b, i) for i, b in enumerate(self.exit_block)]
+        return {
+            "call": torch.cat(calls).numpy(),
+            "t": torch.cat(self.t).numpy(),
+            "exit_block": torch.cat(self.exit_block).numpy(),
+            "score": torch.cat(self.score).numpy(),
+        }
+
+
+class EarlyExitDenoiser:
+    """Wraps a layer-wise model and an :class:`ExitPolicy` into a denoiser with exits.
+
+    ``T`` is the schedule's number of training steps (time-dependent policies use it).
+    """
+
+    def __init__(self, model: UViT, policy: ExitPolicy, T: int) -> None:
+        if policy.heads != "none" and model.cfg.exit_heads != policy.heads:
+            raise ValueError(
+                f"policy {policy.name!r} needs a model trained with its heads "
+                f"({policy.heads!r}); this model has {model.cfg.exit_heads!r}"
+            )
+        if getattr(policy, "integer_knob", False) and policy.knob >= model.depth:
+            raise ValueError(f"{policy.name}: block must be in [0, {model.depth - 1}]")
+        self.model = model
+        self.policy = policy
+        self.T = T
+        self.costs = CostModel(model, T)
+        self.reset()
+
+    def reset(self) -> None:
+        self.trace = ExitTrace()
+        self.executed_flops = 0.0
+        self.rows = 0  # (sample, call) pairs processed
+
+    # ----- results -----
+    @property
+    def flop_ratio(self) -> float:
+        """Executed FLOPs / FLOPs of this never-exiting model over the same calls."""
+        return self.executed_flops / max(1, self.rows * self.costs.full)
+
+    def flop_ratio_vs(self, reference_flops_per_row: float) -> float:
+        """Executed FLOPs relative to another model's full forward (e.g. the unpruned one)."""
+        return self.executed_flops / max(1.0, self.rows * reference_flops_per_row)
+
+    @property
+    def layer_ratio(self) -> float:
+        """Mean executed blocks / total blocks over every (sample, call)."""
+        if not self.trace.exit_block:
+            return float("nan")
+        blocks = torch.cat(self.trace.exit_block).double() + 1
+        return float(blocks.mean() / self.model.depth)
+
+    # ----- the denoiser -----
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        model, depth = self.model, self.model.depth
+        B = x.shape[0]
+        out = torch.empty_like(x)
+        exit_block = torch.full((B,), depth - 1, dtype=torch.long, device=x.device)
+        score = torch.full((B,), float("nan"), device=x.device)
+        flops = [float(self.costs.embed * B)]
+        state = model.embed(x, t, cond)
+        rows = torch.arange(B, device=x.device)
+        t_run, memory = t, {}
+        ctx = ExitContext(model, -1, state, t_run, self.T, memory, self.costs, flops)
+        self.policy.begin(ctx)
+        for i in range(depth):
+            model.run_block(i, state)
+            flops[0] += self.costs.blocks[i] * rows.shape[0]
+            if i == depth - 1:
+                out[rows] = model.readout(state.h)
+                flops[0] += self.costs.readout * rows.shape[0]
+                break
+            ctx = ExitContext(model, i, state, t_run, self.T, memory, self.costs, flops)
+            mask, s = self.policy.decide(ctx)
+            if not bool(mask.any()):  # the one host sync per block that compaction needs
+                continue
+            done = rows[mask]
+            if ctx._readout is not None:
+                out[done] = ctx._readout[mask]
+            else:
+                out[done] = model.readout(state.h[mask])
+                flops[0] += self.costs.readout * done.shape[0]
+            exit_block[done] = i
+            score[done] = s[mask].float()
+            keep = (~mask).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            state = state.select(keep)
+            rows, t_run = rows[keep], t_run[keep]
+            memory = {k: v[keep] for k, v in memory.items()}
+        self.executed_flops += flops[0]
+        self.rows += B
+        self.trace.t.append(t.detach().float().cpu())
+        self.trace.exit_block.append(exit_block.cpu())
+        self.trace.score.append(score.cpu())
+        self.trace.flops.append(flops[0])
+        return out
+
+    def with_policy(self, policy: ExitPolicy) -> EarlyExitDenoiser:
+        """A fresh executor for the same model (reusing the measured costs)."""
+        other = copy.copy(self)
+        other.policy = policy
+        other.reset()
+        return other

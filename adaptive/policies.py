@@ -1,0 +1,244 @@
+"""Exit policies: after each block, which of the running samples exit now.
+
+A policy sees an :class:`ExitContext` (the block just run, the running rows' hidden state and
+timesteps, lazy access to their readout / UEM / LTE outputs) and returns a boolean mask of the
+rows that exit plus a per-row score for the trace. Per-row memory (PABEE's counter, CALM's
+previous hidden state) lives in ``ctx.memory`` as batch-first tensors, which the executor compacts
+together with the rows.
+
+Every policy has one *knob* (its ``knob_name``) with a valid range and a direction, so the
+calibrator can bisect it to a target FLOP ratio. Register new policies in :data:`POLICIES`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from adaptive.executor import ExitContext
+
+__all__ = ["POLICIES", "ExitPolicy", "make_policy"]
+
+
+class ExitPolicy(ABC):
+    name: ClassVar[str]
+    knob_name: ClassVar[str | None] = None
+    knob_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    knob_default: ClassVar[float | None] = None
+    # +1: a larger knob runs more blocks (more FLOPs); -1: fewer.
+    knob_direction: ClassVar[int] = 1
+    integer_knob: ClassVar[bool] = False
+    heads: ClassVar[str] = "none"  # learned exit parts the model must carry
+
+    def __init__(self, knob: float | None = None) -> None:
+        if self.knob_name is None:
+            if knob is not None:
+                raise ValueError(f"policy {self.name!r} has no knob, got {knob!r}")
+            self.knob = None
+            return
+        knob = self.knob_default if knob is None else knob
+        lo, hi = self.knob_range
+        if not (isinstance(knob, (int, float)) and lo <= knob <= hi):
+            raise ValueError(f"{self.name}: {self.knob_name} must be in [{lo}, {hi}], got {knob!r}")
+        if self.integer_knob and knob != int(knob):
+            raise ValueError(f"{self.name}: {self.knob_name} must be an integer, got {knob!r}")
+        self.knob = int(knob) if self.integer_knob else float(knob)
+
+    def __repr__(self) -> str:
+        knob = "" if self.knob_name is None else f"{self.knob_name}={self.knob:g}"
+        return f"{type(self).__name__}({knob})"
+
+    def begin(self, ctx: ExitContext) -> None:  # noqa: B027  (optional hook)
+        """Called once per denoiser call after embedding (ctx.layer == -1)."""
+
+    @abstractmethod
+    def decide(self, ctx: ExitContext) -> tuple[Tensor, Tensor]:
+        """(exit mask (b,) bool, score (b,) float) for the running rows after ``ctx.layer``."""
+
+
+def _no_exit(ctx: ExitContext) -> tuple[Tensor, Tensor]:
+    b = ctx.state.h.shape[0]
+    dev = ctx.state.h.device
+    return torch.zeros(b, dtype=torch.bool, device=dev), torch.full((b,), math.nan, device=dev)
+
+
+class Full(ExitPolicy):
+    """Never exits: the reference computation."""
+
+    name = "full"
+
+    def decide(self, ctx):
+        return _no_exit(ctx)
+
+
+class Static(ExitPolicy):
+    """Every sample exits after block ``block`` (0-based)."""
+
+    name = "static"
+    knob_name = "block"
+    knob_range = (0, 64)
+    knob_default = 4
+    integer_knob = True
+
+    def decide(self, ctx):
+        mask, score = _no_exit(ctx)
+        return mask | (ctx.layer >= self.knob), score
+
+
+class TimeSchedule(ExitPolicy):
+    """ASE-style time-dependent static exit (Moon et al. 2023): the number of blocks is a fixed
+    function of t, full depth at t = 0 falling linearly to ``(1 - drop) * depth`` at t = T - 1.
+    """
+
+    name = "ase"
+    knob_name = "drop"
+    knob_default = 0.5
+    knob_direction = -1
+
+    def exit_block(self, t: Tensor, depth: int, T: int) -> Tensor:
+        used = torch.ceil(depth * (1 - self.knob * t.float() / (T - 1)))
+        return used.clamp(min=1).long() - 1
+
+    def decide(self, ctx):
+        eb = self.exit_block(ctx.t, ctx.model.depth, ctx.T)
+        return ctx.layer >= eb, eb.float()
+
+
+class CALM(ExitPolicy):
+    """CALM hidden-state saturation (Schuster et al. 2022, Sec. 3.2): exit when the cosine
+    similarity of consecutive hidden states (all tokens, per sample) exceeds ``lambda``."""
+
+    name = "calm"
+    knob_name = "lambda"
+    knob_default = 0.99
+    knob_range = (-1.0, 1.0)
+
+    def begin(self, ctx):
+        ctx.memory["prev"] = ctx.state.h.flatten(1)
+
+    def decide(self, ctx):
+        h = ctx.state.h.flatten(1)
+        sim = F.cosine_similarity(h, ctx.memory["prev"], dim=1)
+        ctx.memory["prev"] = h
+        return sim > self.knob, sim
+
+
+class PABEE(ExitPolicy):
+    """PABEE patience (Zhou et al. 2020, Sec. 3.2), adapted to a regression output: a layer
+    "agrees" when its readout changed by less than ``delta`` (mean |eps_i - eps_{i-1}|);
+    exit after ``patience`` consecutive agreeing layers. Needs every layer's readout."""
+
+    name = "pabee"
+    knob_name = "delta"
+    knob_default = 0.05
+    knob_range = (0.0, 4.0)
+    knob_direction = -1
+
+    def __init__(self, knob: float | None = None, patience: int = 2) -> None:
+        super().__init__(knob)
+        if patience < 1:
+            raise ValueError(f"pabee: patience must be >= 1, got {patience}")
+        self.patience = patience
+
+    def __repr__(self) -> str:
+        return f"PABEE(delta={self.knob:g}, patience={self.patience})"
+
+    def decide(self, ctx):
+        eps = ctx.readout()
+        b = eps.shape[0]
+        if "prev" not in ctx.memory:
+            ctx.memory["count"] = torch.zeros(b, dtype=torch.long, device=eps.device)
+            change = torch.full((b,), math.inf, device=eps.device)
+        else:
+            change = (eps - ctx.memory["prev"]).abs().flatten(1).mean(1)
+        ctx.memory["prev"] = eps
+        agree = change < self.knob
+        ctx.memory["count"] = torch.where(agree, ctx.memory["count"] + 1, 0)
+        return ctx.memory["count"] >= self.patience, change
+
+
+class BERxiT(ExitPolicy):
+    """BERxiT learning-to-exit (Xin et al. 2021): exit when the shared LTE's predicted error of
+    the current readout is below ``tau``."""
+
+    name = "berxit"
+    knob_name = "tau"
+    knob_default = 0.2
+    knob_direction = -1
+    heads = "lte"
+
+    def decide(self, ctx):
+        score = ctx.lte()
+        return score < self.knob, score
+
+
+class UEM(ExitPolicy):
+    """DeeDiff / AdaDiff (arXiv 2309.17074, Sec. 4.1): exit when the sample's mean UEM
+    uncertainty is below ``tau``. Decided per sample (the official code averages over the batch).
+    The paper's thresholds on certainty 1 - u (CIFAR-10 0.92) correspond to ``tau = 0.08``."""
+
+    name = "uem"
+    knob_name = "tau"
+    knob_default = 0.08
+    knob_direction = -1
+    heads = "uem"
+
+    def decide(self, ctx):
+        score = ctx.uncertainty().flatten(1).mean(1)
+        return score < self.knob, score
+
+
+class DuoDiff(ExitPolicy):
+    """DuoDiff (Fernandez et al. 2024): a shallow exit at block ``shallow`` for the noisy steps
+    ``t >= switch * (T - 1)``, the full network below the switch."""
+
+    name = "duodiff"
+    knob_name = "switch"
+    knob_default = 0.5
+
+    def __init__(self, knob: float | None = None, shallow: int = 2) -> None:
+        super().__init__(knob)
+        if shallow < 0:
+            raise ValueError(f"duodiff: shallow block must be >= 0, got {shallow}")
+        self.shallow = shallow
+
+    def __repr__(self) -> str:
+        return f"DuoDiff(switch={self.knob:g}, shallow={self.shallow})"
+
+    def decide(self, ctx):
+        noisy = ctx.t >= self.knob * (ctx.T - 1)
+        return noisy & (ctx.layer >= self.shallow), noisy.float()
+
+
+POLICIES: dict[str, type[ExitPolicy]] = {
+    cls.name: cls for cls in (Full, Static, TimeSchedule, CALM, PABEE, BERxiT, UEM, DuoDiff)
+}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy by name, its knob and extra options: hashable, for configs and the grid."""
+
+    name: str = "full"
+    knob: float | None = None
+    options: tuple[tuple[str, float], ...] = field(default=())
+
+    def build(self) -> ExitPolicy:
+        return make_policy(self.name, self.knob, **dict(self.options))
+
+
+def make_policy(name: str, knob: float | None = None, **options) -> ExitPolicy:
+    """Build the registered policy ``name`` (see :data:`POLICIES`) with its knob."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown exit policy {name!r}; valid choices: {', '.join(POLICIES)}")
+    try:
+        return POLICIES[name](knob, **options)
+    except TypeError as e:
+        raise ValueError(f"bad options for policy {name!r}: {e}") from e
