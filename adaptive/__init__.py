@@ -1,5 +1,21 @@
-"""Adaptive computation: training recipes, exit policies and the early-exit executor."""
+"""Adaptive computation: training recipes, exit policies, the batch-compacting early-exit
+executor, FLOP accounting and knob calibration."""
 
-from adaptive.recipes import RECIPES, get_recipe
+from adaptive.calibrate import Calibration, calibrate
+from adaptive.executor import EarlyExitDenoiser, ExitContext, ExitTrace
+from adaptive.policies import POLICIES, ExitPolicy, make_policy
+from adaptive.recipes import RECIPES, Recipe, get_recipe
 
-__all__ = ["RECIPES", "get_recipe"]
+__all__ = [
+    "POLICIES",
+    "RECIPES",
+    "Calibration",
+    "EarlyExitDenoiser",
+    "ExitContext",
+    "ExitPolicy",
+    "ExitTrace",
+    "Recipe",
+    "calibrate",
+    "get_recipe",
+    "make_policy",
+]

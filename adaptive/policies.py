@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -220,18 +219,6 @@ class DuoDiff(ExitPolicy):
 POLICIES: dict[str, type[ExitPolicy]] = {
     cls.name: cls for cls in (Full, Static, TimeSchedule, CALM, PABEE, BERxiT, UEM, DuoDiff)
 }
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """A policy by name, its knob and extra options: hashable, for configs and the grid."""
-
-    name: str = "full"
-    knob: float | None = None
-    options: tuple[tuple[str, float], ...] = field(default=())
-
-    def build(self) -> ExitPolicy:
-        return make_policy(self.name, self.knob, **dict(self.options))
 
 
 def make_policy(name: str, knob: float | None = None, **options) -> ExitPolicy:

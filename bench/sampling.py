@@ -13,7 +13,17 @@ import samplers
 from bench.cache import atomic_write_bytes
 from samplers import Denoiser, VPSchedule
 
-__all__ = ["generate", "save_grid"]
+__all__ = ["IMAGE_SAMPLER_DEFAULTS", "generate", "save_grid"]
+
+# For image data in [-1, 1] the x0 estimate is clipped to that range (Ho et al. 2020's
+# `clip_denoised`), which matters at the first steps where alpha_t is tiny. DPM-Solver's
+# noise-prediction form has no x0 step to clip.
+IMAGE_SAMPLER_DEFAULTS: dict[str, dict] = {
+    "ddpm": {"clip_denoised": 1.0},
+    "ddim": {"clip_denoised": 1.0},
+    "dpm-solver": {},
+    "dpm-solver++": {"clip_denoised": 1.0},
+}
 
 
 @torch.inference_mode()
@@ -35,9 +45,11 @@ def generate(
     """``n`` samples of ``shape`` (C, H, W); returns (images on the CPU, NFE per batch).
 
     Noise for sample ``j`` depends only on ``seed`` and ``j // batch_size``, so runs with the
-    same seed and batch size are reproducible.
+    same seed and batch size are reproducible. ``sampler_kw`` overrides
+    :data:`IMAGE_SAMPLER_DEFAULTS`.
     """
     fn = samplers.get_sampler(sampler)
+    sampler_kw = {**IMAGE_SAMPLER_DEFAULTS.get(sampler, {}), **sampler_kw}
     out, nfe = [], 0
     starts = range(0, n, batch_size)
     for b, start in enumerate(tqdm(starts, desc=f"{sampler}-{steps}", disable=not progress)):

@@ -85,9 +85,15 @@ def test_policies_that_must_exit_do(name, knob, heads, opts, expected):
 
 @pytest.mark.parametrize(
     ("name", "knob", "heads"),
-    [("uem", 0.0, "uem"), ("berxit", 0.0, "lte"), ("calm", 1.0, "none"), ("pabee", 0.0, "none"),
-     ("ase", 0.0, "none"), ("duodiff", 1.0, "none")],
-)  # fmt: skip
+    [
+        ("uem", 0.0, "uem"),
+        ("berxit", 0.0, "lte"),
+        ("calm", 1.0, "none"),
+        ("pabee", 0.0, "none"),
+        ("ase", 0.0, "none"),
+        ("duodiff", 1.0, "none"),
+    ],
+)
 def test_policies_at_their_never_exit_knob_run_full_depth(name, knob, heads):
     model = _model(heads)
     x, t = _inputs()
@@ -110,10 +116,18 @@ def test_ase_runs_more_blocks_near_t0():
 
 @pytest.mark.parametrize(
     ("name", "knob", "heads"),
-    [("full", None, "none"), ("static", 3, "none"), ("uem", 0.5, "uem"), ("berxit", 0.5, "lte"),
-     ("calm", 0.9, "none"), ("pabee", 0.3, "none"), ("ase", 0.6, "none"),
-     ("duodiff", 0.4, "none"), ("byrow", None, "none")],
-)  # fmt: skip
+    [
+        ("full", None, "none"),
+        ("static", 3, "none"),
+        ("uem", 0.5, "uem"),
+        ("berxit", 0.5, "lte"),
+        ("calm", 0.9, "none"),
+        ("pabee", 0.3, "none"),
+        ("ase", 0.6, "none"),
+        ("duodiff", 0.4, "none"),
+        ("byrow", None, "none"),
+    ],
+)
 def test_flop_accounting_matches_flop_counter(name, knob, heads):
     model = _model(heads)
     x, t = _inputs(b=8)
@@ -166,3 +180,28 @@ def test_bad_policy_arguments(call, match):
 
 def test_registry_has_every_policy():
     assert set(POLICIES) == {"full", "static", "ase", "calm", "pabee", "berxit", "uem", "duodiff"}
+
+
+@pytest.mark.parametrize(("name", "heads"), [("uem", "uem"), ("ase", "none"), ("static", "none")])
+def test_calibration_hits_target_flop_ratio(name, heads):
+    from adaptive.calibrate import calibrate
+
+    model = _model(heads)
+    schedule = samplers.make_schedule("linear")
+    cal = calibrate(model, schedule, name, 0.6, steps=4, n=8)
+    assert cal.knob is not None and len(cal.history) >= 3
+    # The reported ratio is the closest one measured, and it is what a rerun gives.
+    assert abs(cal.achieved - 0.6) == min(abs(r - 0.6) for _, r in cal.history)
+    from adaptive.calibrate import measure
+
+    again = measure(model, schedule, name, cal.knob, steps=4, n=8)
+    assert again.flop_ratio == pytest.approx(cal.achieved)
+    if name == "ase":  # a continuous knob on a smooth schedule: bisection gets close
+        assert abs(cal.achieved - 0.6) < 0.05
+
+
+def test_calibration_rejects_bad_target():
+    from adaptive.calibrate import calibrate
+
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        calibrate(_model(), samplers.make_schedule("linear"), "ase", 1.5)

@@ -74,8 +74,20 @@ def test_cli_bad_arguments_exit_2_with_one_line(args, match, tmp_path, capsys):
 
 
 def test_cli_trains_then_hits_cache(tmp_path):
-    cmd = [sys.executable, "-m", "bench.train", "--model", "micro", "--steps", "3",
-           "--batch-size", "8", "--cache-dir", str(tmp_path), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.train",
+        "--model",
+        "micro",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--cache-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True)
     second = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert first.stdout.startswith("trained") and second.stdout.startswith("cache hit")

@@ -1,0 +1,144 @@
+"""Calibrate an exit policy's knob to a target FLOP ratio.
+
+Peers report one threshold per dataset; comparing policies fairly needs them at *equal* cost.
+Given a target ratio (executed FLOPs / full-model FLOPs over a sampling run), the knob is found by
+bisection on a small calibration batch, using the knob's declared range and direction; integer
+knobs are searched exhaustively. The achieved ratio is reported, since exits are discrete and a
+target may fall between two achievable ratios.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+import samplers
+from adaptive.executor import EarlyExitDenoiser
+from adaptive.policies import POLICIES, make_policy
+from models import UViT
+from samplers import VPSchedule
+
+__all__ = ["Calibration", "calibrate", "measure"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Calibration:
+    policy: str
+    target: float
+    knob: float | None
+    achieved: float
+    layer_ratio: float
+    history: list[tuple[float, float]] = field(default_factory=list)  # (knob, flop ratio)
+
+
+@torch.inference_mode()
+def measure(
+    model: UViT,
+    schedule: VPSchedule,
+    policy_name: str,
+    knob: float | None,
+    *,
+    sampler: str = "ddim",
+    steps: int = 20,
+    n: int = 64,
+    seed: int = 1234,
+    options: dict | None = None,
+    cond: torch.Tensor | None = None,
+) -> EarlyExitDenoiser:
+    """Run one sampling pass with the policy; the returned executor holds its ratios."""
+    ex = EarlyExitDenoiser(model, make_policy(policy_name, knob, **(options or {})), schedule.T)
+    cfg = model.cfg
+    shape = (n, cfg.in_chans, cfg.img_size, cfg.img_size)
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    samplers.sample(sampler, ex, schedule, shape, steps, generator=gen, cond=cond)
+    return ex
+
+
+def calibrate(
+    model: UViT,
+    schedule: VPSchedule,
+    policy_name: str,
+    target: float,
+    *,
+    sampler: str = "ddim",
+    steps: int = 20,
+    n: int = 64,
+    iters: int = 14,
+    tol: float = 0.005,
+    seed: int = 1234,
+    options: dict | None = None,
+) -> Calibration:
+    """Find the knob whose FLOP ratio on a calibration batch is closest to ``target``.
+
+    The calibration batch uses a seed distinct from evaluation seeds by default.
+    """
+    if policy_name not in POLICIES:
+        raise ValueError(
+            f"unknown exit policy {policy_name!r}; valid choices: {', '.join(POLICIES)}"
+        )
+    if not 0 < target <= 1.0:
+        raise ValueError(f"target FLOP ratio must be in (0, 1], got {target}")
+    cls = POLICIES[policy_name]
+    if cls.knob_name is None:
+        ex = measure(
+            model,
+            schedule,
+            policy_name,
+            None,
+            sampler=sampler,
+            steps=steps,
+            n=n,
+            seed=seed,
+            options=options,
+        )
+        return Calibration(policy_name, target, None, ex.flop_ratio, ex.layer_ratio)
+    history: list[tuple[float, float, float]] = []
+
+    def run(knob: float) -> float:
+        ex = measure(
+            model,
+            schedule,
+            policy_name,
+            knob,
+            sampler=sampler,
+            steps=steps,
+            n=n,
+            seed=seed,
+            options=options,
+        )
+        history.append((knob, ex.flop_ratio, ex.layer_ratio))
+        return ex.flop_ratio
+
+    lo, hi = cls.knob_range
+    if cls.integer_knob:
+        for k in range(int(lo), min(int(hi), model.depth - 1) + 1):
+            run(k)
+    else:
+        # f(knob) is monotone with sign knob_direction; keep [a, b] bracketing the target.
+        a, b = float(lo), float(hi)
+        for _ in range(iters):
+            mid = 0.5 * (a + b)
+            r = run(mid)
+            if abs(r - target) <= tol:
+                break
+            if (r < target) == (cls.knob_direction > 0):
+                a = mid
+            else:
+                b = mid
+    knob, achieved, layer_ratio = min(history, key=lambda h: abs(h[1] - target))
+    log.info(
+        "calibrated %s to %.3f: %s=%.4g gives %.3f",
+        policy_name,
+        target,
+        cls.knob_name,
+        knob,
+        achieved,
+    )
+    return Calibration(
+        policy_name, target, knob, achieved, layer_ratio, [(k, r) for k, r, _ in history]
+    )

@@ -1,0 +1,143 @@
+"""Figures for the backbone: training speed, the FID floor, and FID per sampler and step count.
+
+``python -m bench.fig_backbone`` trains (or loads) the default checkpoint, then measures on the
+digits default: seconds per training step, the real-vs-real FID floor (train statistics vs the
+held-out split), the FID of an untrained model, and the trained model's FID/KID for DDIM
+10/20/50/100, DDPM 100 and DPM-Solver++ 10/20 (1,000 samples each, same seed). It writes
+``results/backbone/figures.{md,json}`` and a sample grid PNG, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.cache import ArtifactCache, atomic_write_bytes
+from bench.data import as_tensors, dataset_info, load_dataset
+from bench.metrics import evaluate, features, fid_from_feats, get_extractor, reference_stats
+from bench.sampling import generate, save_grid
+from bench.train import TrainConfig, build_model, load_or_train, resolve_device
+
+DEFAULT_RUNS = [
+    ("ddim", 10),
+    ("ddim", 20),
+    ("ddim", 50),
+    ("ddim", 100),
+    ("ddpm", 100),
+    ("dpm-solver++", 10),
+    ("dpm-solver++", 20),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.fig_backbone",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--samples", type=int, default=1000, help="generated samples per FID")
+    p.add_argument("--steps", type=int, default=TrainConfig().steps, help="training steps")
+    p.add_argument("--out", default="results/backbone", help="output folder")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 sampler runs, 200 samples")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        device = resolve_device(a.device)
+        cfg = TrainConfig(steps=a.steps)
+    except ValueError as e:
+        p.error(str(e))
+    if a.samples < 2:
+        p.error("--samples must be >= 2")
+    runs = DEFAULT_RUNS[:3] if a.quick else DEFAULT_RUNS
+    n = min(a.samples, 200) if a.quick else a.samples
+    cache = ArtifactCache(a.cache_dir)
+    out = Path(a.out)
+
+    trained = load_or_train(cfg, cache, device)
+    ext = get_extractor("cnn", cfg.dataset, cache)
+    info = dataset_info(cfg.dataset)
+    shape = (info.channels, info.img_size, info.img_size)
+    ref = reference_stats(cfg.dataset, ext, "train", cache)
+    held, _ = as_tensors(load_dataset(cfg.dataset, "heldout"))
+    floor = fid_from_feats(features(ext, held), ref.feats)
+
+    torch.manual_seed(cfg.seed)
+    untrained = build_model(cfg).to(device).eval()
+    imgs, _ = generate(untrained, trained.schedule, "ddim", 50, n, shape, device=device)
+    fid_untrained = evaluate(imgs, cfg.dataset, ext, cache)["fid"]
+
+    rows = []
+    for sampler, steps in runs:
+        t0 = time.perf_counter()
+        imgs, nfe = generate(
+            trained.model, trained.schedule, sampler, steps, n, shape, device=device, progress=True
+        )
+        secs = time.perf_counter() - t0
+        res = evaluate(imgs, cfg.dataset, ext, cache)
+        rows.append(
+            {
+                "sampler": sampler,
+                "steps": steps,
+                "nfe": nfe,
+                "fid": res["fid"],
+                "fid_over_floor": res["fid"] / floor,
+                "kid": res["kid"],
+                "seconds": secs,
+            }
+        )
+        if (sampler, steps) == ("ddim", 50):
+            save_grid(imgs[:256], out / "samples_ddim50.png")
+
+    m = trained.meta
+    report = {
+        "checkpoint": trained.key,
+        "config": m["config"],
+        "params": m["params"],
+        "train_seconds": m["train_seconds"],
+        "seconds_per_step": m["seconds_per_step"],
+        "train_device": m["device"],
+        "train_threads": m["threads"],
+        "extractor": ext.name,
+        "extractor_heldout_accuracy": ext.accuracy,
+        "samples": n,
+        "fid_floor_train_vs_heldout": floor,
+        "heldout_images": len(held),
+        "fid_untrained_ddim50": fid_untrained,
+        "runs": rows,
+        "torch": torch.__version__,
+    }
+    lines = [
+        f"# Backbone figures ({cfg.dataset}, model {cfg.model}, checkpoint {trained.key})",
+        "",
+        f"- parameters: {m['params']:,}; training: {cfg.steps} steps x batch {cfg.batch_size}, "
+        f"{m['train_seconds']:.0f} s, **{m['seconds_per_step']:.3f} s/step** "
+        f"({m['device']}, {m['threads']} threads)",
+        f"- feature extractor `{ext.name}`: held-out accuracy {100 * ext.accuracy:.2f}%",
+        f"- FID floor (train stats vs {len(held)} held-out images): **{floor:.3f}**",
+        f"- FID of the untrained model (DDIM 50, {n} samples): {fid_untrained:.1f}",
+        "",
+        f"| sampler | steps | NFE | FID ({n} samples) | FID / floor | KID | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.3f} | "
+            f"{r['fid_over_floor']:.2f} | {r['kid']:.3f} | {r['seconds']:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    atomic_write_bytes(out / "figures.md", text.encode())
+    atomic_write_bytes(out / "figures.json", json.dumps(report, indent=2).encode())
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
