@@ -107,7 +107,7 @@ def uem_loss(
     l_simple = F.mse_loss(eps_i, eps)
     l_u = l_u / model.depth
     loss = l_simple + lambda_u * l_u + lambda_ual * l_ual
-    logs = {"loss": loss.item(), "simple": l_simple.item(), "u": float(l_u), "ual": float(l_ual)}
+    logs = {"loss": loss.item(), "simple": l_simple.item(), "u": l_u.item(), "ual": l_ual.item()}
     return loss, logs
 
 
