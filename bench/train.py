@@ -47,7 +47,7 @@ class TrainConfig:
     p_uncond: float = 0.1  # label dropout for classifier-free guidance
     steps: int = 4000
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr: float = 1e-4  # cosine decay to this after warm-up
     weight_decay: float = 0.03
     warmup: int = 200
