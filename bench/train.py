@@ -179,19 +179,24 @@ def train(
     data_root: str | Path | None = None,
     progress: bool = True,
     init: dict[str, Tensor] | None = None,
+    model: UViT | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Train from scratch, or fine-tune ``init`` weights (exit recipes), and return
-    (tensors to cache, metadata). Heads absent from ``init`` start fresh."""
+    """Train from scratch, or fine-tune (with ``cfg.finetune_steps`` and ``cfg.finetune_lr``)
+    either ``init`` weights (exit recipes; heads absent from ``init`` start fresh) or a given
+    ``model`` (e.g. a pruned one, trained in place). Returns (tensors to cache, metadata)."""
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, "train", root=data_root)
     info = dataset_info(cfg.dataset)
-    model = build_model(cfg).to(device)
-    if init is not None:
-        missing, unexpected = model.load_state_dict(init, strict=False)
-        if unexpected or any(not k.startswith(("uem.", "lte.")) for k in missing):
-            raise ValueError(f"init weights do not fit: missing {missing}, unexpected {unexpected}")
+    finetune = init is not None or model is not None
+    if model is None:
+        model = build_model(cfg)
+        if init is not None:
+            missing, unexpected = model.load_state_dict(init, strict=False)
+            if unexpected or any(not k.startswith(("uem.", "lte.")) for k in missing):
+                raise ValueError(f"init weights do not fit: missing {missing}, extra {unexpected}")
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     schedule = cfg.make_schedule()
     ab = schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
@@ -199,14 +204,14 @@ def train(
     weights = (
         {"lambda_u": cfg.lambda_u, "lambda_ual": cfg.lambda_ual} if cfg.recipe == "uem" else {}
     )
-    if init is None:
+    if not finetune:
         steps, lr, min_lr, warmup = cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup
     else:
         steps, lr, warmup = cfg.finetune_steps, cfg.finetune_lr, min(cfg.warmup, 100)
         min_lr = min(cfg.min_lr, lr)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     batches = _batches(ds, cfg.batch_size, gen)
-    desc = f"{'fine-tune' if init is not None else 'train'} {cfg.recipe} {cfg.key[:8]}"
+    desc = f"{'fine-tune' if finetune else 'train'} {cfg.recipe} {cfg.key[:8]}"
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1)
     loss_ema, t0 = None, time.perf_counter()
     model.train()
