@@ -10,7 +10,6 @@ held-out split), the FID of an untrained model, and the trained model's FID/KID 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from bench.cache import ArtifactCache, atomic_write_bytes
+from bench.cache import ArtifactCache
 from bench.data import as_tensors, dataset_info, load_dataset
+from bench.measure import write_figures
 from bench.metrics import evaluate, features, fid_from_feats, get_extractor, reference_stats
 from bench.sampling import generate, save_grid
 from bench.train import TrainConfig, build_model, load_or_train, resolve_device
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['fid_over_floor']:.2f} | {r['kid']:.3f} | {r['seconds']:.1f} |"
         )
     text = "\n".join(lines) + "\n"
-    atomic_write_bytes(out / "figures.md", text.encode())
-    atomic_write_bytes(out / "figures.json", json.dumps(report, indent=2).encode())
+    write_figures(out, text, report)
     print(text)
     return 0
 

@@ -17,11 +17,8 @@ Results go to ``results/exits/`` (markdown, JSON, PNG), written atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +29,7 @@ from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import POLICIES, make_policy
 from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.data import as_tensors, dataset_info, load_dataset
+from bench.measure import interleaved_medians, write_figures
 from bench.metrics import evaluate, get_extractor
 from bench.sampling import generate
 from bench.train import TrainConfig, load_or_train, resolve_device
@@ -51,32 +49,6 @@ POLICY_RECIPE = {
     "duodiff": "layerwise",
 }
 TARGETS = (0.8, 0.65, 0.5)
-
-
-def _time_call(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-@torch.inference_mode()
-def wallclock(model, executors: dict[str, EarlyExitDenoiser], x, t, repeats: int) -> dict:
-    """Median seconds per call, plain forward and each executor, interleaved round-robin."""
-    names = ["plain", *executors]
-    calls = {
-        "plain": lambda: model(x, t),
-        **{k: (lambda e=e: e(x, t)) for k, e in executors.items()},
-    }
-    for fn in calls.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for _ in range(repeats):
-        for k in names:
-            times[k] += _time_call(calls[k], 1)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             k: EarlyExitDenoiser(tm.model, make_policy(pn, kn), schedule.T)
             for k, (pn, kn) in knobs.items()
         }
-        med = wallclock(tm.model, executors, x, t, a.repeats)
+        calls = {"plain": lambda: tm.model(x, t)}
+        calls.update({k: (lambda e=e: e(x, t)) for k, e in executors.items()})
+        med = interleaved_medians(calls, a.repeats)
         for k, ex in executors.items():
             ex.reset()
             with torch.inference_mode():
@@ -205,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
     }
     text = _markdown(report, models["full"].model.depth)
-    atomic_write_bytes(out / "figures.md", text.encode())
-    atomic_write_bytes(out / "figures.json", json.dumps(report, indent=2).encode())
+    write_figures(out, text, report)
     print(text)
     return 0
 

@@ -13,11 +13,8 @@ relative to the unpruned full-depth model under DDPM with all T steps. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,8 +22,9 @@ import torch_pruning as tp
 
 from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import make_policy
-from bench.cache import ArtifactCache, atomic_write_bytes
+from bench.cache import ArtifactCache
 from bench.data import dataset_info
+from bench.measure import interleaved_medians, write_figures
 from bench.metrics import evaluate, get_extractor
 from bench.sampling import generate
 from bench.train import TrainConfig, load_or_train, resolve_device
@@ -34,19 +32,6 @@ from pruning.core import IMPORTANCES
 from pruning.pipeline import PruneConfig, load_or_prune, pruned_before_finetune
 
 log = logging.getLogger(__name__)
-
-
-@torch.inference_mode()
-def _median_call_seconds(models: dict, x, t, repeats: int) -> dict[str, float]:
-    for m in models.values():
-        m(x, t)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            t0 = time.perf_counter()
-            m(x, t)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             models_for_time[f"{ratio}/{imp}"] = pm.model
             log.info("%s", rows[-1])
-    med = _median_call_seconds(models_for_time, x, t, a.repeats)
+    med = interleaved_medians(
+        {k: (lambda m=m: m(x, t)) for k, m in models_for_time.items()}, a.repeats
+    )
     for r in rows[1:]:
         r["wall_ratio"] = med[f"{r['ratio']}/{r['importance']}"] / med["unpruned"]
 
@@ -186,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(L) + "\n"
     out = Path(a.out)
-    atomic_write_bytes(out / "figures.md", text.encode())
-    atomic_write_bytes(out / "figures.json", json.dumps(report, indent=2).encode())
+    write_figures(out, text, report)
     print(text)
     return 0
 
