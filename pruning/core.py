@@ -175,6 +175,13 @@ def prune(
             f"unknown importance {importance!r}; valid choices: {', '.join(IMPORTANCES)}"
         )
     torch.manual_seed(seed)
+    with torch.enable_grad():  # torch-pruning traces the graph through autograd
+        return _prune_with_grad(
+            model, ratio, importance, data, alphas_cumprod, timesteps, batches, seed
+        )
+
+
+def _prune_with_grad(model, ratio, importance, data, alphas_cumprod, timesteps, batches, seed):
     pruner = _pruner(model, IMPORTANCES[importance](), ratio)
     if importance in NEEDS_GRADIENTS:
         if data is None or alphas_cumprod is None:
@@ -195,13 +202,14 @@ def prune(
 
 def replay(model: UViT, history: list, num_heads: dict[str, int]) -> UViT:
     """Re-apply a saved pruning history to a fresh (unpruned) model of the same config."""
-    dg = tp.DependencyGraph().build_dependency(
-        model,
-        example_inputs=_example_inputs(model),
-        forward_fn=_forward,
-        unwrapped_parameters=[(model.pos_embed, 2)],
-    )
-    dg.load_pruning_history([(n, bool(o), list(i)) for n, o, i in history])
+    with torch.enable_grad():  # torch-pruning traces the graph through autograd
+        dg = tp.DependencyGraph().build_dependency(
+            model,
+            example_inputs=_example_inputs(model),
+            forward_fn=_forward,
+            unwrapped_parameters=[(model.pos_embed, 2)],
+        )
+        dg.load_pruning_history([(n, bool(o), list(i)) for n, o, i in history])
     got = _write_back_heads(model)
     if got != num_heads:
         raise ValueError(f"replayed head counts {got} differ from the recipe's {num_heads}")
