@@ -32,7 +32,7 @@ class PruneConfig:
     base: TrainConfig = field(default_factory=TrainConfig)
     ratio: float = 0.3
     importance: str = "diff-pruning"
-    finetune_steps: int = 800
+    finetune_steps: int = 500
     finetune_lr: float = 5e-4
     seed: int = 0
 
