@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+import bench.grid as grid
+from bench.grid import Cell, load_config, main
+
+
+def _cfg(tmp_path, body: str):
+    path = tmp_path / "sweep.toml"
+    path.write_text(body)
+    return path
+
+
+SMALL = """
+[sweep]
+model = "micro"
+sampler = ["ddim", "dpm-solver++"]
+steps = 2
+samples = 16
+policy = "static"
+knob = [1, 2]
+recipe = "layerwise"
+"""
+
+
+def test_config_sweep_expands_axes(tmp_path):
+    cells = load_config(_cfg(tmp_path, SMALL))
+    assert len(cells) == 4 and {c.sampler for c in cells} == {"ddim", "dpm-solver++"}
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ('[[cell]]\npolicy = "early"\n', "valid choices: full, static"),
+        ('[[cell]]\nsampler = "heun"\n', "valid choices: ddpm, ddim"),
+        ('[[cell]]\npolicy = "uem"\nknob = 0.1\n', "needs recipe uem"),
+        ('[[cell]]\npolicy = "uem"\nrecipe = "uem"\nknob = 3.0\n', r"tau must be in \[0.0, 1.0\]"),
+        ("[[cell]]\nprune_ratio = 1.0\n", r"\[0, 1\)"),
+        ('[[cell]]\ncolour = "red"\n', "unknown cell field"),
+        ("[sweep]\nwidth = [1, 2]\n", "unknown sweep axis"),
+        ("nothing = 1\n", "defines no"),
+    ],
+)
+def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, capsys, monkeypatch):
+    monkeypatch.setattr(grid, "run_cell", lambda *a: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(_cfg(tmp_path, body)), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+
+
+def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["--config", str(_cfg(tmp_path, SMALL)), "--out", str(out), "--cache-dir", str(cache)]
+    real, calls = grid.run_cell, []
+
+    def crash_on_third(cell, *a):
+        calls.append(cell.key)
+        if len(calls) == 3:
+            raise RuntimeError("killed mid-cell")
+        return real(cell, *a)
+
+    monkeypatch.setattr(grid, "run_cell", crash_on_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(args)
+    done = sorted(p.name for p in (out / "records").iterdir())
+    assert len(done) == 2 and all(n.endswith(".json") for n in done)  # no temp files
+    first = {n: (out / "records" / n).read_text() for n in done}
+
+    calls.clear()
+    monkeypatch.setattr(
+        grid, "run_cell", lambda cell, *a: (calls.append(cell.key), real(cell, *a))[1]
+    )
+    assert main(args) == 0
+    assert len(calls) == 2  # only the unfinished cells ran again
+    assert all((out / "records" / n).read_text() == t for n, t in first.items())
+    table = (out / "table.csv").read_text().splitlines()
+    assert len(table) == 5  # header + 4 cells, no duplicates
+    rec = json.loads((out / "records" / done[0]).read_text())
+    assert rec["extractor"].startswith("cnn-digits") and rec["nfe"] == 2
+    assert rec["nonfinite"] is False and rec["fid"] > 0 and 0 < rec["flop_ratio_per_call"] <= 1
+    # A second full run is all cache: nothing runs.
+    calls.clear()
+    assert main(args) == 0 and calls == []
+
+
+def test_nonfinite_samples_are_flagged_not_averaged(tmp_path, monkeypatch):
+    def nan_generate(*a, **k):
+        return torch.full((16, 1, 8, 8), float("nan")), 2
+
+    monkeypatch.setattr(grid, "generate", nan_generate)
+    rec = grid.run_cell(
+        Cell(model="micro", steps=2, samples=16), grid.ArtifactCache(tmp_path), torch.device("cpu")
+    )
+    assert rec["nonfinite"] is True and rec["fid"] is None
+    grid.write_tables(tmp_path, [rec])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Best FID" in summary and "| 1.0 |" not in summary  # never counted as a best cell
+
+
+def test_list_and_dry_run(capsys, tmp_path):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "uem: tau in [0.0, 1.0]" in out and "dpm-solver++" in out
+    assert main(["--dry-run", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(grid.default_cells()) and all(" todo " in ln for ln in lines)
