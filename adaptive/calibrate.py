@@ -48,14 +48,21 @@ def measure(
     seed: int = 1234,
     options: dict | None = None,
     cond: torch.Tensor | None = None,
+    sampler_kw: dict | None = None,
 ) -> EarlyExitDenoiser:
-    """Run one sampling pass with the policy; the returned executor holds its ratios."""
+    """Run one sampling pass with the policy; the returned executor holds its ratios.
+
+    ``sampler_kw`` must match what the evaluation uses (e.g. ``clip_denoised``): exit decisions
+    depend on the trajectory, so a knob calibrated on other trajectories does not transfer.
+    """
     ex = EarlyExitDenoiser(model, make_policy(policy_name, knob, **(options or {})), schedule.T)
     cfg = model.cfg
     shape = (n, cfg.in_chans, cfg.img_size, cfg.img_size)
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
-    samplers.sample(sampler, ex, schedule, shape, steps, generator=gen, cond=cond)
+    samplers.sample(
+        sampler, ex, schedule, shape, steps, generator=gen, cond=cond, **(sampler_kw or {})
+    )
     return ex
 
 
@@ -72,10 +79,12 @@ def calibrate(
     tol: float = 0.005,
     seed: int = 1234,
     options: dict | None = None,
+    sampler_kw: dict | None = None,
 ) -> Calibration:
     """Find the knob whose FLOP ratio on a calibration batch is closest to ``target``.
 
-    The calibration batch uses a seed distinct from evaluation seeds by default.
+    The calibration batch uses a seed distinct from evaluation seeds by default; ``sampler_kw``
+    must be the evaluation's sampler options.
     """
     if policy_name not in POLICIES:
         raise ValueError(
@@ -95,6 +104,7 @@ def calibrate(
             n=n,
             seed=seed,
             options=options,
+            sampler_kw=sampler_kw,
         )
         return Calibration(policy_name, target, None, ex.flop_ratio, ex.layer_ratio)
     history: list[tuple[float, float, float]] = []
@@ -110,6 +120,7 @@ def calibrate(
             n=n,
             seed=seed,
             options=options,
+            sampler_kw=sampler_kw,
         )
         history.append((knob, ex.flop_ratio, ex.layer_ratio))
         return ex.flop_ratio

@@ -31,7 +31,7 @@ from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.data import as_tensors, dataset_info, load_dataset
 from bench.measure import interleaved_medians, write_figures
 from bench.metrics import evaluate, get_extractor
-from bench.sampling import generate
+from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate
 from bench.train import TrainConfig, load_or_train, resolve_device
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         tm = models[POLICY_RECIPE[name]]
         targets = [1.0] if POLICIES[name].knob_name is None else a.targets
         for target in targets:
-            cal = calibrate(tm.model, schedule, name, target, steps=steps, n=64)
+            cal = calibrate(
+                tm.model,
+                schedule,
+                name,
+                target,
+                steps=steps,
+                n=64,
+                sampler_kw=IMAGE_SAMPLER_DEFAULTS["ddim"],
+            )
             ex = EarlyExitDenoiser(tm.model, make_policy(name, cal.knob), schedule.T)
             imgs, _ = generate(ex, schedule, "ddim", steps, n, shape, device=device)
             res = evaluate(imgs, base.dataset, ext, cache)

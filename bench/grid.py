@@ -37,7 +37,7 @@ from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache, atomic_write_bytes, config_hash
 from bench.data import DATASETS, dataset_info
 from bench.metrics import evaluate, get_extractor
-from bench.sampling import generate
+from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate
 from bench.train import TrainConfig, load_or_train, resolve_device
 from models import MODELS
 from pruning.core import IMPORTANCES
@@ -204,6 +204,7 @@ def run_cell(cell: Cell, cache: ArtifactCache, device: torch.device) -> dict[str
             sampler=cell.sampler,
             steps=cell.steps,
             n=64,
+            sampler_kw=IMAGE_SAMPLER_DEFAULTS.get(cell.sampler),
         )
         knob, cal_ratio = cal.knob, cal.achieved
     ex = EarlyExitDenoiser(model, make_policy(cell.policy, knob), schedule.T)
