@@ -35,6 +35,9 @@ class ExitPolicy(ABC):
     knob_direction: ClassVar[int] = 1
     integer_knob: ClassVar[bool] = False
     heads: ClassVar[str] = "none"  # learned exit parts the model must carry
+    # The training recipe this policy runs on by default: its own where it has one, else the
+    # plain layer-wise model (a static or scheduled exit needs trained early readouts).
+    recipe: ClassVar[str] = "layerwise"
 
     def __init__(self, knob: float | None = None) -> None:
         if self.knob_name is None:
@@ -72,6 +75,7 @@ class Full(ExitPolicy):
     """Never exits: the reference computation."""
 
     name = "full"
+    recipe = "full"
 
     def decide(self, ctx):
         return _no_exit(ctx)
@@ -135,6 +139,7 @@ class PABEE(ExitPolicy):
     exit after ``patience`` consecutive agreeing layers. Needs every layer's readout."""
 
     name = "pabee"
+    recipe = "pabee"
     knob_name = "delta"
     knob_default = 0.05
     knob_range = (0.0, 4.0)
@@ -172,6 +177,7 @@ class BERxiT(ExitPolicy):
     knob_default = 0.2
     knob_direction = -1
     heads = "lte"
+    recipe = "berxit"
 
     def decide(self, ctx):
         score = ctx.lte()
@@ -188,6 +194,7 @@ class UEM(ExitPolicy):
     knob_default = 0.08
     knob_direction = -1
     heads = "uem"
+    recipe = "uem"
 
     def decide(self, ctx):
         score = ctx.uncertainty().flatten(1).mean(1)

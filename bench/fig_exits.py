@@ -36,18 +36,6 @@ from bench.train import TrainConfig, load_or_train, resolve_device
 
 log = logging.getLogger(__name__)
 
-# Which training recipe each policy runs on: its own where it has one, else the plain layer-wise
-# model (every early readout must be trained for a static or time-scheduled exit to make sense).
-POLICY_RECIPE = {
-    "full": "full",
-    "static": "layerwise",
-    "ase": "layerwise",
-    "calm": "layerwise",
-    "pabee": "pabee",
-    "berxit": "berxit",
-    "uem": "uem",
-    "duodiff": "layerwise",
-}
 TARGETS = (0.8, 0.65, 0.5)
 
 
@@ -83,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     steps, n = a.sampler_steps, a.samples
 
     models = {}
-    for recipe in sorted({POLICY_RECIPE[p_] for p_ in a.policies} | {"full"}):
+    for recipe in sorted({POLICIES[p_].recipe for p_ in a.policies} | {"full"}):
         models[recipe] = load_or_train(TrainConfig(recipe=recipe), cache, device)
     schedule = models["full"].schedule
 
@@ -99,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. every policy at calibrated knobs
     policy_rows, uem_trace = [], None
     for name in a.policies:
-        tm = models[POLICY_RECIPE[name]]
+        tm = models[POLICIES[name].recipe]
         targets = [1.0] if POLICIES[name].knob_name is None else a.targets
         for target in targets:
             cal = calibrate(

@@ -48,18 +48,6 @@ __all__ = ["Cell", "default_cells", "main", "quick_cells", "run_cell"]
 
 log = logging.getLogger(__name__)
 
-# The recipe each policy runs on by default: its own, else the layer-wise model.
-POLICY_RECIPE = {
-    "full": "full",
-    "static": "layerwise",
-    "ase": "layerwise",
-    "calm": "layerwise",
-    "pabee": "pabee",
-    "berxit": "berxit",
-    "uem": "uem",
-    "duodiff": "layerwise",
-}
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -114,13 +102,12 @@ class Cell:
         return config_hash(self, kind="cell")
 
     def label(self) -> str:
-        knob = (
-            f"@{self.target_flop_ratio}"
-            if self.target_flop_ratio is not None
-            else ""
-            if self.knob is None
-            else f"={self.knob:g}"
-        )
+        if self.target_flop_ratio is not None:
+            knob = f"@{self.target_flop_ratio}"
+        elif self.knob is not None:
+            knob = f"={self.knob:g}"
+        else:
+            knob = ""
         prune = f" prune{self.prune_ratio:g}" if self.prune_ratio else ""
         return f"{self.recipe}{prune} {self.policy}{knob} {self.sampler}-{self.steps}"
 
@@ -130,7 +117,8 @@ def default_cells(samples: int = 1000) -> list[Cell]:
     plus the full-depth reference and `uem`, each also pruned by 0.3."""
     runs = [("ddim", 20), ("dpm-solver++", 20), ("ddpm", 100)]
     cells = []
-    for policy, recipe in POLICY_RECIPE.items():
+    for policy, cls in POLICIES.items():
+        recipe = cls.recipe
         target = None if policy == "full" else 0.65
         for ratio in (0.0, 0.3) if policy in ("full", "uem") else (0.0,):
             for sampler, steps in runs:
@@ -361,7 +349,7 @@ def _list_choices() -> str:
     lines.append("Policy knobs:")
     for name, cls in POLICIES.items():
         knob = "none" if cls.knob_name is None else f"{cls.knob_name} in {list(cls.knob_range)}"
-        lines.append(f"  {name}: {knob} (recipe {POLICY_RECIPE[name]})")
+        lines.append(f"  {name}: {knob} (recipe {cls.recipe})")
     return "\n".join(lines)
 
 

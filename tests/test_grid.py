@@ -111,3 +111,20 @@ def test_list_and_dry_run(capsys, tmp_path):
     assert main(["--dry-run", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(grid.default_cells()) and all(" todo " in ln for ln in lines)
+
+
+def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
+    """Calibration must sample exactly as the evaluation does (same sampler options), or the
+    knob does not transfer: regression test for calibrating without clip_denoised."""
+    cell = Cell(
+        model="micro",
+        recipe="uem",
+        policy="uem",
+        target_flop_ratio=0.7,
+        sampler="ddim",
+        steps=4,
+        samples=64,
+    )
+    rec = grid.run_cell(cell, grid.ArtifactCache(tmp_path), torch.device("cpu"))
+    # Same 64-sample batch size; the seeds differ, so allow sampling noise.
+    assert abs(rec["flop_ratio_per_call"] - rec["calibration_flop_ratio"]) < 0.1, rec
