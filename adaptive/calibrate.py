@@ -93,23 +93,9 @@ def calibrate(
     if not 0 < target <= 1.0:
         raise ValueError(f"target FLOP ratio must be in (0, 1], got {target}")
     cls = POLICIES[policy_name]
-    if cls.knob_name is None:
-        ex = measure(
-            model,
-            schedule,
-            policy_name,
-            None,
-            sampler=sampler,
-            steps=steps,
-            n=n,
-            seed=seed,
-            options=options,
-            sampler_kw=sampler_kw,
-        )
-        return Calibration(policy_name, target, None, ex.flop_ratio, ex.layer_ratio)
-    history: list[tuple[float, float, float]] = []
+    history: list[tuple[float | None, float, float]] = []
 
-    def run(knob: float) -> float:
+    def run(knob: float | None) -> float:
         ex = measure(
             model,
             schedule,
@@ -125,6 +111,10 @@ def calibrate(
         history.append((knob, ex.flop_ratio, ex.layer_ratio))
         return ex.flop_ratio
 
+    if cls.knob_name is None:
+        run(None)
+        _, achieved, layer_ratio = history[0]
+        return Calibration(policy_name, target, None, achieved, layer_ratio)
     lo, hi = cls.knob_range
     if cls.integer_knob:
         for k in range(int(lo), min(int(hi), model.depth - 1) + 1):
