@@ -49,6 +49,17 @@ __all__ = ["Cell", "default_cells", "main", "quick_cells", "run_cell"]
 log = logging.getLogger(__name__)
 
 
+# The registry behind each named axis of a cell (validation and --list share it).
+CELL_CHOICES = {
+    "dataset": DATASETS,
+    "model": MODELS,
+    "recipe": RECIPES,
+    "policy": POLICIES,
+    "sampler": SAMPLERS,
+    "prune_importance": IMPORTANCES,
+}
+
+
 @dataclass(frozen=True)
 class Cell:
     """One pipeline configuration; its key (a hash of every field) names its record."""
@@ -67,15 +78,7 @@ class Cell:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        choices = {
-            "dataset": DATASETS,
-            "model": MODELS,
-            "recipe": RECIPES,
-            "policy": POLICIES,
-            "sampler": SAMPLERS,
-            "prune_importance": IMPORTANCES,
-        }
-        for name, registry in choices.items():
+        for name, registry in CELL_CHOICES.items():
             if getattr(self, name) not in registry:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(registry)}"
@@ -335,16 +338,8 @@ def _list_choices() -> str:
     lines = ["Axes of a cell (field: default):"]
     for f in dataclasses.fields(Cell):
         lines.append(f"  {f.name}: {f.default!r}")
-    registries = {
-        "dataset": DATASETS,
-        "model": MODELS,
-        "recipe": RECIPES,
-        "policy": POLICIES,
-        "sampler": SAMPLERS,
-        "prune_importance": IMPORTANCES,
-    }
     lines.append("Choices:")
-    for name, reg in registries.items():
+    for name, reg in CELL_CHOICES.items():
         lines.append(f"  {name}: {', '.join(reg)}")
     lines.append("Policy knobs:")
     for name, cls in POLICIES.items():

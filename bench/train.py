@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from adaptive.recipes import RECIPES, get_recipe
 from bench.cache import ArtifactCache, config_hash
-from bench.data import DATASETS, DatasetError, TensorImages, dataset_info, load_dataset
+from bench.data import DATASETS, TensorImages, dataset_info, load_dataset
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
 
@@ -342,9 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         trained = load_or_train(
             cfg, ArtifactCache(a.cache_dir), device, a.data_root, not a.no_progress
         )
-    except DatasetError as e:
-        p.error(str(e))
-    except ValueError as e:
+    except ValueError as e:  # DatasetError included
         p.error(str(e))
     m = trained.meta
     state = "cache hit" if trained.cached else "trained"
