@@ -18,7 +18,7 @@ import samplers
 from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import POLICIES, make_policy
 from models import UViT
-from samplers import VPSchedule
+from samplers import ClassifierFreeGuidance, VPSchedule
 
 __all__ = ["Calibration", "calibrate", "measure"]
 
@@ -49,19 +49,31 @@ def measure(
     options: dict | None = None,
     cond: torch.Tensor | None = None,
     sampler_kw: dict | None = None,
+    guidance: float | None = None,
+    paired: bool = False,
 ) -> EarlyExitDenoiser:
     """Run one sampling pass with the policy; the returned executor holds its ratios.
 
     ``sampler_kw`` must match what the evaluation uses (e.g. ``clip_denoised``): exit decisions
     depend on the trajectory, so a knob calibrated on other trajectories does not transfer.
+    With ``guidance`` (class-conditional models) the batch cycles through the classes and is
+    sampled with classifier-free guidance; ``paired`` makes cond/uncond rows exit together.
     """
-    ex = EarlyExitDenoiser(model, make_policy(policy_name, knob, **(options or {})), schedule.T)
+    policy = make_policy(policy_name, knob, **(options or {}))
+    ex = EarlyExitDenoiser(model, policy, schedule.T, paired=paired)
     cfg = model.cfg
     shape = (n, cfg.in_chans, cfg.img_size, cfg.img_size)
     dev = next(model.parameters()).device
+    denoiser = ex
+    if guidance is not None:
+        if not cfg.num_classes:
+            raise ValueError("guidance needs a class-conditional model (num_classes > 0)")
+        denoiser = ClassifierFreeGuidance(ex, guidance, cfg.num_classes)
+        if cond is None:
+            cond = torch.arange(n, device=dev) % cfg.num_classes
     gen = torch.Generator(device=dev).manual_seed(seed)
     samplers.sample(
-        sampler, ex, schedule, shape, steps, generator=gen, cond=cond, **(sampler_kw or {})
+        sampler, denoiser, schedule, shape, steps, generator=gen, cond=cond, **(sampler_kw or {})
     )
     return ex
 
@@ -80,6 +92,8 @@ def calibrate(
     seed: int = 1234,
     options: dict | None = None,
     sampler_kw: dict | None = None,
+    guidance: float | None = None,
+    paired: bool = False,
 ) -> Calibration:
     """Find the knob whose FLOP ratio on a calibration batch is closest to ``target``.
 
@@ -107,6 +121,8 @@ def calibrate(
             seed=seed,
             options=options,
             sampler_kw=sampler_kw,
+            guidance=guidance,
+            paired=paired,
         )
         history.append((knob, ex.flop_ratio, ex.layer_ratio))
         return ex.flop_ratio

@@ -120,9 +120,12 @@ class EarlyExitDenoiser:
     """Wraps a layer-wise model and an :class:`ExitPolicy` into a denoiser with exits.
 
     ``T`` is the schedule's number of training steps (time-dependent policies use it).
+    ``paired=True`` is for classifier-free guidance batches (conditional half, then the
+    unconditional half of the same samples): a sample's two rows then exit together, at the
+    first block where the policy lets *both* exit. By default every row decides alone.
     """
 
-    def __init__(self, model: UViT, policy: ExitPolicy, T: int) -> None:
+    def __init__(self, model: UViT, policy: ExitPolicy, T: int, paired: bool = False) -> None:
         if policy.heads != "none" and model.cfg.exit_heads != policy.heads:
             raise ValueError(
                 f"policy {policy.name!r} needs a model trained with its heads "
@@ -133,6 +136,7 @@ class EarlyExitDenoiser:
         self.model = model
         self.policy = policy
         self.T = T
+        self.paired = paired
         self.costs = CostModel(model, T)
         self.reset()
 
@@ -163,6 +167,8 @@ class EarlyExitDenoiser:
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         model, depth = self.model, self.model.depth
         B = x.shape[0]
+        if self.paired and B % 2:
+            raise ValueError(f"paired exits need an even batch (cond + uncond halves), got {B}")
         out = torch.empty_like(x)
         exit_block = torch.full((B,), depth - 1, dtype=torch.long, device=x.device)
         score = torch.full((B,), float("nan"), device=x.device)
@@ -181,6 +187,9 @@ class EarlyExitDenoiser:
                 break
             ctx = ExitContext(model, i, state, t_run, self.T, memory, self.costs, flops)
             mask, s = self.policy.decide(ctx)
+            if self.paired:  # compaction keeps row order, so the halves stay aligned
+                both = mask.view(2, -1).all(0)
+                mask = torch.cat([both, both])
             if not bool(mask.any()):  # the one host sync per block that compaction needs
                 continue
             done = rows[mask]

@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ from torch import Tensor
 __all__ = [
     "CACHE_VERSION",
     "DEFAULT_CACHE_DIR",
+    "SHIPPED_DIR",
     "ArtifactCache",
     "CorruptArtifact",
     "atomic_write_bytes",
     "config_hash",
+    "file_lock",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 # Bump when a change makes old artifacts wrong (training semantics, file layout).
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache"
+# Read-only artifacts the project ships for its default sweep (EMA weights made by its own
+# training command; ``python -m bench.ship`` regenerates them). Same layout and checksums.
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 
 
 class CorruptArtifact(RuntimeError):
@@ -90,11 +96,38 @@ def _digest(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-class ArtifactCache:
-    """Artifacts under ``root/<kind>/<key>.safetensors``."""
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (``fcntl.flock``; works across processes and, on
+    most shared filesystems, across hosts). Where ``fcntl`` is missing it is a no-op: atomic
+    renames still keep files whole, only duplicate work is no longer prevented."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def __init__(self, root: str | Path | None = None) -> None:
+
+class ArtifactCache:
+    """Artifacts under ``root/<kind>/<key>.safetensors``.
+
+    A key absent from ``root`` is looked up, read-only, in each of ``shipped`` (by default the
+    checkpoints that ship with the project); a shipped file is checksum-verified like any other,
+    and a corrupt one is ignored (never deleted) so the artifact is rebuilt into ``root``.
+    """
+
+    def __init__(
+        self, root: str | Path | None = None, shipped: tuple[str | Path, ...] = (SHIPPED_DIR,)
+    ) -> None:
         self.root = Path(root) if root is not None else DEFAULT_CACHE_DIR
+        self.shipped = tuple(Path(s) for s in shipped)
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / f"{key}.safetensors"
@@ -109,14 +142,20 @@ class ArtifactCache:
     def load(self, kind: str, key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
         """The artifact, or None if absent. A corrupt file is deleted (and None returned)."""
         path = self.path(kind, key)
-        if not path.exists():
-            return None
-        try:
-            return self._read(path)
-        except CorruptArtifact as e:
-            log.warning("cache file %s is corrupt (%s); rebuilding it", path, e)
-            path.unlink(missing_ok=True)
-            return None
+        if path.exists():
+            try:
+                return self._read(path)
+            except CorruptArtifact as e:
+                log.warning("cache file %s is corrupt (%s); rebuilding it", path, e)
+                path.unlink(missing_ok=True)
+        for root in self.shipped:
+            shipped = root / kind / f"{key}.safetensors"
+            if shipped.exists():
+                try:
+                    return self._read(shipped)
+                except CorruptArtifact as e:
+                    log.warning("shipped file %s is corrupt (%s); ignoring it", shipped, e)
+        return None
 
     @staticmethod
     def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -138,10 +177,18 @@ class ArtifactCache:
         key: str,
         build: Callable[[], tuple[dict[str, Tensor], dict[str, Any]]],
     ) -> tuple[dict[str, Tensor], dict[str, Any], bool]:
-        """Load the artifact or build and save it. Returns (tensors, meta, was_cached)."""
+        """Load the artifact or build and save it. Returns (tensors, meta, was_cached).
+
+        Builders of one key are serialised by a lock file next to it, so two processes (e.g.
+        two grid workers) asked for the same artifact build it once; the second loads it.
+        """
         hit = self.load(kind, key)
         if hit is not None:
             return hit[0], hit[1], True
-        tensors, meta = build()
-        self.save(kind, key, tensors, meta)
+        with file_lock(self.root / kind / f".{key}.lock"):
+            hit = self.load(kind, key)  # built by another process while we waited
+            if hit is not None:
+                return hit[0], hit[1], True
+            tensors, meta = build()
+            self.save(kind, key, tensors, meta)
         return tensors, meta, False

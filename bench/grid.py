@@ -19,14 +19,16 @@ import dataclasses
 import json
 import logging
 import platform
+import statistics
 import subprocess
 import sys
-import time
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -37,17 +39,19 @@ from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache, atomic_write_bytes, config_hash
 from bench.data import DATASETS, dataset_info
 from bench.metrics import evaluate, get_extractor
-from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate
+from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate, save_grid
 from bench.train import TrainConfig, load_or_train, resolve_device
 from models import MODELS
 from pruning.core import IMPORTANCES
 from pruning.pipeline import PruneConfig, load_or_prune
-from samplers import SAMPLERS
+from samplers import SAMPLERS, ClassifierFreeGuidance
 
 __all__ = ["Cell", "default_cells", "main", "quick_cells", "run_cell"]
 
 log = logging.getLogger(__name__)
 
+
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # The registry behind each named axis of a cell (validation and --list share it).
 CELL_CHOICES = {
@@ -74,8 +78,14 @@ class Cell:
     target_flop_ratio: float | None = None  # calibrate the knob to this (overrides knob)
     sampler: str = "ddim"
     steps: int = 20
+    # Classifier-free guidance scale; None = unconditional model. A number selects the
+    # class-conditional model (labels cycle through the classes) and guides with that scale.
+    guidance: float | None = None
+    cfg_exit_together: bool = False  # a sample's cond/uncond rows exit at the same block
     samples: int = 1000
     seed: int = 0
+    device: str = "cpu"
+    autocast: str = "none"  # "bf16" / "fp16": sample under torch.autocast
 
     def __post_init__(self) -> None:
         for name, registry in CELL_CHOICES.items():
@@ -99,6 +109,16 @@ class Cell:
             )
         if self.target_flop_ratio is None:
             make_policy(self.policy, self.knob)  # validates the knob's range
+        if self.guidance is not None and not self.guidance >= 0:
+            raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
+        if self.cfg_exit_together and self.guidance is None:
+            raise ValueError("cfg_exit_together needs a guidance scale")
+        if self.autocast not in AUTOCAST:
+            raise ValueError(
+                f"unknown autocast {self.autocast!r}; valid choices: {', '.join(AUTOCAST)}"
+            )
+        if self.device != "cpu" and not self.device.startswith(("cuda", "mps")):
+            raise ValueError(f"unknown device {self.device!r}; valid choices: cpu, cuda, cuda:N")
 
     @property
     def key(self) -> str:
@@ -112,38 +132,71 @@ class Cell:
         else:
             knob = ""
         prune = f" prune{self.prune_ratio:g}" if self.prune_ratio else ""
-        return f"{self.recipe}{prune} {self.policy}{knob} {self.sampler}-{self.steps}"
+        cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
+        return f"{self.recipe}{prune} {self.policy}{knob} {self.sampler}-{self.steps}{cfg}"
 
 
-def default_cells(samples: int = 1000) -> list[Cell]:
-    """Every policy at FLOP target 0.65 on its recipe, x {DDIM 20, DPM-Solver++ 20, DDPM 100},
-    plus the full-depth reference and `uem`, each also pruned by 0.3."""
-    runs = [("ddim", 20), ("dpm-solver++", 20), ("ddpm", 100)]
+def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
+    """The default digits sweep (36 cells):
+
+    - every exit policy, calibrated to FLOP ratio 0.65 on its own recipe's model, and the
+      full-depth reference, x {DDPM 100, DDIM 20, DPM-Solver++ 10};
+    - the step axis for `full` and `uem`: DDIM 50 and DPM-Solver++ 20 as well;
+    - pruning: `full` and `uem` with 30% of heads / MLP channels pruned (diff-pruning, then
+      fine-tuned), x {DDIM 20, DPM-Solver++ 10};
+    - every exit recipe's model at full depth (DDIM 20): what its training costs the full model.
+    """
+    main_runs = [("ddpm", 100), ("ddim", 20), ("dpm-solver++", 10)]
+    common = dict(samples=samples, device=device)
     cells = []
     for policy, cls in POLICIES.items():
-        recipe = cls.recipe
         target = None if policy == "full" else 0.65
-        for ratio in (0.0, 0.3) if policy in ("full", "uem") else (0.0,):
-            for sampler, steps in runs:
-                cells.append(
-                    Cell(
-                        recipe=recipe,
-                        policy=policy,
-                        target_flop_ratio=target,
-                        prune_ratio=ratio,
-                        sampler=sampler,
-                        steps=steps,
-                        samples=samples,
-                    )
+        runs = main_runs + ([("ddim", 50), ("dpm-solver++", 20)] if policy in REF else [])
+        for sampler, steps in runs:
+            cells.append(
+                Cell(
+                    recipe=cls.recipe,
+                    policy=policy,
+                    target_flop_ratio=target,
+                    sampler=sampler,
+                    steps=steps,
+                    **common,
                 )
+            )
+    for policy in REF:
+        for sampler, steps in main_runs[1:]:
+            cells.append(
+                Cell(
+                    recipe=POLICIES[policy].recipe,
+                    policy=policy,
+                    target_flop_ratio=None if policy == "full" else 0.65,
+                    prune_ratio=0.3,
+                    sampler=sampler,
+                    steps=steps,
+                    **common,
+                )
+            )
+    for recipe in RECIPES:
+        if recipe != "full":
+            cells.append(Cell(recipe=recipe, policy="full", sampler="ddim", steps=20, **common))
     return cells
 
 
-def quick_cells() -> list[Cell]:
+REF = ("full", "uem")  # the cells that also sweep steps and pruning
+
+
+def quick_cells(device: str = "cpu") -> list[Cell]:
     """A smoke sweep: the `micro` model, few steps and samples."""
     return [
         Cell(
-            model="micro", recipe=r, policy=p, target_flop_ratio=tf, sampler=s, steps=4, samples=64
+            model="micro",
+            recipe=r,
+            policy=p,
+            target_flop_ratio=tf,
+            sampler=s,
+            steps=4,
+            samples=64,
+            device=device,
         )
         for r, p, tf in [("full", "full", None), ("uem", "uem", 0.7)]
         for s in ("ddim", "dpm-solver++")
@@ -165,15 +218,56 @@ def _git_commit() -> str:
 
 
 def _train_config(cell: Cell) -> TrainConfig:
+    kw = dict(
+        dataset=cell.dataset,
+        model=cell.model,
+        recipe=cell.recipe,
+        class_cond=cell.guidance is not None,
+    )
     if cell.model == "micro":  # smoke runs: seconds, not minutes
-        return TrainConfig(
-            dataset=cell.dataset, model="micro", recipe=cell.recipe, steps=200, finetune_steps=50
-        ).normalised()
-    return TrainConfig(dataset=cell.dataset, model=cell.model, recipe=cell.recipe).normalised()
+        kw.update(steps=200, finetune_steps=50)
+    return TrainConfig(**kw).normalised()
 
 
-def run_cell(cell: Cell, cache: ArtifactCache, device: torch.device) -> dict[str, Any]:
-    """Run one cell end to end and return its record."""
+# Samples are generated in batches of this size; the first batch is the warm-up and the median
+# of the others' seconds per image is the cell's wall-clock (one extra warm-up batch is run when
+# a cell has fewer than two batches).
+TIMING_BATCH = 250
+
+
+def _wall_clock(
+    run_batch: Any, batches: list[float], sizes: list[int]
+) -> tuple[float, list[float]]:
+    """Median seconds per image over the timed batches after the first (warm-up)."""
+    per_image = [s / m for s, m in zip(batches[1:], sizes[1:], strict=True) if m == sizes[0]]
+    if not per_image:  # fewer than two full batches: time one more after this warm-up
+        extra: list[float] = []
+        run_batch(extra)
+        per_image = [extra[0] / sizes[0]]
+    return statistics.median(per_image), per_image
+
+
+EXIT_T_BINS = 20  # timestep bins of the exit-block histogram in each record
+
+
+def _exit_histogram(ex: EarlyExitDenoiser, T: int) -> dict[str, Any]:
+    """Counts of (timestep bin, exit block) over every (sample, call) of the run."""
+    arr = ex.trace.arrays()
+    t_bin = np.minimum((arr["t"] / T * EXIT_T_BINS).astype(int), EXIT_T_BINS - 1)
+    counts = np.zeros((EXIT_T_BINS, ex.model.depth), dtype=np.int64)
+    np.add.at(counts, (t_bin, arr["exit_block"].astype(int)), 1)
+    return {"t_edges": np.linspace(0, T, EXIT_T_BINS + 1).tolist(), "counts": counts.tolist()}
+
+
+def run_cell(
+    cell: Cell,
+    cache: ArtifactCache,
+    device: torch.device | None = None,
+    sample_grid: Path | None = None,
+) -> dict[str, Any]:
+    """Run one cell end to end and return its record (``device`` overrides ``cell.device``).
+    ``sample_grid``: write the first 100 samples there as a PNG grid."""
+    device = resolve_device(cell.device) if device is None else device
     tcfg = _train_config(cell)
     base = load_or_train(tcfg, cache, device, progress=False)
     model, params_unpruned = base.model, sum(p.numel() for p in base.model.parameters())
@@ -185,6 +279,8 @@ def run_cell(cell: Cell, cache: ArtifactCache, device: torch.device) -> dict[str
         model = load_or_prune(pc, cache, device, progress=False).model
     schedule = base.schedule
     unpruned_flops = CostModel(base.model, schedule.T).full
+    sampler_kw = IMAGE_SAMPLER_DEFAULTS.get(cell.sampler, {})
+    guided = {"guidance": cell.guidance, "paired": cell.cfg_exit_together}
     knob, cal_ratio = cell.knob, None
     if cell.target_flop_ratio is not None:
         cal = calibrate(
@@ -195,22 +291,55 @@ def run_cell(cell: Cell, cache: ArtifactCache, device: torch.device) -> dict[str
             sampler=cell.sampler,
             steps=cell.steps,
             n=64,
-            sampler_kw=IMAGE_SAMPLER_DEFAULTS.get(cell.sampler),
+            sampler_kw=sampler_kw,
+            **guided,
         )
         knob, cal_ratio = cal.knob, cal.achieved
-    ex = EarlyExitDenoiser(model, make_policy(cell.policy, knob), schedule.T)
+    ex = EarlyExitDenoiser(
+        model, make_policy(cell.policy, knob), schedule.T, paired=cell.cfg_exit_together
+    )
     info = dataset_info(cell.dataset)
     shape = (info.channels, info.img_size, info.img_size)
-    t0 = time.perf_counter()
-    imgs, nfe = generate(
-        ex, schedule, cell.sampler, cell.steps, cell.samples, shape, seed=cell.seed, device=device
+    denoiser, labels = ex, None
+    if cell.guidance is not None:
+        denoiser = ClassifierFreeGuidance(ex, cell.guidance, info.num_classes)
+        labels = torch.arange(cell.samples) % info.num_classes
+    amp = AUTOCAST[cell.autocast]
+
+    def sample(n: int, seed: int, timings: list[float]) -> tuple[torch.Tensor, int]:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return generate(
+                denoiser,
+                schedule,
+                cell.sampler,
+                cell.steps,
+                n,
+                shape,
+                batch_size=TIMING_BATCH,
+                seed=seed,
+                cond=labels[:n] if labels is not None else None,
+                device=device,
+                timings=timings,
+            )
+
+    batch_seconds: list[float] = []
+    imgs, nfe = sample(cell.samples, cell.seed, batch_seconds)
+    executed_flops, rows, layer_ratio = ex.executed_flops, ex.rows, ex.layer_ratio
+    exit_hist = _exit_histogram(ex, schedule.T)
+    if sample_grid is not None:
+        save_grid(imgs[:100], sample_grid, nrow=10)
+    sizes = [min(TIMING_BATCH, cell.samples - s) for s in range(0, cell.samples, TIMING_BATCH)]
+    seconds, per_image = _wall_clock(
+        lambda t: sample(sizes[0], cell.seed + 1, t), batch_seconds, sizes
     )
-    seconds = time.perf_counter() - t0
     nonfinite = not bool(torch.isfinite(imgs).all())
     metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None}
     if not nonfinite:
         ext = get_extractor("cnn", cell.dataset, cache)
         metrics = evaluate(imgs, cell.dataset, ext, cache)
+    rows_per_nfe = 2 if cell.guidance is not None else 1
+    reference = unpruned_flops * schedule.T * cell.samples * rows_per_nfe
+    model_flops = CostModel(model, schedule.T).full
     return {
         **dataclasses.asdict(cell),
         "key": cell.key,
@@ -222,12 +351,16 @@ def run_cell(cell: Cell, cache: ArtifactCache, device: torch.device) -> dict[str
         "extractor": metrics["extractor"],
         "nonfinite": nonfinite,
         "nfe": nfe,
-        "flop_ratio_per_call": ex.flop_ratio_vs(unpruned_flops),
-        "flop_ratio_vs_reference": ex.executed_flops / (unpruned_flops * schedule.T * cell.samples),
-        "layer_ratio": ex.layer_ratio,
-        "seconds_per_image": seconds / cell.samples,
+        "flop_ratio_per_call": executed_flops / (max(rows, 1) * unpruned_flops),
+        "flop_ratio_vs_reference": executed_flops / reference,
+        "layer_ratio": layer_ratio,
+        "seconds_per_image": seconds,
+        "seconds_per_image_repeats": per_image,
+        "timing_batch": sizes[0],
         "params": sum(p.numel() for p in model.parameters()),
         "params_unpruned": params_unpruned,
+        "macs_per_call": model_flops / 2,  # per sample, full depth (FLOPs = 2 x MACs)
+        "exit_histogram": exit_hist,
         "torch": torch.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -238,16 +371,65 @@ def run_cell(cell: Cell, cache: ArtifactCache, device: torch.device) -> dict[str
 
 
 # ----- the results store -----
+# One JSON file per cell, named by the cell's key and written atomically: a record exists only
+# once its cell has finished, so any interrupted sweep resumes without duplicates. A cell that
+# raised is written under failed/ (with its error) and is retried by the next run.
 
 
 def record_path(out: Path, cell: Cell) -> Path:
     return out / "records" / f"{cell.key}.json"
 
 
-def load_records(out: Path) -> list[dict[str, Any]]:
-    """Every complete record under ``out/records`` (unreadable files are skipped with a warning)."""
+def sample_path(out: Path, cell: Cell) -> Path:
+    return out / "samples" / f"{cell.key}.png"
+
+
+def failure_path(out: Path, cell: Cell) -> Path:
+    return out / "failed" / f"{cell.key}.json"
+
+
+def pending(cells: list[Cell], out: Path) -> list[Cell]:
+    """The cells without a record, each once, in order."""
+    seen: set[str] = set()
+    todo = []
+    for c in cells:
+        if c.key not in seen and not record_path(out, c).exists():
+            seen.add(c.key)
+            todo.append(c)
+    return todo
+
+
+def write_failure(out: Path, cell: Cell, error: str) -> None:
+    rec = {**dataclasses.asdict(cell), "key": cell.key, "label": cell.label(), "error": error}
+    rec["timestamp"] = datetime.now(UTC).isoformat(timespec="seconds")
+    atomic_write_bytes(failure_path(out, cell), json.dumps(rec, indent=2).encode())
+
+
+def run_and_store(
+    cell: Cell, out: str | Path, cache_dir: str | None = None, threads: int | None = None
+) -> tuple[str, str | None]:
+    """Run ``cell`` and write its record (or, if it raised, its failure). Returns (status,
+    error) with status "done" or "failed". Safe to call from any process that sees ``out``:
+    this is the unit of work of every executor."""
+    out = Path(out)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        rec = run_cell(cell, ArtifactCache(cache_dir), sample_grid=sample_path(out, cell))
+    except Exception as e:  # a real failure: record it, let the sweep go on
+        error = f"{type(e).__name__}: {e}"
+        log.error("cell %s (%s) failed: %s", cell.key, cell.label(), error)
+        write_failure(out, cell, error + "\n" + traceback.format_exc())
+        return "failed", error
+    atomic_write_bytes(record_path(out, cell), json.dumps(rec, indent=2).encode())
+    failure_path(out, cell).unlink(missing_ok=True)
+    return "done", None
+
+
+def load_records(out: Path, kind: str = "records") -> list[dict[str, Any]]:
+    """Every complete record under ``out/<kind>`` (unreadable files are skipped with a warning)."""
     records = []
-    for path in sorted((out / "records").glob("*.json")):
+    for path in sorted((out / kind).glob("*.json")):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as e:
@@ -255,14 +437,22 @@ def load_records(out: Path) -> list[dict[str, Any]]:
     return records
 
 
-def write_tables(out: Path, records: list[dict[str, Any]]) -> None:
-    """``table.csv`` (every record) and ``summary.md`` (best FID per FLOP budget), atomically."""
+def write_tables(
+    out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]] = ()
+) -> None:
+    """``table.csv`` and ``table.parquet`` (every record), ``summary.md`` (every cell and the
+    best FID per FLOP budget; failed cells listed with their error), all written atomically."""
+    import io
+
     import pandas as pd
 
     if not records:
         return
     df = pd.DataFrame(records).sort_values(["flop_ratio_vs_reference", "label"])
     atomic_write_bytes(out / "table.csv", df.to_csv(index=False).encode())
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out / "table.parquet", buf.getvalue())
     cols = [
         "label",
         "nfe",
@@ -290,13 +480,16 @@ def write_tables(out: Path, records: list[dict[str, Any]]) -> None:
         "| budget <= | cell | FID | FLOP ratio |",
         "|---|---|---|---|",
     ]
-    for budget in (0.01, 0.02, 0.05, 0.1, 1.0):
+    for budget in (0.005, 0.01, 0.02, 0.05, 0.1, 1.0):
         within = ok[ok.flop_ratio_vs_reference <= budget]
         if len(within):
             b = within.loc[within.fid.idxmin()]
             lines.append(
                 f"| {budget} | {b.label} | {b.fid:.3f} | {b.flop_ratio_vs_reference:.4f} |"
             )
+    if failures:
+        lines += ["", f"## Failed cells ({len(failures)}; rerun to retry)", ""]
+        lines += [f"- {f['label']} ({f['key']}): {f['error'].splitlines()[0]}" for f in failures]
     atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
 
 
@@ -306,8 +499,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def load_config(path: Path) -> list[Cell]:
-    """Cells from a TOML file: ``[[cell]]`` tables, or ``[sweep]`` with lists per axis."""
+def load_config(path: Path, device: str | None = None) -> list[Cell]:
+    """Cells from a TOML file: ``[[cell]]`` tables, or ``[sweep]`` with lists per axis.
+    ``device``, if given, overrides every cell's device."""
     import itertools
     import tomllib
 
@@ -321,14 +515,15 @@ def load_config(path: Path) -> list[Cell]:
         unknown = set(table) - fields
         if unknown:
             raise ValueError(f"unknown cell field(s) {sorted(unknown)}; valid: {sorted(fields)}")
-        cells.append(Cell(**table))
+        cells.append(Cell(**(table | ({"device": device} if device else {}))))
     if "sweep" in data:
         axes = {k: v if isinstance(v, list) else [v] for k, v in data["sweep"].items()}
         unknown = set(axes) - fields
         if unknown:
             raise ValueError(f"unknown sweep axis {sorted(unknown)}; valid: {sorted(fields)}")
         for combo in itertools.product(*axes.values()):
-            cells.append(Cell(**dict(zip(axes, combo, strict=True))))
+            cell = dict(zip(axes, combo, strict=True)) | ({"device": device} if device else {})
+            cells.append(Cell(**cell))
     if not cells:
         raise ValueError(f"{path} defines no [[cell]] tables and no [sweep]")
     return cells
@@ -348,6 +543,23 @@ def _list_choices() -> str:
     return "\n".join(lines)
 
 
+EXECUTORS = ("inprocess", "local", "dask")
+
+
+def run_local(cells: list[Cell], out: Path, cache_dir: str | None, workers: int) -> None:
+    """Each cell in one of ``workers`` fresh processes (spawned: forking after torch has
+    started its thread pools can deadlock); CPU threads are split between them."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(run_and_store, c, out, cache_dir, threads) for c in cells]
+        for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="cells"):
+            fut.result()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.grid",
@@ -359,40 +571,78 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print every axis and choice, then exit")
     p.add_argument("--dry-run", action="store_true", help="print the cells, run nothing")
     p.add_argument("--samples", type=int, default=1000, help="samples per cell (default sweep)")
-    p.add_argument("--out", type=Path, default=Path("results/grid"))
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("results/grid"), help="records and tables")
+    p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N (default: each cell's, else cpu)"
+    )
+    p.add_argument(
+        "--executor",
+        default="inprocess",
+        choices=EXECUTORS,
+        help="where cells run: this process, --workers local processes, or a Dask cluster",
+    )
+    p.add_argument("--workers", type=int, default=2, help="local processes / LocalCluster size")
+    p.add_argument(
+        "--scheduler", default=None, help="dask: address of a running scheduler (tcp://host:port)"
+    )
+    p.add_argument(
+        "--retries", type=int, default=2, help="dask: reruns of a cell whose worker died"
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.list:
         print(_list_choices())
         return 0
     try:
-        device = resolve_device(a.device)
+        if a.device is not None:
+            a.device = str(resolve_device(a.device))  # 'auto' -> what it resolves to
+        if a.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {a.workers}")
+        if a.scheduler is not None and a.executor != "dask":
+            raise ValueError("--scheduler needs --executor dask")
         if a.config is not None:
-            cells = load_config(a.config)
+            cells = load_config(a.config, device=a.device)
         elif a.quick:
-            cells = quick_cells()
+            cells = quick_cells(a.device or "cpu")
         else:
-            cells = default_cells(a.samples)
+            cells = default_cells(a.samples, a.device or "cpu")
     except (ValueError, TypeError) as e:
         p.error(str(e))
-    todo = [c for c in cells if not record_path(a.out, c).exists()]
+    todo = pending(cells, a.out)
     if a.dry_run:
+        keys = {c.key for c in todo}
         for c in cells:
-            state = "todo" if c in todo else "done"
-            print(f"{c.key}  {state}  {c.label()}")
+            print(f"{c.key}  {'todo' if c.key in keys else 'done'}  {c.label()}")
         return 0
     log.info("%d cells, %d already done", len(cells), len(cells) - len(todo))
-    cache = ArtifactCache(a.cache_dir)
-    for cell in tqdm(todo, desc="cells"):
-        rec = run_cell(cell, cache, device)
-        atomic_write_bytes(record_path(a.out, cell), json.dumps(rec, indent=2).encode())
+    if a.executor == "inprocess":
+        for cell in tqdm(todo, desc="cells"):
+            run_and_store(cell, a.out, a.cache_dir)
+    elif a.executor == "local":
+        run_local(todo, a.out, a.cache_dir, a.workers)
+    else:
+        from bench.distributed import run_dask
+
+        run_dask(
+            todo,
+            a.out,
+            a.cache_dir,
+            scheduler=a.scheduler,
+            workers=a.workers,
+            retries=a.retries,
+        )
     keys = {c.key for c in cells}
     records = [r for r in load_records(a.out) if r["key"] in keys]
-    write_tables(a.out, records)
+    done = {r["key"] for r in records}
+    failures = [
+        f for f in load_records(a.out, "failed") if f["key"] in keys and f["key"] not in done
+    ]
+    write_tables(a.out, records, failures)
     print((a.out / "summary.md").read_text() if records else "no records")
-    return 0
+    if failures:
+        print(f"{len(failures)} cell(s) failed; errors under {a.out / 'failed'}; rerun to retry")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

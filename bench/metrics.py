@@ -196,14 +196,20 @@ def _train_cnn(cfg: CNNExtractorConfig) -> tuple[dict[str, Tensor], dict]:
 def cnn_extractor(dataset: str, cache: ArtifactCache | None = None) -> CNNExtractor:
     cfg = CNNExtractorConfig(dataset=dataset)
     key = config_hash(cfg, kind="extractor")
-    tensors, meta, _ = (cache or ArtifactCache()).get_or_build(
+    tensors, meta, cached = (cache or ArtifactCache()).get_or_build(
         "extractor", key, lambda: _train_cnn(cfg)
     )
     info = dataset_info(dataset)
     net = DigitsCNN(info.channels, info.num_classes)
     net.load_state_dict(tensors)
     acc = meta["heldout_accuracy"]
-    log.info("feature extractor cnn-%s-%s: held-out accuracy %.2f%%", dataset, key[:8], 100 * acc)
+    log.log(
+        logging.DEBUG if cached else logging.INFO,
+        "feature extractor cnn-%s-%s: held-out accuracy %.2f%%",
+        dataset,
+        key[:8],
+        100 * acc,
+    )
     return CNNExtractor(net, f"cnn-{dataset}-{key[:8]}", acc)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import torch
@@ -40,13 +41,15 @@ def generate(
     cond: Tensor | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    timings: list[float] | None = None,
     **sampler_kw,
 ) -> tuple[Tensor, int]:
     """``n`` samples of ``shape`` (C, H, W); returns (images on the CPU, NFE per batch).
 
     Noise for sample ``j`` depends only on ``seed`` and ``j // batch_size``, so runs with the
     same seed and batch size are reproducible. ``sampler_kw`` overrides
-    :data:`IMAGE_SAMPLER_DEFAULTS`.
+    :data:`IMAGE_SAMPLER_DEFAULTS`. If ``timings`` is a list, the wall-clock seconds of each
+    batch are appended to it (CUDA work is synchronised before the clock is read).
     """
     fn = samplers.get_sampler(sampler)
     sampler_kw = {**IMAGE_SAMPLER_DEFAULTS.get(sampler, {}), **sampler_kw}
@@ -54,10 +57,13 @@ def generate(
     starts = range(0, n, batch_size)
     for b, start in enumerate(tqdm(starts, desc=f"{sampler}-{steps}", disable=not progress)):
         m = min(batch_size, n - start)
+        t0 = time.perf_counter()
         gen = torch.Generator(device=device).manual_seed(seed * 100_003 + b)
         c = cond[start : start + m].to(device) if cond is not None else None
         res = fn(denoiser, schedule, (m, *shape), steps, generator=gen, cond=c, **sampler_kw)
-        out.append(res.samples.float().cpu())
+        out.append(res.samples.float().cpu())  # .cpu() waits for the device's work
+        if timings is not None:
+            timings.append(time.perf_counter() - t0)
         nfe = res.nfe
     return torch.cat(out), nfe
 

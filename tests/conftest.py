@@ -11,3 +11,10 @@ def cache(tmp_path):
     from bench.cache import ArtifactCache
 
     return ArtifactCache(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory):
+    """One artifact cache for the whole session (micro models train once), never the shipped
+    checkpoints."""
+    return tmp_path_factory.mktemp("shared-cache")

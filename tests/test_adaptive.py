@@ -150,6 +150,40 @@ def test_executor_under_cfg_decides_per_row():
     assert len(ex.trace) == 3 and ex.trace.exit_block[0].shape == (8,)  # 2B rows per call
 
 
+def test_paired_rows_exit_together_at_the_later_block():
+    """CFG option: a sample's cond and uncond rows exit at the first block where *both* may;
+    unpaired, each row exits at its own block."""
+    model = _model(num_classes=10)
+    x, t = _inputs(8)
+    x, t = torch.cat([x[:4], x[:4]]), torch.cat([t[:4], t[:4]])
+    cond = torch.tensor([1, 2, 3, 4, 10, 10, 10, 10])
+
+    class Own(ExitPolicy):  # cond rows exit after block r, uncond rows after block 3 - r
+        name = "own"
+
+        def begin(self, ctx):
+            r = torch.arange(4)
+            ctx.memory["target"] = torch.cat([r, 3 - r])
+
+        def decide(self, ctx):
+            return ctx.memory["target"] <= ctx.layer, ctx.memory["target"].float()
+
+    with torch.inference_mode():
+        alone = EarlyExitDenoiser(model, Own(), T)
+        alone(x, t, cond)
+        paired = EarlyExitDenoiser(model, Own(), T, paired=True)
+        out = paired(x, t, cond)
+    assert alone.trace.exit_block[0].tolist() == [0, 1, 2, 3, 3, 2, 1, 0]
+    assert paired.trace.exit_block[0].tolist() == [3, 2, 2, 3, 3, 2, 2, 3]
+    # Each paired row equals running the model to that block alone.
+    with torch.inference_mode():
+        ref = EarlyExitDenoiser(model, make_policy("static", 2), T)(x, t, cond)
+    rows = [1, 2, 5, 6]
+    torch.testing.assert_close(out[rows], ref[rows], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="even batch"):
+        paired(x[:3], t[:3], cond[:3])
+
+
 def test_trace_arrays_cover_every_sample_and_call():
     model = _model("uem")
     ex = EarlyExitDenoiser(model, make_policy("uem", 0.5), T)

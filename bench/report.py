@@ -1,0 +1,259 @@
+"""Plots of a grid sweep (matplotlib; PNG + SVG).
+
+``python -m bench.report`` reads the records of ``python -m bench.grid`` (``results/grid``) and
+writes to ``results/grid/report/``:
+
+- ``fid_vs_flops``: FID against the total FLOP ratio (vs DDPM with all T steps on the full
+  model; log scale), coloured by sampler/steps, and against the FLOP ratio per denoiser call,
+  coloured by exit policy; each panel with its Pareto front (no cell is cheaper *and* better);
+- ``wall_vs_flops``: wall-clock per image relative to the full-depth, unpruned cell with the same
+  sampler and steps, against the FLOP ratio per call, with the y = x line (wall-clock savings
+  at most match FLOP savings; the gap is the executor's overhead);
+- ``exit_heatmap``: share of samples exiting at each block per timestep bin, one panel per
+  exit policy (the cell with the most sampling steps of that policy);
+- ``samples``: the saved sample grid of chosen cells (``--cells``: substrings of cell labels;
+  default: the best FID of each policy).
+
+Nonfinite or failed cells are never plotted (they are listed in ``summary.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.cache import atomic_write_bytes
+
+__all__ = ["load_table", "main", "pareto_front"]
+
+log = logging.getLogger(__name__)
+
+
+def load_table(grid_dir: Path):
+    """The grid's records as a DataFrame (from ``records/``, so a running sweep can be read)."""
+    import pandas as pd
+
+    recs = []
+    for path in sorted((grid_dir / "records").glob("*.json")):
+        try:
+            recs.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("skipping unreadable record %s (%s)", path, e)
+    if not recs:
+        raise ValueError(f"no records under {grid_dir / 'records'}; run python -m bench.grid")
+    df = pd.DataFrame(recs)
+    df["run"] = df.sampler + "-" + df.steps.astype(str)
+    return df
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points not dominated in (lower x, lower y), sorted by x."""
+    order = np.lexsort((y, x))
+    front, best = [], np.inf
+    for i in order:
+        if y[i] < best:
+            front.append(i)
+            best = y[i]
+    return np.asarray(front, dtype=int)
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=130, bbox_inches="tight")
+        path = out / f"{name}.{ext}"
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def _scatter_with_front(ax, df, x: str, colour_by: str, logx: bool) -> None:
+    import matplotlib.pyplot as plt
+
+    groups = sorted(df[colour_by].unique())
+    cmap = plt.get_cmap("tab10")
+    for i, g in enumerate(groups):
+        sub = df[df[colour_by] == g]
+        ax.scatter(sub[x], sub.fid, s=28, color=cmap(i % 10), label=g, alpha=0.85)
+    front = pareto_front(df[x].to_numpy(float), df.fid.to_numpy(float))
+    f = df.iloc[front]
+    ax.step(f[x], f.fid, where="post", color="k", lw=1, alpha=0.7, label="Pareto front")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, title=colour_by, title_fontsize=7)
+
+
+def plot_fid_vs_flops(df, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    _scatter_with_front(a, df, "flop_ratio_vs_reference", "run", logx=True)
+    a.set_xlabel("total FLOPs / DDPM (all T steps, full model)")
+    a.set_title("per sampler and steps")
+    _scatter_with_front(b, df, "flop_ratio_per_call", "policy", logx=False)
+    b.set_xlabel("FLOPs per denoiser call / full unpruned model")
+    b.set_title("per exit policy")
+    ext = ", ".join(sorted(df.extractor.dropna().unique()))
+    fig.suptitle(f"FID vs FLOPs ({len(df)} cells; features: {ext})", fontsize=10)
+    paths = _save(fig, out, "fid_vs_flops")
+    plt.close(fig)
+    return paths
+
+
+def wall_ratios(df):
+    """Each cell's seconds per image over the matching full-depth, unpruned cell's (same
+    model, sampler, steps, guidance, device); cells without such a reference are dropped."""
+    ref = df[(df.policy == "full") & (df.prune_ratio == 0) & (df.recipe == "full")]
+    keys = ["dataset", "model", "sampler", "steps", "device"]
+    ref = ref[[*keys, "seconds_per_image"]].rename(columns={"seconds_per_image": "ref_s"})
+    ref = ref.groupby(keys, as_index=False).ref_s.median()
+    m = df.merge(ref, on=keys, how="inner")
+    m = m[m.guidance.isna()] if "guidance" in m else m
+    m["wall_ratio"] = m.seconds_per_image / m.ref_s
+    return m
+
+
+def plot_wall_vs_flops(df, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    m = wall_ratios(df)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if len(m):
+        cmap = plt.get_cmap("tab10")
+        for i, (pol, sub) in enumerate(sorted(m.groupby("policy"), key=lambda kv: kv[0])):
+            ax.scatter(sub.flop_ratio_per_call, sub.wall_ratio, s=28, color=cmap(i), label=pol)
+    lim = max(1.05, float(m.wall_ratio.max()) + 0.05) if len(m) else 1.05
+    ax.plot([0, lim], [0, lim], "k--", lw=1, label="y = x (wall saves what FLOPs save)")
+    ax.set_xlim(0, 1.05)
+    ax.set_ylim(0, lim)
+    ax.set_xlabel("FLOP ratio per call")
+    ax.set_ylabel("wall-clock per image / full-depth cell")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Wall-clock vs FLOPs (same sampler and steps)", fontsize=10)
+    paths = _save(fig, out, "wall_vs_flops")
+    plt.close(fig)
+    return paths
+
+
+def plot_exit_heatmaps(df, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    exits = df[(df.policy != "full") & df.exit_histogram.notna()]
+    if not len(exits):
+        return []
+    # Per policy: the unpruned cell with the most steps (the finest view over t).
+    chosen = (
+        exits.sort_values(["prune_ratio", "steps"], ascending=[True, False])
+        .groupby("policy", sort=True)
+        .head(1)
+    )
+    n = len(chosen)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    for ax, (_, r) in zip(axes.flat, chosen.iterrows(), strict=False):
+        h = r.exit_histogram
+        counts = np.asarray(h["counts"], float)  # (t bins, blocks)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        edges = h["t_edges"]
+        im = ax.imshow(
+            share.T,
+            origin="lower",
+            aspect="auto",
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            extent=(edges[0], edges[-1], 0.5, counts.shape[1] + 0.5),
+        )
+        ax.set_title(f"{r.policy} ({r.run}, FLOPs {r.flop_ratio_per_call:.2f})", fontsize=8)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("blocks run (exit after block)")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="share of samples")
+    paths = _save(fig, out, "exit_heatmap")
+    plt.close(fig)
+    return paths
+
+
+def plot_samples(df, grid_dir: Path, out: Path, patterns: list[str] | None) -> list[Path]:
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    ok = df[~df.nonfinite.astype(bool) & df.fid.notna()]
+    if patterns:
+        chosen = ok[ok.label.apply(lambda s: any(p in s for p in patterns))]
+        if not len(chosen):
+            raise ValueError(
+                f"no cell label contains any of {patterns}; labels: {sorted(ok.label)[:8]}..."
+            )
+    else:
+        chosen = ok.loc[ok.groupby("policy").fid.idxmin()]
+    items = []
+    for _, r in chosen.iterrows():
+        path = grid_dir / "samples" / f"{r.key}.png"
+        if path.exists():
+            items.append((r, Image.open(path)))
+    if not items:
+        return []
+    cols = min(4, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
+    for ax, (r, img) in zip(axes.flat, items, strict=False):
+        ax.imshow(img, cmap="gray")
+        ax.set_title(f"{r.label}\nFID {r.fid:.2f}, FLOPs {r.flop_ratio_per_call:.2f}", fontsize=7)
+        ax.axis("off")
+    for ax in list(axes.flat)[len(items) :]:
+        ax.axis("off")
+    paths = _save(fig, out, "samples")
+    plt.close(fig)
+    return paths
+
+
+def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    df = load_table(grid_dir)
+    ok = df[~df.nonfinite.astype(bool) & df.fid.notna()].copy()
+    if not len(ok):
+        raise ValueError(f"every record under {grid_dir} is nonfinite; nothing to plot")
+    paths = plot_fid_vs_flops(ok, out)
+    paths += plot_wall_vs_flops(ok, out)
+    paths += plot_exit_heatmaps(ok, out)
+    paths += plot_samples(df, grid_dir, out, cells)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--grid", type=Path, default=Path("results/grid"), help="a grid's --out")
+    p.add_argument("--out", type=Path, default=None, help="default: GRID/report")
+    p.add_argument("--cells", nargs="+", default=None, help="label substrings for the samples")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        paths = make_report(a.grid, a.out or a.grid / "report", a.cells)
+    except ValueError as e:
+        p.error(str(e))
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.grid import main as grid_main
+from bench.report import main, pareto_front, wall_ratios
+
+SWEEP = """
+[[cell]]
+model = "micro"
+sampler = "ddim"
+steps = 3
+samples = 40
+
+[sweep]
+model = "micro"
+recipe = "uem"
+policy = "uem"
+knob = [0.0, 0.3]
+sampler = "ddim"
+steps = 3
+samples = 40
+"""
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    x = np.array([0.5, 0.2, 0.8, 0.2, 1.0, 0.6])
+    y = np.array([10.0, 30.0, 5.0, 20.0, 6.0, 12.0])
+    assert pareto_front(x, y).tolist() == [3, 0, 2]  # (0.2, 20), (0.5, 10), (0.8, 5)
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory, shared_cache_dir):
+    root = tmp_path_factory.mktemp("grid")
+    cfg = root / "sweep.toml"
+    cfg.write_text(SWEEP)
+    out = root / "out"
+    assert (
+        grid_main(["--config", str(cfg), "--out", str(out), "--cache-dir", str(shared_cache_dir)])
+        == 0
+    )
+    return out
+
+
+def test_report_writes_every_figure(grid_dir, tmp_path):
+    assert main(["--grid", str(grid_dir), "--out", str(tmp_path)]) == 0
+    for name in ("fid_vs_flops", "wall_vs_flops", "exit_heatmap", "samples"):
+        for ext in ("png", "svg"):
+            f = tmp_path / f"{name}.{ext}"
+            assert f.exists() and f.stat().st_size > 1000, f
+    assert (tmp_path / "fid_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (grid_dir / "table.parquet").exists() and (grid_dir / "table.csv").exists()
+
+
+def test_report_errors_are_one_line(tmp_path, grid_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--grid", str(tmp_path / "nothing")])
+    assert e.value.code == 2 and "no records" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--grid", str(grid_dir), "--out", str(tmp_path), "--cells", "no-such-cell"])
+    assert e.value.code == 2 and "no cell label contains" in capsys.readouterr().err
+
+
+def test_wall_ratio_needs_a_matching_full_depth_reference():
+    import pandas as pd
+
+    df = pd.DataFrame(
+        [
+            dict(
+                dataset="d",
+                model="m",
+                sampler="ddim",
+                steps=3,
+                device="cpu",
+                policy=p,
+                recipe=r,
+                prune_ratio=0.0,
+                guidance=None,
+                seconds_per_image=s,
+            )
+            for p, r, s in [("full", "full", 2.0), ("uem", "uem", 1.0)]
+        ]
+    )
+    m = wall_ratios(df)
+    assert m.set_index("policy").wall_ratio.to_dict() == {"full": 1.0, "uem": 0.5}
+    assert len(wall_ratios(df.assign(steps=[3, 4]))) == 1  # uem at 4 steps has no reference
