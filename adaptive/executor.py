@@ -190,18 +190,23 @@ class EarlyExitDenoiser:
             if self.paired:  # compaction keeps row order, so the halves stay aligned
                 both = mask.view(2, -1).all(0)
                 mask = torch.cat([both, both])
-            if not bool(mask.any()):  # the one host sync per block that compaction needs
+            # The one host sync per block, which compaction needs: how many rows exit.
+            n_exit = int(mask.sum())
+            if n_exit == 0:
                 continue
-            done = rows[mask]
+            # Running rows first (in order, so CFG halves stay aligned), exiting rows last.
+            order = torch.argsort(mask.to(torch.int8), stable=True)
+            n_keep = order.shape[0] - n_exit
+            keep, leaving = order[:n_keep], order[n_keep:]
+            done = rows[leaving]
             if ctx._readout is not None:
-                out[done] = ctx._readout[mask]
+                out[done] = ctx._readout[leaving]
             else:
-                out[done] = model.readout(state.h[mask])
-                flops[0] += self.costs.readout * done.shape[0]
+                out[done] = model.readout(state.h[leaving])
+                flops[0] += self.costs.readout * n_exit
             exit_block[done] = i
-            score[done] = s[mask].float()
-            keep = (~mask).nonzero().squeeze(1)
-            if keep.numel() == 0:
+            score[done] = s[leaving].float()
+            if n_keep == 0:
                 break
             state = state.select(keep)
             rows, t_run = rows[keep], t_run[keep]

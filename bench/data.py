@@ -7,6 +7,7 @@ torchvision from a local root; they download only when the caller asks (``downlo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,16 @@ from torch.utils.data import Dataset
 __all__ = ["DATASETS", "DatasetError", "DatasetInfo", "dataset_info", "load_dataset"]
 
 SPLITS = ("train", "heldout")
+DATA_ROOT_ENV = "DIFFCOMPRESS_DATA_ROOT"
+DOWNLOAD_ENV = "DIFFCOMPRESS_DOWNLOAD"
+
+
+def set_data_options(root: str | Path | None, download: bool) -> None:
+    """What ``--data-root`` / ``--download`` mean for a whole run (and processes it starts)."""
+    if root is not None:
+        os.environ[DATA_ROOT_ENV] = str(Path(root).expanduser())
+    if download:
+        os.environ[DOWNLOAD_ENV] = "1"
 
 
 class DatasetError(ValueError):
@@ -32,6 +43,7 @@ class DatasetInfo:
     channels: int
     num_classes: int
     needs_root: bool
+    hflip: bool = False  # random horizontal flips in training (U-ViT: CIFAR-10, CelebA)
 
 
 class TensorImages(Dataset):
@@ -122,8 +134,8 @@ _Loader = Callable[[Path | None, str, bool, int], Dataset]
 
 DATASETS: dict[str, tuple[DatasetInfo, _Loader]] = {
     "digits": (DatasetInfo("digits", 8, 1, 10, needs_root=False), _digits),
-    "cifar10": (DatasetInfo("cifar10", 32, 3, 10, needs_root=True), _cifar10),
-    "celeba64": (DatasetInfo("celeba64", 64, 3, 0, needs_root=True), _celeba),
+    "cifar10": (DatasetInfo("cifar10", 32, 3, 10, needs_root=True, hflip=True), _cifar10),
+    "celeba64": (DatasetInfo("celeba64", 64, 3, 0, needs_root=True, hflip=True), _celeba),
 }
 
 
@@ -142,9 +154,15 @@ def load_dataset(
 ) -> Dataset:
     """Load ``split`` ('train' or 'heldout') of the named dataset; images in [-1, 1].
 
-    Raises :class:`DatasetError` (a ``ValueError``) naming the valid choices or the missing root.
+    ``root`` defaults to ``$DIFFCOMPRESS_DATA_ROOT`` and ``download`` to
+    ``$DIFFCOMPRESS_DOWNLOAD=1`` (the CLIs' ``--data-root`` / ``--download`` set them, so every
+    loader in the process and its workers sees the same data). Raises :class:`DatasetError` (a
+    ``ValueError``) naming the valid choices or the missing root.
     """
     dataset_info(name)
+    if root is None:
+        root = os.environ.get(DATA_ROOT_ENV) or None
+    download = download or os.environ.get(DOWNLOAD_ENV) == "1"
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     root_path = Path(root).expanduser() if root is not None else None

@@ -37,10 +37,10 @@ from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import POLICIES, make_policy
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache, atomic_write_bytes, config_hash
-from bench.data import DATASETS, dataset_info
-from bench.metrics import evaluate, get_extractor
+from bench.data import DATASETS, dataset_info, set_data_options
+from bench.metrics import EXTRACTORS, evaluate, get_extractor
 from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate, save_grid
-from bench.train import TrainConfig, load_or_train, resolve_device
+from bench.train import AUTOCAST, TrainConfig, load_or_train, resolve_device
 from models import MODELS
 from pruning.core import IMPORTANCES
 from pruning.pipeline import PruneConfig, load_or_prune
@@ -51,8 +51,6 @@ __all__ = ["Cell", "default_cells", "main", "quick_cells", "run_cell"]
 log = logging.getLogger(__name__)
 
 
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 # The registry behind each named axis of a cell (validation and --list share it).
 CELL_CHOICES = {
     "dataset": DATASETS,
@@ -61,6 +59,7 @@ CELL_CHOICES = {
     "policy": POLICIES,
     "sampler": SAMPLERS,
     "prune_importance": IMPORTANCES,
+    "extractor": EXTRACTORS,
 }
 
 
@@ -86,6 +85,7 @@ class Cell:
     seed: int = 0
     device: str = "cpu"
     autocast: str = "none"  # "bf16" / "fp16": sample under torch.autocast
+    extractor: str = "cnn"  # FID features: the offline CNN, or clean-fid's InceptionV3
 
     def __post_init__(self) -> None:
         for name, registry in CELL_CHOICES.items():
@@ -122,7 +122,14 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return config_hash(self, kind="cell")
+        """A hash of the fields that differ from their defaults, so adding a field (with a
+        default) to :class:`Cell` keeps every existing record's key."""
+        changed = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        }
+        return config_hash(changed, kind="cell")
 
     def label(self) -> str:
         if self.target_flop_ratio is not None:
@@ -335,7 +342,7 @@ def run_cell(
     nonfinite = not bool(torch.isfinite(imgs).all())
     metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None}
     if not nonfinite:
-        ext = get_extractor("cnn", cell.dataset, cache)
+        ext = get_extractor(cell.extractor, cell.dataset, cache, device=str(device))
         metrics = evaluate(imgs, cell.dataset, ext, cache)
     rows_per_nfe = 2 if cell.guidance is not None else 1
     reference = unpruned_flops * schedule.T * cell.samples * rows_per_nfe
@@ -582,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=EXECUTORS,
         help="where cells run: this process, --workers local processes, or a Dask cluster",
     )
+    p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
+    p.add_argument("--download", action="store_true", help="download datasets (online)")
     p.add_argument("--workers", type=int, default=2, help="local processes / LocalCluster size")
     p.add_argument(
         "--scheduler", default=None, help="dask: address of a running scheduler (tcp://host:port)"
@@ -599,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             a.device = str(resolve_device(a.device))  # 'auto' -> what it resolves to
         if a.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {a.workers}")
+        set_data_options(a.data_root, a.download)  # inherited by local and LocalCluster workers
         if a.scheduler is not None and a.executor != "dask":
             raise ValueError("--scheduler needs --executor dask")
         if a.config is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,11 +231,12 @@ class InceptionExtractor:
         from cleanfid.resize import make_resizer
 
         if network is None:
-            path = Path(weights) if weights is not None else CLEANFID_WEIGHTS
+            path = Path(weights or os.environ.get(INCEPTION_ENV) or CLEANFID_WEIGHTS)
             if not path.is_file():
                 raise ValueError(
-                    f"InceptionV3 weights not found at {path}: pass the path of clean-fid's "
-                    "inception-2015-12-05.pt, or use the offline 'cnn' extractor"
+                    f"InceptionV3 weights not found at {path}: set ${INCEPTION_ENV} (or pass "
+                    "weights=) to clean-fid's inception-2015-12-05.pt, or use the offline "
+                    "'cnn' extractor"
                 )
             from cleanfid.inception_torchscript import InceptionV3W
 
@@ -258,8 +260,10 @@ class InceptionExtractor:
         return torch.cat(out)
 
 
-# Where clean-fid caches its weights on Linux/macOS (features.feature_extractor uses "/tmp").
+# Where clean-fid caches its weights on Linux/macOS (features.feature_extractor uses "/tmp");
+# the environment variable, when set, wins.
 CLEANFID_WEIGHTS = Path("/tmp/inception-2015-12-05.pt")
+INCEPTION_ENV = "DIFFCOMPRESS_INCEPTION_WEIGHTS"
 
 
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from adaptive.recipes import RECIPES, get_recipe
 from bench.cache import ArtifactCache, config_hash
-from bench.data import DATASETS, TensorImages, dataset_info, load_dataset
+from bench.data import DATASETS, TensorImages, dataset_info, load_dataset, set_data_options
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
 
@@ -96,6 +96,8 @@ class TrainConfig:
     def make_schedule(self) -> VPSchedule:
         return make_schedule(self.schedule, self.T)
 
+
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 _FINETUNE_ONLY = dict(finetune_steps=1000, finetune_lr=3e-4, lambda_u=1.0, lambda_ual=1.0)
 
@@ -180,10 +182,13 @@ def train(
     progress: bool = True,
     init: dict[str, Tensor] | None = None,
     model: UViT | None = None,
+    autocast: torch.dtype | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Train from scratch, or fine-tune (with ``cfg.finetune_steps`` and ``cfg.finetune_lr``)
     either ``init`` weights (exit recipes; heads absent from ``init`` start fresh) or a given
-    ``model`` (e.g. a pruned one, trained in place). Returns (tensors to cache, metadata)."""
+    ``model`` (e.g. a pruned one, trained in place). ``autocast`` (bf16 / fp16) runs the
+    forward under ``torch.autocast`` (fp16 with a gradient scaler). Returns (tensors to cache,
+    metadata)."""
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -210,6 +215,7 @@ def train(
         steps, lr, warmup = cfg.finetune_steps, cfg.finetune_lr, min(cfg.warmup, 100)
         min_lr = min(cfg.min_lr, lr)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
     batches = _batches(ds, cfg.batch_size, gen)
     desc = f"{'fine-tune' if finetune else 'train'} {cfg.recipe} {cfg.key[:8]}"
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1)
@@ -218,6 +224,9 @@ def train(
     for step in bar:
         x0, y = next(batches)
         x0, y = x0.to(device), y.to(device)
+        if info.hflip:  # only datasets that flip draw from the generator (digits stay as is)
+            flip = (torch.rand(x0.shape[0], generator=gen) < 0.5).to(device)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         t = torch.randint(0, cfg.T, (x0.shape[0],), generator=gen).to(device)
         eps = torch.randn(x0.shape, generator=gen).to(device)
         a = ab[t].view(-1, 1, 1, 1)
@@ -228,11 +237,14 @@ def train(
             cond = torch.where(drop, torch.full_like(y, info.num_classes), y)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, min_lr, warmup)
-        loss, logs = recipe.loss(model, x_t, t.float(), cond, eps, step, **weights)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            loss, logs = recipe.loss(model, x_t, t.float(), cond, eps, step, **weights)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         _ema_update(ema, model, step, cfg.ema_decay)
         loss_ema = logs["loss"] if loss_ema is None else 0.98 * loss_ema + 0.02 * logs["loss"]
         if not math.isfinite(logs["loss"]):
@@ -251,6 +263,7 @@ def train(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "autocast": str(autocast) if autocast is not None else None,
     }
     tensors = {f"ema.{k}": v for k, v in ema.state_dict().items()}
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
@@ -263,6 +276,7 @@ def load_or_train(
     device: torch.device | str = "cpu",
     data_root: str | Path | None = None,
     progress: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> TrainedModel:
     """The trained checkpoint for ``cfg``: loaded from the cache, or trained and cached.
 
@@ -275,9 +289,9 @@ def load_or_train(
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
         init = None
         if cfg.base is not None:
-            base = load_or_train(cfg.base, cache, device, data_root, progress)
+            base = load_or_train(cfg.base, cache, device, data_root, progress, autocast)
             init = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
-        return train(cfg, device, data_root, progress, init=init)
+        return train(cfg, device, data_root, progress, init=init, autocast=autocast)
 
     tensors, meta, cached = cache.get_or_build("checkpoint", cfg.key, build)
     model = build_model(cfg)
@@ -313,6 +327,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-ual", type=float, default=d.lambda_ual, help="uem: weight of L_UAL")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
+    p.add_argument("--download", action="store_true", help="download the dataset (online)")
+    p.add_argument(
+        "--autocast", default="none", choices=list(AUTOCAST), help="mixed precision (GPU)"
+    )
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -339,8 +357,14 @@ def main(argv: list[str] | None = None) -> int:
             lambda_ual=a.lambda_ual,
         )
         device = resolve_device(a.device)
+        set_data_options(a.data_root, a.download)
         trained = load_or_train(
-            cfg, ArtifactCache(a.cache_dir), device, a.data_root, not a.no_progress
+            cfg,
+            ArtifactCache(a.cache_dir),
+            device,
+            a.data_root,
+            not a.no_progress,
+            AUTOCAST[a.autocast],
         )
     except ValueError as e:  # DatasetError included
         p.error(str(e))

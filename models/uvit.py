@@ -51,6 +51,7 @@ class UViTConfig:
     mlp_time_embed: bool = True
     conv_out: bool = True
     exit_heads: str = "none"  # learned exit parts: "uem" (one UEM per block) or "lte" (BERxiT)
+    time_offset: float = 0.0  # added to t before embedding (official checkpoints: 1, see official)
 
     def __post_init__(self) -> None:
         if self.exit_heads not in EXIT_HEADS:
@@ -216,6 +217,8 @@ class UViT(nn.Module):
         if self.label_emb is not None and cond is None:
             raise ValueError("this model is class-conditional: pass cond (labels; null class = K)")
         h = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, L, D)
+        if self.cfg.time_offset:
+            t = t + self.cfg.time_offset
         temb = self.time_embed(timestep_embedding(t, self.cfg.embed_dim))  # (B, D)
         tokens = [temb[:, None]]  # (B, 1, D)
         if self.label_emb is not None:

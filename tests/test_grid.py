@@ -47,7 +47,7 @@ def test_config_sweep_expands_axes(tmp_path):
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, capsys, monkeypatch):
-    monkeypatch.setattr(grid, "run_cell", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as e:
         main(["--config", str(_cfg(tmp_path, body)), "--out", str(tmp_path / "out")])
     assert e.value.code == 2
@@ -60,11 +60,11 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
     args = ["--config", str(_cfg(tmp_path, SMALL)), "--out", str(out), "--cache-dir", str(cache)]
     real, calls = grid.run_cell, []
 
-    def crash_on_third(cell, *a):
+    def crash_on_third(cell, *a, **k):
         calls.append(cell.key)
         if len(calls) == 3:
             raise KeyboardInterrupt("killed mid-cell")  # not an error a cell records
-        return real(cell, *a)
+        return real(cell, *a, **k)
 
     monkeypatch.setattr(grid, "run_cell", crash_on_third)
     with pytest.raises(KeyboardInterrupt, match="killed"):
@@ -75,7 +75,7 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
 
     calls.clear()
     monkeypatch.setattr(
-        grid, "run_cell", lambda cell, *a: (calls.append(cell.key), real(cell, *a))[1]
+        grid, "run_cell", lambda cell, *a, **k: (calls.append(cell.key), real(cell, *a, **k))[1]
     )
     assert main(args) == 0
     assert len(calls) == 2  # only the unfinished cells ran again

@@ -1,0 +1,191 @@
+"""Executor throughput at paper size: wall-clock ratio vs FLOP ratio of `uem` exits.
+
+``python -m bench.throughput --model uvit-s2 --dataset cifar10 --batch 256 --device cuda``
+builds U-ViT-S/2 with UEM heads (random weights, or ``--official PATH`` for an AdaDiff /
+U-ViT checkpoint), draws one batch of noisy inputs with timesteps spread over [0, T), and for
+each target FLOP ratio bisects the UEM threshold on that batch, then times one denoiser call
+through the early-exit executor against the plain forward (median of interleaved repeats after a
+warm-up; CUDA is synchronised around every timed call). With random weights the *pattern* of
+exits is arbitrary but the cost of running, compacting and reading out is the real one, which
+is what this measures. Only the dataset's geometry is used (no data is read).
+
+Output: a markdown table on stdout and ``results/throughput/<model>-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from adaptive.executor import EarlyExitDenoiser
+from adaptive.policies import make_policy
+from bench.cache import atomic_write_bytes
+from bench.data import DATASETS, dataset_info
+from bench.measure import interleaved_medians
+from bench.train import resolve_device
+from models import MODELS, make_model
+
+__all__ = ["main", "measure_throughput"]
+
+log = logging.getLogger(__name__)
+
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _tau_for(ex: EarlyExitDenoiser, x, t, target: float, iters: int = 20) -> tuple[float, float]:
+    """Bisect the UEM threshold (FLOP ratio rises as tau falls) on this one call."""
+    lo, hi, best = 0.0, 1.0, (1.0, float("inf"), 0.0)
+    for _ in range(iters):
+        tau = 0.5 * (lo + hi)
+        ex.policy = make_policy("uem", tau)
+        ex.reset()
+        ex(x, t)
+        r = ex.flop_ratio
+        if abs(r - target) < best[1]:
+            best = (tau, abs(r - target), r)
+        if r > target:
+            lo = tau
+        else:
+            hi = tau
+    return best[0], best[2]
+
+
+@torch.inference_mode()
+def measure_throughput(
+    model_name: str = "uvit-s2",
+    dataset: str = "cifar10",
+    batch: int = 256,
+    targets: tuple[float, ...] = (0.9, 0.75, 0.6, 0.45),
+    device: str = "cpu",
+    autocast: str = "none",
+    repeats: int = 10,
+    official: str | None = None,
+    num_heads: int | None = None,
+    T: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
+    dev = resolve_device(device)
+    info = dataset_info(dataset)
+    if official is not None:
+        from models.official import load_official
+
+        heads = num_heads or MODELS[model_name]["num_heads"]
+        model, _ = load_official(official, heads, info.img_size, exit_heads="uem")
+    else:
+        torch.manual_seed(seed)
+        model = make_model(model_name, info.img_size, info.channels, exit_heads="uem")
+    model = model.to(dev).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, info.channels, info.img_size, info.img_size, generator=g).to(dev)
+    t = torch.linspace(0, T - 1, batch).to(dev)
+    amp = AUTOCAST[autocast]
+
+    def ctx():
+        return torch.autocast(dev.type, dtype=amp, enabled=amp is not None)
+
+    executors = {"never-exit": EarlyExitDenoiser(model, make_policy("full"), T)}
+    for target in targets:
+        ex = EarlyExitDenoiser(model, make_policy("uem", 0.5), T)
+        with ctx():
+            tau, _ = _tau_for(ex, x, t, target)
+        ex.policy = make_policy("uem", tau)
+        executors[f"uem tau={tau:.4f}"] = ex
+    calls = {"plain": lambda: model(x, t)}
+    calls.update({k: (lambda e=e: e(x, t)) for k, e in executors.items()})
+    with ctx():
+        med = interleaved_medians(calls, repeats)
+    rows = []
+    for k, ex in executors.items():
+        ex.reset()
+        with ctx():
+            ex(x, t)
+        rows.append(
+            {
+                "executor": k,
+                "flop_ratio": ex.flop_ratio,
+                "layer_ratio": ex.layer_ratio,
+                "wall_ratio": med[k] / med["plain"],
+                "ms_per_call": 1e3 * med[k],
+                "plain_ms_per_call": 1e3 * med["plain"],
+                "images_per_s": batch / med[k],
+            }
+        )
+    env = {
+        "model": model_name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch": batch,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+        "autocast": autocast,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    return [{**env, **r} for r in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="uvit-s2", choices=list(MODELS))
+    p.add_argument("--dataset", default="cifar10", choices=list(DATASETS), help="geometry only")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.75, 0.6, 0.45])
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--autocast", default="none", choices=list(AUTOCAST))
+    p.add_argument("--repeats", type=int, default=10, help="interleaved timed repeats")
+    p.add_argument("--official", default=None, help="an official U-ViT/AdaDiff checkpoint")
+    p.add_argument("--num-heads", type=int, default=None, help="heads of --official's model")
+    p.add_argument("--out", type=Path, default=Path("results/throughput"))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.batch < 1 or a.repeats < 1:
+        p.error("--batch and --repeats must be >= 1")
+    if not all(0 < x <= 1 for x in a.targets):
+        p.error(f"--targets must be FLOP ratios in (0, 1], got {a.targets}")
+    try:
+        rows = measure_throughput(
+            a.model,
+            a.dataset,
+            a.batch,
+            tuple(a.targets),
+            a.device,
+            a.autocast,
+            a.repeats,
+            a.official,
+            a.num_heads,
+        )
+    except ValueError as e:
+        p.error(str(e))
+    r0 = rows[0]
+    print(
+        f"{r0['model']} ({r0['params']:,} params), batch {r0['batch']}, {r0['device']}, "
+        f"autocast {r0['autocast']}, plain forward {r0['plain_ms_per_call']:.2f} ms"
+    )
+    print("| executor | FLOP ratio | layer ratio | wall ratio | ms/call | images/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['executor']} | {r['flop_ratio']:.3f} | {r['layer_ratio']:.3f} | "
+            f"{r['wall_ratio']:.3f} | {r['ms_per_call']:.2f} | {r['images_per_s']:.0f} |"
+        )
+    dev = (
+        "cuda"
+        if "cuda" in str(a.device) or (a.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    path = a.out / f"{a.model}-{dev}-{a.autocast}.json"
+    atomic_write_bytes(path, json.dumps(rows, indent=2).encode())
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
