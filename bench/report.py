@@ -139,7 +139,9 @@ def plot_wall_vs_flops(df, out: Path) -> list[Path]:
     ax.set_ylabel("wall-clock per image / full-depth cell")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title("Wall-clock vs FLOPs (same sampler and steps)", fontsize=10)
+    # Cells are timed one after another, minutes apart: machine drift enters these ratios.
+    # bench.fig_exits and bench.throughput time variants interleaved, side by side.
+    ax.set_title("Wall-clock vs FLOPs (cells timed separately)", fontsize=10)
     paths = _save(fig, out, "wall_vs_flops")
     plt.close(fig)
     return paths
@@ -160,7 +162,9 @@ def plot_exit_heatmaps(df, out: Path) -> list[Path]:
     n = len(chosen)
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False, layout="constrained"
+    )
     for ax, (_, r) in zip(axes.flat, chosen.iterrows(), strict=False):
         h = r.exit_histogram
         counts = np.asarray(h["counts"], float)  # (t bins, blocks)

@@ -129,3 +129,72 @@ def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
     rec = grid.run_cell(cell, grid.ArtifactCache(tmp_path), torch.device("cpu"))
     # Same 64-sample batch size; the seeds differ, so allow sampling noise.
     assert abs(rec["flop_ratio_per_call"] - rec["calibration_flop_ratio"]) < 0.1, rec
+
+
+@pytest.mark.parametrize("name", ["guidance", "exits", "paper"])
+def test_shipped_sweep_files_are_valid(name):
+    from pathlib import Path
+
+    path = Path(grid.__file__).parent / "sweeps" / f"{name}.toml"
+    cells = load_config(path)
+    assert cells and len({c.key for c in cells}) == len(cells)
+
+
+def test_cell_keys_ignore_fields_at_their_default():
+    """Adding a field with a default to Cell must not change existing keys (records stay)."""
+    assert Cell().key == grid.config_hash({}, kind="cell")
+    assert Cell(steps=50).key == grid.config_hash({"steps": 50}, kind="cell")
+    assert Cell(steps=50).key != Cell(steps=20).key
+
+
+def test_guided_cells_sample_the_class_conditional_model(tmp_path):
+    """guidance selects the class-conditional checkpoint and samples 2 rows per image per call;
+    cfg_exit_together makes a sample's two rows exit at one block."""
+    cache = grid.ArtifactCache(tmp_path, shipped=())
+    common = dict(model="micro", recipe="uem", sampler="ddim", steps=2, samples=16)
+    plain = grid.run_cell(Cell(**common, policy="full", guidance=2.0), cache)
+    assert (
+        plain["nfe"] == 2
+        and plain["fid"] > 0
+        and plain["flop_ratio_per_call"] == pytest.approx(1.0)
+    )
+    assert plain["flop_ratio_vs_reference"] == pytest.approx(2 / 1000)  # 2 of T=1000 steps
+    together = grid.run_cell(
+        Cell(**common, policy="uem", knob=0.5, guidance=2.0, cfg_exit_together=True), cache
+    )
+    counts = torch.tensor(together["exit_histogram"]["counts"]).sum(0)
+    assert counts.sum() == 2 * 2 * 16  # (cond + uncond) rows x calls x samples
+    with pytest.raises(ValueError, match="needs a guidance scale"):
+        Cell(**common, cfg_exit_together=True)
+
+
+def test_kill_9_mid_sweep_loses_nothing(tmp_path, shared_cache_dir):
+    """A real SIGKILL of the grid process between (or inside) cells: no partial record is ever
+    visible, and the rerun does only what is missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = _cfg(tmp_path, SMALL)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bench.grid", "--config", str(cfg), "--out", str(out)]
+    cmd += ["--cache-dir", str(shared_cache_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "records").is_dir() and any((out / "records").glob("*.json")):
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name for p in (out / "records").iterdir()}
+    assert before and all(n.endswith(".json") and not n.startswith(".") for n in before)
+    for name in before:
+        json.loads((out / "records" / name).read_text())  # complete, parseable
+    assert (
+        main(["--config", str(cfg), "--out", str(out), "--cache-dir", str(shared_cache_dir)]) == 0
+    )
+    after = {p.name for p in (out / "records").iterdir()}
+    assert before <= after and len(after) == 4
