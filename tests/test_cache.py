@@ -24,8 +24,9 @@ def test_roundtrip_and_hit(cache):
     t2, m2, hit2 = cache.get_or_build("thing", "k", build)
     assert (hit1, hit2) == (False, True) and len(calls) == 1
     assert torch.equal(t1["w"], t2["w"]) and m2 == {"note": "hi"}
-    # Nothing but the artifact itself is left behind (no temp files).
-    assert [p.name for p in cache.path("thing", "k").parent.iterdir()] == ["k.safetensors"]
+    # Nothing but the artifact and its (empty, reusable) lock file is left: no temp files.
+    left = sorted(p.name for p in cache.path("thing", "k").parent.iterdir())
+    assert left == [".k.lock", "k.safetensors"]
 
 
 def test_truncated_file_is_detected_and_rebuilt(cache):
