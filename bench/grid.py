@@ -140,6 +140,7 @@ class Cell:
             knob = ""
         prune = f" prune{self.prune_ratio:g}" if self.prune_ratio else ""
         cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
+        cfg += "+together" if self.cfg_exit_together else ""
         return f"{self.recipe}{prune} {self.policy}{knob} {self.sampler}-{self.steps}{cfg}"
 
 
@@ -276,14 +277,14 @@ def run_cell(
     ``sample_grid``: write the first 100 samples there as a PNG grid."""
     device = resolve_device(cell.device) if device is None else device
     tcfg = _train_config(cell)
-    base = load_or_train(tcfg, cache, device, progress=False)
+    base = load_or_train(tcfg, cache, device, progress=True)
     model, params_unpruned = base.model, sum(p.numel() for p in base.model.parameters())
     if cell.prune_ratio > 0:
         ft = 50 if cell.model == "micro" else PruneConfig().finetune_steps
         pc = PruneConfig(
             base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, finetune_steps=ft
         )
-        model = load_or_prune(pc, cache, device, progress=False).model
+        model = load_or_prune(pc, cache, device, progress=True).model
     schedule = base.schedule
     unpruned_flops = CostModel(base.model, schedule.T).full
     sampler_kw = IMAGE_SAMPLER_DEFAULTS.get(cell.sampler, {})

@@ -143,3 +143,25 @@ def test_concurrent_builders_of_one_artifact_build_it_once(tmp_path):
     assert sorted(r[2] for r in results) == [False, True, True]
     assert all(torch.equal(r[0]["w"], torch.arange(4.0)) for r in results)
     assert json.loads(json.dumps(results[0][1])) == {"n": 1}
+
+
+def test_grid_cli_starts_its_own_local_dask_cluster(tmp_path, shared_cache_dir, inprocess):
+    pytest.importorskip("dask.distributed")
+    out = tmp_path / "out"
+    args = [
+        "--config",
+        str(_cfg(tmp_path)),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(shared_cache_dir),
+    ]
+    assert main([*args, "--executor", "dask", "--workers", "2"]) == 0
+    _same_records(_by_key(out), inprocess)
+    assert (out / "table.parquet").exists()
+
+
+def test_scheduler_needs_the_dask_executor(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(_cfg(tmp_path)), "--scheduler", "tcp://x:1"])
+    assert e.value.code == 2 and "--scheduler needs --executor dask" in capsys.readouterr().err
