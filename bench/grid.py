@@ -38,6 +38,7 @@ from adaptive.policies import POLICIES, make_policy
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache, atomic_write_bytes, config_hash
 from bench.data import DATASETS, dataset_info, set_data_options
+from bench.measure import interleaved_medians
 from bench.metrics import EXTRACTORS, evaluate, get_extractor
 from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate, save_grid
 from bench.train import AUTOCAST, TrainConfig, load_or_train, resolve_device
@@ -267,6 +268,40 @@ def _exit_histogram(ex: EarlyExitDenoiser, T: int) -> dict[str, Any]:
     return {"t_edges": np.linspace(0, T, EXIT_T_BINS + 1).tolist(), "counts": counts.tolist()}
 
 
+WALL_CALLS = 6  # denoiser calls of the first batch replayed for the side-by-side wall ratio
+WALL_REPEATS = 5
+
+
+class _Capture:
+    """Passes calls through to ``inner`` and keeps a copy of every ``every``-th input among the
+    first ``first`` calls (the first generation batch)."""
+
+    def __init__(self, inner: Any, first: int, every: int) -> None:
+        self.inner, self.first, self.every = inner, first, every
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.n = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
+        if self.n < self.first and self.n % self.every == 0:
+            self.calls.append((x.clone(), t.clone(), None if cond is None else cond.clone()))
+        self.n += 1
+        return self.inner(x, t, cond)
+
+
+def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> float | None:
+    """Wall-clock of the executor over the captured calls / the unpruned model's plain forward
+    over the same calls, as the ratio of interleaved medians (DESIGN "Wall-clock")."""
+    if not calls:
+        return None
+
+    def run(fn):
+        return lambda: [fn(x, t, c) for x, t, c in calls]
+
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        med = interleaved_medians({"plain": run(reference), "cell": run(ex)}, WALL_REPEATS)
+    return med["cell"] / med["plain"]
+
+
 def run_cell(
     cell: Cell,
     cache: ArtifactCache,
@@ -308,9 +343,10 @@ def run_cell(
     )
     info = dataset_info(cell.dataset)
     shape = (info.channels, info.img_size, info.img_size)
-    denoiser, labels = ex, None
+    capture = _Capture(ex, first=cell.steps, every=max(1, cell.steps // WALL_CALLS))
+    denoiser, labels = capture, None
     if cell.guidance is not None:
-        denoiser = ClassifierFreeGuidance(ex, cell.guidance, info.num_classes)
+        denoiser = ClassifierFreeGuidance(capture, cell.guidance, info.num_classes)
         labels = torch.arange(cell.samples) % info.num_classes
     amp = AUTOCAST[cell.autocast]
 
@@ -340,6 +376,8 @@ def run_cell(
     seconds, per_image = _wall_clock(
         lambda t: sample(sizes[0], cell.seed + 1, t), batch_seconds, sizes
     )
+    wall_ratio = _side_by_side_wall_ratio(ex, base.model, capture.calls, amp, device)
+    capture.calls.clear()
     nonfinite = not bool(torch.isfinite(imgs).all())
     metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None}
     if not nonfinite:
@@ -364,6 +402,9 @@ def run_cell(
         "layer_ratio": layer_ratio,
         "seconds_per_image": seconds,
         "seconds_per_image_repeats": per_image,
+        # Side by side: this cell's denoiser vs the unpruned model's plain forward on the same
+        # captured inputs of its first batch, interleaved medians (comparable across cells).
+        "wall_ratio_per_call": wall_ratio,
         "timing_batch": sizes[0],
         "params": sum(p.numel() for p in model.parameters()),
         "params_unpruned": params_unpruned,

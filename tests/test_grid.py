@@ -85,6 +85,7 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
     rec = json.loads((out / "records" / done[0]).read_text())
     assert rec["extractor"].startswith("cnn-digits") and rec["nfe"] == 2
     assert rec["nonfinite"] is False and rec["fid"] > 0 and 0 < rec["flop_ratio_per_call"] <= 1
+    assert 0 < rec["wall_ratio_per_call"] < 10 and len(rec["seconds_per_image_repeats"]) >= 1
     # A second full run is all cache: nothing runs.
     calls.clear()
     assert main(args) == 0 and calls == []
