@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.cache import ArtifactCache
+from bench.cli import add_run_options
 from bench.data import as_tensors, dataset_info, load_dataset
 from bench.measure import write_figures
 from bench.metrics import evaluate, features, fid_from_feats, get_extractor, reference_stats
@@ -43,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--samples", type=int, default=1000, help="generated samples per FID")
     p.add_argument("--steps", type=int, default=TrainConfig().steps, help="training steps")
-    p.add_argument("--out", default="results/backbone", help="output folder")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default="cpu")
+    add_run_options(p, out="results/backbone")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 sampler runs, 200 samples")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

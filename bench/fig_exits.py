@@ -28,6 +28,7 @@ from adaptive.calibrate import calibrate
 from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import POLICIES, make_policy
 from bench.cache import ArtifactCache, atomic_write_bytes
+from bench.cli import add_run_options
 from bench.data import as_tensors, dataset_info, load_dataset
 from bench.measure import interleaved_medians, write_figures
 from bench.metrics import evaluate, get_extractor
@@ -51,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", nargs="+", type=float, default=list(TARGETS))
     p.add_argument("--batch", type=int, default=256, help="batch for the wall-clock figure")
     p.add_argument("--repeats", type=int, default=7, help="interleaved wall-clock repeats")
-    p.add_argument("--out", default="results/exits")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default="cpu")
+    add_run_options(p, out="results/exits")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -23,6 +23,7 @@ import torch_pruning as tp
 from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import make_policy
 from bench.cache import ArtifactCache
+from bench.cli import add_run_options
 from bench.data import dataset_info
 from bench.measure import interleaved_medians, write_figures
 from bench.metrics import evaluate, get_extractor
@@ -46,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--out", default="results/pruning")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default="cpu")
+    add_run_options(p, out="results/pruning")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -1,15 +1,21 @@
-"""Sweep pipeline cells: training recipe x pruning x exit policy x sampler x steps.
+"""Sweep pipeline cells: training recipe x pruning x exit policy x sampler x steps x guidance.
 
-``python -m bench.grid`` runs the default digits sweep (training or loading what it needs);
-``--quick`` a tiny smoke sweep; ``--list`` prints every axis's choices; ``--dry-run`` the cells.
-Each finished cell is written atomically as ``results/grid/records/<cell key>.json``, so an
-interrupted sweep (even ``kill -9``) redoes only unfinished cells. The records are gathered into
-``results/grid/table.csv`` and a markdown summary.
+``python -m bench.grid`` runs the default digits sweep (36 cells; the trained models ship with
+the project, anything else is trained on first use and cached); ``--quick`` a tiny smoke sweep;
+``--config FILE.toml`` any sweep (``[[cell]]`` tables and/or a ``[sweep]`` of axes; examples in
+bench/sweeps/); ``--list`` prints every axis and choice; ``--dry-run`` the cells and which are
+done. Then ``python -m bench.report`` draws the figures.
 
-One cell = one frozen :class:`Cell`; its record holds FID/KID (with the extractor's name), FLOP
-ratios (per call vs the unpruned full-depth model, and in total vs DDPM with all T steps on that
-model), layer ratio, NFE, seconds per image, parameters, and the environment. A run whose
-samples hold NaN/Inf is recorded with ``nonfinite = true`` and no FID.
+Each finished cell is written atomically as ``<out>/records/<cell key>.json``, so an interrupted
+sweep (even ``kill -9``) redoes only unfinished cells; a cell that raises is written to
+``<out>/failed/`` with its error, the others go on, and the next run retries it. The records are
+gathered into ``table.csv``, ``table.parquet`` and ``summary.md`` (best FID per FLOP budget).
+
+A record holds FID/KID (with the extractor's name), FLOP ratios (per call vs the unpruned
+full-depth model, and in total vs DDPM with all T steps), layer ratio, NFE, seconds per image
+(median over sampling batches after the warm-up one), a side-by-side wall ratio per call,
+params/MACs, an exit-block x timestep histogram and the environment. Samples with NaN/Inf are
+recorded with ``nonfinite = true`` and no FID.
 """
 
 from __future__ import annotations

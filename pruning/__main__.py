@@ -8,6 +8,7 @@ import sys
 
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
+from bench.cli import add_run_options
 from bench.train import TrainConfig, resolve_device
 from models import MODELS
 from pruning.core import IMPORTANCES
@@ -29,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=TrainConfig().model, choices=list(MODELS))
     p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--cache-dir", default=None)
+    add_run_options(p)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -31,6 +31,10 @@ def _cfg(tmp_path, body=SWEEP):
     return path
 
 
+def _args(tmp_path, out, cache_dir, body=SWEEP):
+    return ["--config", str(_cfg(tmp_path, body)), "--out", str(out), "--cache-dir", str(cache_dir)]
+
+
 def _by_key(out):
     return {r["key"]: r for r in load_records(out)}
 
@@ -69,14 +73,7 @@ def test_failed_cell_is_recorded_and_the_rest_continue(tmp_path, shared_cache_di
 
 def test_local_processes_give_the_same_records(tmp_path, shared_cache_dir, inprocess):
     out = tmp_path / "out"
-    args = [
-        "--config",
-        str(_cfg(tmp_path)),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(shared_cache_dir),
-    ]
+    args = _args(tmp_path, out, shared_cache_dir)
     assert main([*args, "--executor", "local", "--workers", "2"]) == 0
     _same_records(_by_key(out), inprocess)
 
@@ -148,14 +145,7 @@ def test_concurrent_builders_of_one_artifact_build_it_once(tmp_path):
 def test_grid_cli_starts_its_own_local_dask_cluster(tmp_path, shared_cache_dir, inprocess):
     pytest.importorskip("dask.distributed")
     out = tmp_path / "out"
-    args = [
-        "--config",
-        str(_cfg(tmp_path)),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(shared_cache_dir),
-    ]
+    args = _args(tmp_path, out, shared_cache_dir)
     assert main([*args, "--executor", "dask", "--workers", "2"]) == 0
     _same_records(_by_key(out), inprocess)
     assert (out / "table.parquet").exists()
