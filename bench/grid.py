@@ -665,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
             cells = quick_cells(a.device or "cpu")
         else:
             cells = default_cells(a.samples, a.device or "cpu")
+        for device in sorted({c.device for c in cells}):
+            resolve_device(device)  # e.g. cuda cells on a machine without CUDA: fail now
     except (ValueError, TypeError) as e:
         p.error(str(e))
     todo = pending(cells, a.out)

@@ -44,6 +44,7 @@ def test_config_sweep_expands_axes(tmp_path):
         ('[[cell]]\ncolour = "red"\n', "unknown cell field"),
         ("[sweep]\nwidth = [1, 2]\n", "unknown sweep axis"),
         ("nothing = 1\n", "defines no"),
+        ('[[cell]]\ndevice = "tpu"\n', "valid choices: cpu, cuda"),
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, capsys, monkeypatch):
@@ -199,3 +200,11 @@ def test_kill_9_mid_sweep_loses_nothing(tmp_path, shared_cache_dir):
     )
     after = {p.name for p in (out / "records").iterdir()}
     assert before <= after and len(after) == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_cells_fail_before_any_work_without_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(_cfg(tmp_path, '[[cell]]\ndevice = "cuda"\n'))])
+    assert e.value.code == 2 and "sees no CUDA device" in capsys.readouterr().err
