@@ -11,6 +11,7 @@ writes to ``results/grid/report/``:
   call, with the y = x line (the gap above it is the executor's overhead);
 - ``exit_heatmap``: share of samples exiting at each block per timestep bin, one panel per
   exit policy (the cell with the most sampling steps of that policy);
+- ``fid_vs_guidance``: FID against the guidance scale (sweeps with two or more scales);
 - ``samples``: the saved sample grid of chosen cells (``--cells``: substrings of cell labels;
   default: the best FID of each policy).
 
@@ -233,6 +234,30 @@ def plot_samples(df, grid_dir: Path, out: Path, patterns: list[str] | None) -> l
     return paths
 
 
+def plot_fid_vs_guidance(df, out: Path) -> list[Path]:
+    """FID against the classifier-free guidance scale, one line per (policy, exit option)."""
+    import matplotlib.pyplot as plt
+
+    g = df[df.guidance.notna()] if "guidance" in df else df.iloc[:0]
+    if g.guidance.nunique() < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for (label, together), sub in g.groupby(["policy", "cfg_exit_together"]):
+        sub = sub.sort_values("guidance")
+        name = f"{label}{' (exit together)' if together else ''}"
+        flops = sub.flop_ratio_per_call.mean()
+        ax.plot(sub.guidance, sub.fid, "o-", label=f"{name}, FLOPs {flops:.2f}")
+    ax.set_xlabel("guidance scale (0 = null class only, 1 = conditional)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title("FID vs classifier-free guidance", fontsize=10)
+    paths = _save(fig, out, "fid_vs_guidance")
+    plt.close(fig)
+    return paths
+
+
 def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> list[Path]:
     import matplotlib
 
@@ -244,6 +269,7 @@ def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> li
     paths = plot_fid_vs_flops(ok, out)
     paths += plot_wall_vs_flops(ok, out)
     paths += plot_exit_heatmaps(ok, out)
+    paths += plot_fid_vs_guidance(ok, out)
     paths += plot_samples(df, grid_dir, out, cells)
     return paths
 

@@ -67,8 +67,8 @@ class Sampling:
 
 
 class Quality:
-    """FID (offline CNN features, 500 samples), FLOP ratio per call and layer ratio of each
-    cell, run once per ``asv run``."""
+    """FID (offline CNN features, 500 samples), FLOP ratio per call, layer ratio and wall ratio
+    per call of each cell, run once per ``asv run``."""
 
     params = (POLICY, SAMPLER, STEPS)
     param_names = PARAM_NAMES
@@ -106,3 +106,9 @@ class Quality:
         return records[(policy, sampler, steps)]["layer_ratio"]
 
     track_layer_ratio.unit = "blocks / depth"
+
+    def track_wall_ratio(self, records: dict, policy: str, sampler: str, steps: int) -> float:
+        """Side by side with the plain forward on the same inputs (interleaved medians)."""
+        return records[(policy, sampler, steps)]["wall_ratio_per_call"]
+
+    track_wall_ratio.unit = "wall-clock / full model"

@@ -85,3 +85,19 @@ def test_wall_ratio_needs_a_matching_full_depth_reference():
     m = wall_ratios(df)
     assert m.set_index("policy").wall_ratio.to_dict() == {"full": 1.0, "uem": 0.5}
     assert len(wall_ratios(df.assign(steps=[3, 4]))) == 1  # uem at 4 steps has no reference
+
+
+def test_guidance_figure_needs_two_scales(tmp_path):
+    import matplotlib
+    import pandas as pd
+
+    from bench.report import plot_fid_vs_guidance
+
+    matplotlib.use("Agg")
+    rows = [
+        dict(policy="full", cfg_exit_together=False, guidance=w, fid=f, flop_ratio_per_call=1.0)
+        for w, f in [(1.0, 2.0), (2.0, 5.0)]
+    ]
+    assert plot_fid_vs_guidance(pd.DataFrame(rows[:1]), tmp_path) == []
+    paths = plot_fid_vs_guidance(pd.DataFrame(rows), tmp_path)
+    assert [p.name for p in paths] == ["fid_vs_guidance.png", "fid_vs_guidance.svg"]
