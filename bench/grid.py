@@ -43,7 +43,7 @@ from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import POLICIES, make_policy
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache, atomic_write_bytes, config_hash
-from bench.data import DATASETS, dataset_info, set_data_options
+from bench.data import DATASETS, SPLITS, dataset_info, set_data_options
 from bench.measure import interleaved_medians
 from bench.metrics import EXTRACTORS, evaluate, get_extractor
 from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate, save_grid
@@ -67,6 +67,7 @@ CELL_CHOICES = {
     "sampler": SAMPLERS,
     "prune_importance": IMPORTANCES,
     "extractor": EXTRACTORS,
+    "reference": SPLITS,
 }
 
 
@@ -93,6 +94,7 @@ class Cell:
     device: str = "cpu"
     autocast: str = "none"  # "bf16" / "fp16": sample under torch.autocast
     extractor: str = "cnn"  # FID features: the offline CNN, or clean-fid's InceptionV3
+    reference: str = "train"  # FID against the training images, or the held-out ones
 
     def __post_init__(self) -> None:
         for name, registry in CELL_CHOICES.items():
@@ -388,7 +390,7 @@ def run_cell(
     metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None}
     if not nonfinite:
         ext = get_extractor(cell.extractor, cell.dataset, cache, device=str(device))
-        metrics = evaluate(imgs, cell.dataset, ext, cache)
+        metrics = evaluate(imgs, cell.dataset, ext, cache, split=cell.reference)
     rows_per_nfe = 2 if cell.guidance is not None else 1
     reference = unpruned_flops * schedule.T * cell.samples * rows_per_nfe
     model_flops = CostModel(model, schedule.T).full

@@ -305,10 +305,15 @@ def reference_stats(
 
 
 def evaluate(
-    images: Tensor, dataset: str, extractor: FeatureExtractor, cache: ArtifactCache | None = None
+    images: Tensor,
+    dataset: str,
+    extractor: FeatureExtractor,
+    cache: ArtifactCache | None = None,
+    split: str = "train",
 ) -> dict[str, float | str]:
-    """FID and KID of ``images`` against the dataset's train split."""
-    ref = reference_stats(dataset, extractor, "train", cache)
+    """FID and KID of ``images`` against the dataset's ``split`` (the training images by
+    default, as the papers do; "heldout" exposes a model that memorises its training set)."""
+    ref = reference_stats(dataset, extractor, split, cache)
     f = features(extractor, images)
     gen = Stats.of(f)
     return {

@@ -50,6 +50,8 @@ def load_table(grid_dir: Path):
         raise ValueError(f"no records under {grid_dir / 'records'}; run python -m bench.grid")
     df = pd.DataFrame(recs)
     df["run"] = df.sampler + "-" + df.steps.astype(str)
+    # Records written before a Cell field existed hold that field's default.
+    df["reference"] = df["reference"].fillna("train") if "reference" in df else "train"
     return df
 
 
@@ -242,9 +244,9 @@ def plot_fid_vs_guidance(df, out: Path) -> list[Path]:
     if g.guidance.nunique() < 2:
         return []
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for (label, together), sub in g.groupby(["policy", "cfg_exit_together"]):
+    for (label, together, ref), sub in g.groupby(["policy", "cfg_exit_together", "reference"]):
         sub = sub.sort_values("guidance")
-        name = f"{label}{' (exit together)' if together else ''}"
+        name = f"{label}{' (exit together)' if together else ''}, FID vs {ref}"
         flops = sub.flop_ratio_per_call.mean()
         ax.plot(sub.guidance, sub.fid, "o-", label=f"{name}, FLOPs {flops:.2f}")
     ax.set_xlabel("guidance scale (0 = null class only, 1 = conditional)")

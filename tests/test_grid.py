@@ -45,6 +45,7 @@ def test_config_sweep_expands_axes(tmp_path):
         ("[sweep]\nwidth = [1, 2]\n", "unknown sweep axis"),
         ("nothing = 1\n", "defines no"),
         ('[[cell]]\ndevice = "tpu"\n', "valid choices: cpu, cuda"),
+        ('[[cell]]\nreference = "test"\n', "valid choices: train, heldout"),
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, capsys, monkeypatch):
