@@ -243,6 +243,8 @@ def plot_fid_vs_guidance(df, out: Path) -> list[Path]:
     g = df[df.guidance.notna()] if "guidance" in df else df.iloc[:0]
     if g.guidance.nunique() < 2:
         return []
+    if "reference" not in g:  # frames not from load_table
+        g = g.assign(reference="train")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for (label, together, ref), sub in g.groupby(["policy", "cfg_exit_together", "reference"]):
         sub = sub.sort_values("guidance")
