@@ -15,12 +15,11 @@ the cell is recorded as failed here.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bench.grid import Cell, run_and_store, write_failure
+from bench.grid import Cell, run_and_store, threads_per_worker, write_failure
 
 __all__ = ["run_dask"]
 
@@ -66,7 +65,7 @@ def run_dask(
     import dask
 
     out = Path(out)
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or threads_per_worker(workers)
     status: dict[str, str] = {}
     with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
         own = client is None

@@ -68,12 +68,13 @@ CELL_CHOICES = {
     "prune_importance": IMPORTANCES,
     "extractor": EXTRACTORS,
     "reference": SPLITS,
+    "autocast": AUTOCAST,
 }
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One pipeline configuration; its key (a hash of every field) names its record."""
+    """One pipeline configuration; its key (a hash of its non-default fields) names its record."""
 
     dataset: str = "digits"
     model: str = "tiny"
@@ -122,10 +123,6 @@ class Cell:
             raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
         if self.cfg_exit_together and self.guidance is None:
             raise ValueError("cfg_exit_together needs a guidance scale")
-        if self.autocast not in AUTOCAST:
-            raise ValueError(
-                f"unknown autocast {self.autocast!r}; valid choices: {', '.join(AUTOCAST)}"
-            )
         if self.device != "cpu" and not self.device.startswith(("cuda", "mps")):
             raise ValueError(f"unknown device {self.device!r}; valid choices: cpu, cuda, cuda:N")
 
@@ -246,6 +243,13 @@ def _train_config(cell: Cell) -> TrainConfig:
     return TrainConfig(**kw).normalised()
 
 
+def _prune_config(cell: Cell, tcfg: TrainConfig) -> PruneConfig:
+    ft = 50 if cell.model == "micro" else PruneConfig().finetune_steps
+    return PruneConfig(
+        base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, finetune_steps=ft
+    )
+
+
 # Samples are generated in batches of this size; the first batch is the warm-up and the median
 # of the others' seconds per image is the cell's wall-clock (one extra warm-up batch is run when
 # a cell has fewer than two batches).
@@ -323,11 +327,7 @@ def run_cell(
     base = load_or_train(tcfg, cache, device, progress=True)
     model, params_unpruned = base.model, sum(p.numel() for p in base.model.parameters())
     if cell.prune_ratio > 0:
-        ft = 50 if cell.model == "micro" else PruneConfig().finetune_steps
-        pc = PruneConfig(
-            base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, finetune_steps=ft
-        )
-        model = load_or_prune(pc, cache, device, progress=True).model
+        model = load_or_prune(_prune_config(cell, tcfg), cache, device, progress=True).model
     schedule = base.schedule
     unpruned_flops = CostModel(base.model, schedule.T).full
     sampler_kw = IMAGE_SAMPLER_DEFAULTS.get(cell.sampler, {})
@@ -393,7 +393,6 @@ def run_cell(
         metrics = evaluate(imgs, cell.dataset, ext, cache, split=cell.reference)
     rows_per_nfe = 2 if cell.guidance is not None else 1
     reference = unpruned_flops * schedule.T * cell.samples * rows_per_nfe
-    model_flops = CostModel(model, schedule.T).full
     return {
         **dataclasses.asdict(cell),
         "key": cell.key,
@@ -416,7 +415,7 @@ def run_cell(
         "timing_batch": sizes[0],
         "params": sum(p.numel() for p in model.parameters()),
         "params_unpruned": params_unpruned,
-        "macs_per_call": model_flops / 2,  # per sample, full depth (FLOPs = 2 x MACs)
+        "macs_per_call": ex.costs.full / 2,  # per sample, full depth (FLOPs = 2 x MACs)
         "exit_histogram": exit_hist,
         "torch": torch.__version__,
         "device": str(device),
@@ -603,14 +602,20 @@ def _list_choices() -> str:
 EXECUTORS = ("inprocess", "local", "dask")
 
 
+def threads_per_worker(workers: int) -> int:
+    """This machine's cores split between ``workers`` processes (at least one each)."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def run_local(cells: list[Cell], out: Path, cache_dir: str | None, workers: int) -> None:
     """Each cell in one of ``workers`` fresh processes (spawned: forking after torch has
     started its thread pools can deadlock); CPU threads are split between them."""
     import concurrent.futures as cf
     import multiprocessing as mp
-    import os
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_per_worker(workers)
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(run_and_store, c, out, cache_dir, threads) for c in cells]
         for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="cells"):

@@ -36,11 +36,14 @@ class _Recorder(ArtifactCache):
         self.used: list[tuple[str, str]] = []
 
     def get_or_build(self, kind: str, key: str, build):
-        if not self.build and self.load(kind, key) is None:
+        if self.build:
+            return super().get_or_build(kind, key, build)
+        hit = self.load(kind, key)
+        if hit is None:
             raise FileNotFoundError(
                 f"{kind}/{key} is not shipped (or is corrupt); run python -m bench.ship"
             )
-        return super().get_or_build(kind, key, build)
+        return hit[0], hit[1], True
 
     def load(self, kind: str, key: str):
         if (kind, key) not in self.used:
@@ -52,7 +55,7 @@ def needed_artifacts(cache: ArtifactCache, cells=None, build: bool = True) -> li
     """Build (or load) everything ``cells`` (default: the default sweep) need; return the
     (kind, key) of each artifact touched, dependencies first. With ``build=False`` a missing
     artifact raises ``FileNotFoundError`` instead of being built."""
-    from bench.grid import PruneConfig, _train_config, default_cells
+    from bench.grid import _prune_config, _train_config, default_cells
     from bench.metrics import get_extractor, reference_stats
     from bench.train import load_or_train
     from pruning.pipeline import load_or_prune
@@ -62,8 +65,7 @@ def needed_artifacts(cache: ArtifactCache, cells=None, build: bool = True) -> li
         tcfg = _train_config(cell)
         load_or_train(tcfg, rec)
         if cell.prune_ratio > 0:
-            pc = PruneConfig(base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance)
-            load_or_prune(pc, rec)
+            load_or_prune(_prune_config(cell, tcfg), rec)
         ext = get_extractor("cnn", cell.dataset, rec)
         reference_stats(cell.dataset, ext, "train", rec)
     return rec.used

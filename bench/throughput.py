@@ -28,14 +28,12 @@ from adaptive.policies import make_policy
 from bench.cache import atomic_write_bytes
 from bench.data import DATASETS, dataset_info
 from bench.measure import interleaved_medians
-from bench.train import resolve_device
+from bench.train import AUTOCAST, resolve_device
 from models import MODELS, make_model
 
 __all__ = ["main", "measure_throughput"]
 
 log = logging.getLogger(__name__)
-
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _tau_for(ex: EarlyExitDenoiser, x, t, target: float, iters: int = 20) -> tuple[float, float]:
