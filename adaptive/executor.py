@@ -131,6 +131,11 @@ class EarlyExitDenoiser:
                 f"policy {policy.name!r} needs a model trained with its heads "
                 f"({policy.heads!r}); this model has {model.cfg.exit_heads!r}"
             )
+        if paired and policy.batch_mean:
+            raise ValueError(
+                f"policy {policy.name!r} decides once for the whole batch; paired (CFG) exits "
+                "have no meaning with it"
+            )
         if getattr(policy, "integer_knob", False) and policy.knob >= model.depth:
             raise ValueError(f"{policy.name}: block must be in [0, {model.depth - 1}]")
         self.model = model

@@ -38,6 +38,10 @@ class ExitPolicy(ABC):
     # The training recipe this policy runs on by default: its own where it has one, else the
     # plain layer-wise model (a static or scheduled exit needs trained early readouts).
     recipe: ClassVar[str] = "layerwise"
+    # Bumped when a policy's meaning changes, so grid records made under the old one get new keys.
+    revision: ClassVar[int] = 0
+    # One decision for the whole batch (the official AdaDiff rule) instead of one per row.
+    batch_mean: ClassVar[bool] = False
 
     def __init__(self, knob: float | None = None) -> None:
         if self.knob_name is None:
@@ -147,9 +151,7 @@ class PABEE(ExitPolicy):
 
     def __init__(self, knob: float | None = None, patience: int = 2) -> None:
         super().__init__(knob)
-        if patience < 1:
-            raise ValueError(f"pabee: patience must be >= 1, got {patience}")
-        self.patience = patience
+        self.patience = _check_patience(self.name, patience)
 
     def __repr__(self) -> str:
         return f"PABEE(delta={self.knob:g}, patience={self.patience})"
@@ -184,10 +186,25 @@ class BERxiT(ExitPolicy):
         return score < self.knob, score
 
 
+def _check_patience(name: str, patience: object) -> int:
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"{name}: patience must be an integer >= 1, got {patience!r}")
+    return patience
+
+
 class UEM(ExitPolicy):
-    """DeeDiff / AdaDiff (arXiv 2309.17074, Sec. 4.1): exit when the sample's mean UEM
-    uncertainty is below ``tau``. Decided per sample (the official code averages over the batch).
-    The paper's thresholds on certainty 1 - u (CIFAR-10 0.92) correspond to ``tau = 0.08``."""
+    """DeeDiff / AdaDiff (arXiv 2309.17074, Sec. 4.1; official ``libs/uvit.py``): exit when the
+    mean UEM uncertainty over the sample's pixels is below ``tau``. The paper's thresholds on
+    certainty 1 - u (CIFAR-10 0.92, CelebA 0.95) correspond to ``tau = 0.08``, ``0.05``.
+
+    ``patience`` is the official rule: in the in-blocks a sample exits the ``patience``-th time
+    its uncertainty is below ``tau`` (not necessarily on consecutive blocks; official: 2); the
+    mid and out blocks exit at once. ``patience=1`` exits at the first confident block.
+
+    Decisions are per sample. The official evaluation decides on the mean over the whole batch
+    and runs at batch 1, where the two coincide: this policy reproduces the official batch-1
+    decisions at any batch size (see :class:`UEMOfficial` for the batch-mean rule itself).
+    """
 
     name = "uem"
     knob_name = "tau"
@@ -195,10 +212,47 @@ class UEM(ExitPolicy):
     knob_direction = -1
     heads = "uem"
     recipe = "uem"
+    revision = 1  # 1: official patience (before: patience 1)
+
+    def __init__(self, knob: float | None = None, patience: int = 2) -> None:
+        super().__init__(knob)
+        self.patience = _check_patience(self.name, patience)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(tau={self.knob:g}, patience={self.patience})"
+
+    def begin(self, ctx):
+        ctx.memory["passes"] = torch.zeros(
+            ctx.state.h.shape[0], dtype=torch.long, device=ctx.state.h.device
+        )
 
     def decide(self, ctx):
-        score = ctx.uncertainty().flatten(1).mean(1)
-        return score < self.knob, score
+        score = ctx.uncertainty().flatten(1).mean(1)  # (b,)
+        if self.batch_mean:
+            score = score.mean().expand_as(score)
+        below = score < self.knob
+        if ctx.layer < ctx.model.depth // 2:  # in-blocks: patience
+            ctx.memory["passes"] = ctx.memory["passes"] + below.long()
+            return below & (ctx.memory["passes"] >= self.patience), score
+        return below, score
+
+
+class UEMOfficial(UEM):
+    """The official AdaDiff evaluation rule: :class:`UEM` with patience 2, but one decision
+    for the whole batch, on the batch's mean uncertainty (``torch.mean(lte_val.view(-1))``).
+
+    At batch 1 it equals ``uem``; at a real batch it shows what batch-mean decisions cost: one
+    hard sample keeps the whole batch running, one easy batch exits every sample together.
+    """
+
+    name = "uem-official"
+    batch_mean = True
+    revision = 0
+
+    def __init__(self, knob: float | None = None, patience: int = 2) -> None:
+        if patience != 2:
+            raise ValueError(f"uem-official: the official patience is 2, got {patience!r}")
+        super().__init__(knob, patience)
 
 
 class DuoDiff(ExitPolicy):
@@ -224,7 +278,8 @@ class DuoDiff(ExitPolicy):
 
 
 POLICIES: dict[str, type[ExitPolicy]] = {
-    cls.name: cls for cls in (Full, Static, TimeSchedule, CALM, PABEE, BERxiT, UEM, DuoDiff)
+    cls.name: cls
+    for cls in (Full, Static, TimeSchedule, CALM, PABEE, BERxiT, UEM, UEMOfficial, DuoDiff)
 }
 
 

@@ -3,13 +3,16 @@
 A recipe's loss is called as ``loss(model, x_t, t, cond, eps, step, **weights) -> (loss, logs)``
 where ``eps`` is the noise that made ``x_t`` and ``logs`` holds floats for the progress bar
 (``logs["loss"]`` is the total). ``Recipe.heads`` names the exit parts the model must carry
-(:data:`models.EXIT_HEADS`). Exit recipes fine-tune from the ``full`` checkpoint, as DeeDiff does.
+(:data:`models.EXIT_HEADS`); ``Recipe.weights`` the loss weights it takes from the training
+config. Exit recipes (and the ``full-ft`` control) fine-tune the ``full`` checkpoint, as DeeDiff
+fine-tunes a converged U-ViT.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +20,7 @@ from torch import Tensor
 
 from models import UViT
 
-__all__ = ["RECIPES", "Recipe", "get_recipe"]
+__all__ = ["RECIPES", "UAL_WEIGHTINGS", "Recipe", "get_recipe", "uem_loss"]
 
 LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
 
@@ -28,6 +31,11 @@ class Recipe:
     loss: LossFn
     heads: str = "none"
     finetune: bool = True  # start from the cached `full` checkpoint
+    # The training-config fields passed to ``loss`` as keyword arguments (its loss weights).
+    weights: tuple[str, ...] = ()
+    # Bumped when the recipe's meaning changes, so checkpoints and grid records made under the
+    # old meaning get new keys (0 keeps the keys of before revisions existed).
+    revision: int = 0
 
 
 def _per_layer_mse(outs: list[Tensor], eps: Tensor) -> Tensor:
@@ -80,43 +88,92 @@ def berxit_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, 
     return loss, {"loss": loss.item(), "lte": loss.item()}
 
 
+UAL_WEIGHTINGS = ("official", "summed")
+
+
 def uem_loss(
-    model: UViT, x_t, t, cond, eps, step: int = 0, lambda_u: float = 1.0, lambda_ual: float = 1.0
+    model: UViT,
+    x_t,
+    t,
+    cond,
+    eps,
+    step: int = 0,
+    lambda_u: float = 1.0,
+    lambda_ual: float = 1.0,
+    weighting: str = "official",
 ) -> tuple[Tensor, dict]:
-    """DeeDiff / AdaDiff (Tang et al. 2024, arXiv 2309.17074, Sec. 4, Eq. 6-9).
+    """DeeDiff / AdaDiff (Tang et al. 2024, arXiv 2309.17074, Sec. 4, Eq. 6-9), as the official
+    code computes it (github.com/Tangshengku/AdaDiff, ``sde.py``: ``LSimple``, ``mos_lte``,
+    ``mos_layer_wise``).
 
     - UEM_i predicts a per-pixel uncertainty u_i from the detached h_i (see
       :meth:`models.UViT.uncertainty`); its target is the pseudo-uncertainty
-      ``u_hat_i = tanh(|eps_i - eps|)``, detached (0 = exact).
+      ``u_hat_i = tanh(|eps_i - eps|)``, detached (0 = exact). The official module predicts the
+      certainty ``1 - u``; the MSE is the same.
     - ``L_u = mean_i MSE(u_i, u_hat_i)``.
-    - ``L_UAL = sum_i mean((1 - u_i) * (eps_i - eps)^2)``: layers (and pixels) the UEM trusts
-      are pushed harder. u_i is detached here, so the weight cannot be gamed by raising u_i
-      (the paper leaves this implicit; L_u alone trains the UEM).
-    - ``loss = L_simple(final layer) + lambda_u * L_u + lambda_UAL * L_UAL`` (official code:
-      both weights 1).
+    - ``L_UAL``, by ``weighting``:
+
+      - ``"official"``: ``c_i = mean(1 - u_i)`` over the whole batch and every pixel,
+        ``w_i = c_i / sum_j c_j`` (the last layer included), ``L_UAL = sum_i w_i MSE(eps_i, eps)``.
+        As in the official code the weights are *not* detached, so L_UAL also trains the UEMs
+        (towards certainty on the layers whose error is below the weighted mean).
+      - ``"summed"``: ``sum_i mean((1 - u_i) * (eps_i - eps)^2)`` with u_i detached: the paper's
+        notation read literally, unnormalised, so the layer-wise term outweighs L_simple about
+        depth-fold. This project's earlier default; kept for the ablation.
+
+    - ``loss = L_simple(final layer) + lambda_u * L_u + lambda_UAL * L_UAL`` (official: 1 and 1;
+      ``lambda_UAL = 0`` is the "L_u only" ablation: the backbone sees L_simple alone).
+
+    Still different from the official recipe (and why): the UEM also sees the time embedding
+    (the paper's Eq. 6 feeds it; the official module is time-blind, which
+    :mod:`models.official` maps exactly with zero weights); the fine-tune length, learning-rate
+    schedule and batch are this project's (CPU budget; official: 75k-200k steps at batch 512,
+    constant lr 4e-4 after 2.5k warm-up steps, fp16).
     """
+    if weighting not in UAL_WEIGHTINGS:
+        raise ValueError(f"unknown UAL weighting {weighting!r}; valid: {', '.join(UAL_WEIGHTINGS)}")
     state = model.embed(x_t, t, cond)
-    l_u, l_ual = 0.0, 0.0
+    mse, l_u, certainty, l_summed = [], 0.0, [], 0.0
     for i in range(model.depth):
         model.run_block(i, state)
         eps_i = model.readout(state.h)
         u_i = model.uncertainty(i, state)
         err = eps_i - eps
+        mse.append(err.pow(2).mean())
         l_u = l_u + F.mse_loss(u_i, torch.tanh(err.detach().abs()))
-        l_ual = l_ual + ((1 - u_i.detach()) * err.pow(2)).mean()
-    l_simple = F.mse_loss(eps_i, eps)
+        if weighting == "official":
+            certainty.append((1 - u_i).mean())
+        else:
+            l_summed = l_summed + ((1 - u_i.detach()) * err.pow(2)).mean()
+    l_simple = mse[-1]
     l_u = l_u / model.depth
+    if weighting == "official":
+        c = torch.stack(certainty)
+        l_ual = (c / c.sum() * torch.stack(mse)).sum()
+    else:
+        l_ual = l_summed
     loss = l_simple + lambda_u * l_u + lambda_ual * l_ual
     logs = {"loss": loss.item(), "simple": l_simple.item(), "u": l_u.item(), "ual": l_ual.item()}
     return loss, logs
 
 
+_UEM_WEIGHTS = ("lambda_u", "lambda_ual")
+
 RECIPES: dict[str, Recipe] = {
     "full": Recipe("full", full_loss, finetune=False),
+    # The equally-trained control: the `full` model fine-tuned for the exit recipes' extra steps
+    # with L_simple alone, so "does UAL help the full model?" is asked at equal training.
+    "full-ft": Recipe("full-ft", full_loss),
     "layerwise": Recipe("layerwise", layerwise_loss),
     "pabee": Recipe("pabee", pabee_loss),
     "berxit": Recipe("berxit", berxit_loss, heads="lte"),
-    "uem": Recipe("uem", uem_loss, heads="uem"),
+    # Revision 1: the official normalised UAL (revision 0 was today's `uem-summed`).
+    "uem": Recipe(
+        "uem", partial(uem_loss, weighting="official"), "uem", weights=_UEM_WEIGHTS, revision=1
+    ),
+    "uem-summed": Recipe(
+        "uem-summed", partial(uem_loss, weighting="summed"), "uem", weights=_UEM_WEIGHTS
+    ),
 }
 
 

@@ -84,6 +84,7 @@ class Cell:
     policy: str = "full"
     knob: float | None = None
     target_flop_ratio: float | None = None  # calibrate the knob to this (overrides knob)
+    patience: int | None = None  # pabee / uem: exit on the n-th agreeing / confident block
     sampler: str = "ddim"
     steps: int = 20
     # Classifier-free guidance scale; None = unconditional model. A number selects the
@@ -96,6 +97,11 @@ class Cell:
     autocast: str = "none"  # "bf16" / "fp16": sample under torch.autocast
     extractor: str = "cnn"  # FID features: the offline CNN, or clean-fid's InceptionV3
     reference: str = "train"  # FID against the training images, or the held-out ones
+    # Training of the model the cell runs (defaults: bench.train's): the fine-tune budget of
+    # exit recipes and the `full-ft` control, and DeeDiff's loss weights (uem recipes).
+    finetune_steps: int | None = None
+    lambda_u: float = 1.0
+    lambda_ual: float = 1.0
 
     def __post_init__(self) -> None:
         for name, registry in CELL_CHOICES.items():
@@ -117,24 +123,48 @@ class Cell:
             raise ValueError(
                 f"policy {self.policy!r} needs recipe {' or '.join(fits)}, got {self.recipe!r}"
             )
-        if self.target_flop_ratio is None:
-            make_policy(self.policy, self.knob)  # validates the knob's range
+        make_policy(  # validates the knob's range and the policy's options
+            self.policy, self.knob if self.target_flop_ratio is None else None, **self.options
+        )
+        recipe = RECIPES[self.recipe]
+        for name in ("lambda_u", "lambda_ual"):
+            if getattr(self, name) != 1.0 and name not in recipe.weights:
+                takes = [r for r, rec in RECIPES.items() if name in rec.weights]
+                raise ValueError(
+                    f"{name} applies to recipes {', '.join(takes)}, not {self.recipe!r}"
+                )
+        if self.finetune_steps is not None and not recipe.finetune:
+            raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {self.recipe!r}")
+        _train_config(self)  # validates the training fields (steps, loss weights)
         if self.guidance is not None and not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
         if self.cfg_exit_together and self.guidance is None:
             raise ValueError("cfg_exit_together needs a guidance scale")
+        if self.cfg_exit_together and POLICIES[self.policy].batch_mean:
+            raise ValueError(
+                f"cfg_exit_together cannot apply to {self.policy!r}, which decides once per batch"
+            )
         if self.device != "cpu" and not self.device.startswith(("cuda", "mps")):
             raise ValueError(f"unknown device {self.device!r}; valid choices: cpu, cuda, cuda:N")
 
     @property
+    def options(self) -> dict[str, Any]:
+        """Keyword options of the exit policy (those the cell sets)."""
+        return {} if self.patience is None else {"patience": self.patience}
+
+    @property
     def key(self) -> str:
         """A hash of the fields that differ from their defaults, so adding a field (with a
-        default) to :class:`Cell` keeps every existing record's key."""
+        default) to :class:`Cell` keeps every existing record's key; a recipe or policy whose
+        meaning changed (its ``revision``) changes the keys of the cells that use it."""
         changed = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != f.default
         }
+        revisions = (RECIPES[self.recipe].revision, POLICIES[self.policy].revision)
+        if any(revisions):
+            changed["revisions"] = revisions
         return config_hash(changed, kind="cell")
 
     def label(self) -> str:
@@ -144,10 +174,20 @@ class Cell:
             knob = f"={self.knob:g}"
         else:
             knob = ""
+        if self.patience is not None:
+            knob += f" p{self.patience}"
         prune = f" prune{self.prune_ratio:g}" if self.prune_ratio else ""
+        train = f" ft{self.finetune_steps}" if self.finetune_steps is not None else ""
+        for name, short in (("lambda_u", "lu"), ("lambda_ual", "lual")):
+            if getattr(self, name) != 1.0:
+                train += f" {short}{getattr(self, name):g}"
         cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
         cfg += "+together" if self.cfg_exit_together else ""
-        return f"{self.recipe}{prune} {self.policy}{knob} {self.sampler}-{self.steps}{cfg}"
+        model = "" if self.model == "tiny" else f"{self.model} "
+        return (
+            f"{model}{self.recipe}{train}{prune} {self.policy}{knob} "
+            f"{self.sampler}-{self.steps}{cfg}"
+        )
 
 
 def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
@@ -237,9 +277,13 @@ def _train_config(cell: Cell) -> TrainConfig:
         model=cell.model,
         recipe=cell.recipe,
         class_cond=cell.guidance is not None,
+        lambda_u=cell.lambda_u,
+        lambda_ual=cell.lambda_ual,
     )
     if cell.model == "micro":  # smoke runs: seconds, not minutes
         kw.update(steps=200, finetune_steps=50)
+    if cell.finetune_steps is not None:
+        kw.update(finetune_steps=cell.finetune_steps)
     return TrainConfig(**kw).normalised()
 
 
@@ -342,12 +386,16 @@ def run_cell(
             sampler=cell.sampler,
             steps=cell.steps,
             n=64,
+            options=cell.options,
             sampler_kw=sampler_kw,
             **guided,
         )
         knob, cal_ratio = cal.knob, cal.achieved
     ex = EarlyExitDenoiser(
-        model, make_policy(cell.policy, knob), schedule.T, paired=cell.cfg_exit_together
+        model,
+        make_policy(cell.policy, knob, **cell.options),
+        schedule.T,
+        paired=cell.cfg_exit_together,
     )
     info = dataset_info(cell.dataset)
     shape = (info.channels, info.img_size, info.img_size)
@@ -556,7 +604,8 @@ def _fmt(v: Any) -> str:
 
 
 def load_config(path: Path, device: str | None = None) -> list[Cell]:
-    """Cells from a TOML file: ``[[cell]]`` tables, or ``[sweep]`` with lists per axis.
+    """Cells from a TOML file: ``[[cell]]`` tables, and/or ``[sweep]`` (or several
+    ``[[sweep]]``) tables with lists per axis, each expanded to its cartesian product.
     ``device``, if given, overrides every cell's device."""
     import itertools
     import tomllib
@@ -572,8 +621,9 @@ def load_config(path: Path, device: str | None = None) -> list[Cell]:
         if unknown:
             raise ValueError(f"unknown cell field(s) {sorted(unknown)}; valid: {sorted(fields)}")
         cells.append(Cell(**(table | ({"device": device} if device else {}))))
-    if "sweep" in data:
-        axes = {k: v if isinstance(v, list) else [v] for k, v in data["sweep"].items()}
+    sweeps = data.get("sweep", [])
+    for sweep in [sweeps] if isinstance(sweeps, dict) else sweeps:  # [sweep] or [[sweep]]
+        axes = {k: v if isinstance(v, list) else [v] for k, v in sweep.items()}
         unknown = set(axes) - fields
         if unknown:
             raise ValueError(f"unknown sweep axis {sorted(unknown)}; valid: {sorted(fields)}")
@@ -581,7 +631,7 @@ def load_config(path: Path, device: str | None = None) -> list[Cell]:
             cell = dict(zip(axes, combo, strict=True)) | ({"device": device} if device else {})
             cells.append(Cell(**cell))
     if not cells:
-        raise ValueError(f"{path} defines no [[cell]] tables and no [sweep]")
+        raise ValueError(f"{path} defines no [[cell]] tables and no [sweep] / [[sweep]]")
     return cells
 
 

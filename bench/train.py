@@ -75,10 +75,15 @@ class TrainConfig:
             raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in _LOSS_WEIGHTS:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
     @property
     def key(self) -> str:
-        return config_hash(self, kind="checkpoint")
+        revision = get_recipe(self.recipe).revision  # a recipe whose meaning changed: new keys
+        return config_hash((self, revision) if revision else self, kind="checkpoint")
 
     @property
     def base(self) -> TrainConfig | None:
@@ -89,9 +94,11 @@ class TrainConfig:
 
     def normalised(self) -> TrainConfig:
         """Fields that cannot matter are reset, so equal models hash equal."""
-        if get_recipe(self.recipe).finetune:
-            return self
-        return dataclasses.replace(self, **_FINETUNE_ONLY)
+        recipe = get_recipe(self.recipe)
+        if not recipe.finetune:
+            return dataclasses.replace(self, **_FINETUNE_ONLY)
+        unused = {k: _FINETUNE_ONLY[k] for k in _LOSS_WEIGHTS if k not in recipe.weights}
+        return dataclasses.replace(self, **unused)
 
     def make_schedule(self) -> VPSchedule:
         return make_schedule(self.schedule, self.T)
@@ -100,6 +107,7 @@ class TrainConfig:
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 _FINETUNE_ONLY = dict(finetune_steps=1000, finetune_lr=3e-4, lambda_u=1.0, lambda_ual=1.0)
+_LOSS_WEIGHTS = ("lambda_u", "lambda_ual")  # the fields a recipe may take as loss weights
 
 
 @dataclass
@@ -206,9 +214,7 @@ def train(
     schedule = cfg.make_schedule()
     ab = schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
     recipe = get_recipe(cfg.recipe)
-    weights = (
-        {"lambda_u": cfg.lambda_u, "lambda_ual": cfg.lambda_ual} if cfg.recipe == "uem" else {}
-    )
+    weights = {name: getattr(cfg, name) for name in recipe.weights}
     if not finetune:
         steps, lr, min_lr, warmup = cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup
     else:

@@ -67,7 +67,10 @@ def test_compaction_keeps_each_sample_identical_to_running_it_alone():
     ("name", "knob", "heads", "opts", "expected"),
     [
         ("static", 2, "none", {}, [2] * 6),
-        ("uem", 1.0, "uem", {}, [0] * 6),  # every uncertainty < 1
+        ("uem", 1.0, "uem", {"patience": 1}, [0] * 6),  # every uncertainty < 1
+        ("uem", 1.0, "uem", {}, [1] * 6),  # official patience 2: the second in-block
+        ("uem", 1.0, "uem", {"patience": 5}, [3] * 6),  # in-blocks 0-2 never 5 times: mid block
+        ("uem-official", 1.0, "uem", {}, [1] * 6),
         ("berxit", 1.0, "lte", {}, [0] * 6),
         ("calm", -1.0, "none", {}, [0] * 6),
         ("pabee", 4.0, "none", {"patience": 2}, [2] * 6),
@@ -213,7 +216,17 @@ def test_bad_policy_arguments(call, match):
 
 
 def test_registry_has_every_policy():
-    assert set(POLICIES) == {"full", "static", "ase", "calm", "pabee", "berxit", "uem", "duodiff"}
+    assert set(POLICIES) == {
+        "full",
+        "static",
+        "ase",
+        "calm",
+        "pabee",
+        "berxit",
+        "uem",
+        "uem-official",
+        "duodiff",
+    }
 
 
 @pytest.mark.parametrize(("name", "heads"), [("uem", "uem"), ("ase", "none"), ("static", "none")])
@@ -239,3 +252,69 @@ def test_calibration_rejects_bad_target():
 
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         calibrate(_model(), samplers.make_schedule("linear"), "ase", 1.5)
+
+
+def _uem_model_with_bias(bias_by_block):
+    """A micro UEM model whose UEM i outputs sigmoid(bias_i) everywhere (weights zeroed)."""
+    model = _model("uem")
+    with torch.no_grad():
+        for head, b in zip(model.uem, bias_by_block, strict=True):
+            head.weight.zero_()
+            head.bias.fill_(b)
+    return model
+
+
+def test_uem_patience_counts_in_block_passes_not_consecutive_ones():
+    """Official rule (AdaDiff libs/uvit.py): the second in-block below the threshold exits, even
+    with a block above it in between; mid and out blocks exit at once."""
+    # depth 7: in-blocks 0-2, mid 3. Certain at blocks 0 and 2, uncertain at block 1.
+    model = _uem_model_with_bias([-8.0, 8.0, -8.0, 8.0, 8.0, 8.0, 8.0])
+    x, t = _inputs()
+    for patience, expected in [(1, 0), (2, 2), (3, 6)]:
+        ex = EarlyExitDenoiser(model, make_policy("uem", 0.5, patience=patience), T)
+        with torch.inference_mode():
+            ex(x, t)
+        assert ex.trace.exit_block[0].tolist() == [expected] * 6, patience
+
+
+def test_uem_official_is_per_sample_uem_at_batch_one_and_one_decision_per_batch():
+    model = _model("uem", seed=3)
+    x, t = _inputs(b=8)
+    # A threshold between the rows' uncertainties, so rows really differ.
+    with torch.inference_mode():
+        state = model.embed(x, t)
+        model.run_block(0, state)
+        model.run_block(1, state)
+        u = model.uncertainty(1, state).flatten(1).mean(1)
+        tau = float(u.median())
+        per_row = EarlyExitDenoiser(model, make_policy("uem", tau), T)
+        out = per_row(x, t)
+        for r in range(8):
+            alone = EarlyExitDenoiser(model, make_policy("uem-official", tau), T)
+            o = alone(x[r : r + 1], t[r : r + 1])
+            torch.testing.assert_close(o, out[r : r + 1], atol=1e-5, rtol=1e-5)
+            assert alone.trace.exit_block[0].item() == per_row.trace.exit_block[0][r].item()
+        batch = EarlyExitDenoiser(model, make_policy("uem-official", tau), T)
+        batch(x, t)
+    blocks = batch.trace.exit_block[0]
+    assert len(set(per_row.trace.exit_block[0].tolist())) > 1  # rows differ per sample...
+    assert (blocks == blocks[0]).all()  # ...but the batch-mean rule moves them together
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: make_policy("uem", 0.1, patience=0), "patience must be an integer >= 1"),
+        (lambda: make_policy("uem", 0.1, patience=1.5), "patience must be an integer >= 1"),
+        (lambda: make_policy("uem-official", 0.1, patience=1), "official patience is 2"),
+        (
+            lambda: EarlyExitDenoiser(
+                _model("uem"), make_policy("uem-official", 0.1), T, paired=True
+            ),
+            "decides once for the whole batch",
+        ),
+    ],
+)
+def test_bad_uem_options_are_clear_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

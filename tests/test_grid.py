@@ -46,6 +46,18 @@ def test_config_sweep_expands_axes(tmp_path):
         ("nothing = 1\n", "defines no"),
         ('[[cell]]\ndevice = "tpu"\n', "valid choices: cpu, cuda"),
         ('[[cell]]\nreference = "test"\n', "valid choices: train, heldout"),
+        ('[[cell]]\nrecipe = "uem-sumed"\n', "valid choices: full, full-ft"),
+        ('[[cell]]\nrecipe = "uem"\nlambda_ual = -1.0\n', "lambda_ual must be a finite"),
+        ('[[cell]]\nrecipe = "uem"\npolicy = "uem"\npatience = 0\n', "patience must be"),
+        ('[[cell]]\nrecipe = "full"\nlambda_u = 0.5\n', "lambda_u applies to recipes uem"),
+        ('[[cell]]\nrecipe = "full"\nfinetune_steps = 10\n', "finetune_steps applies"),
+        ('[[cell]]\npolicy = "static"\nrecipe = "layerwise"\npatience = 2\n', "bad options"),
+        (
+            '[[cell]]\nrecipe = "uem"\npolicy = "uem-official"\nguidance = 1.5\n'
+            "cfg_exit_together = true\n",
+            "decides once per batch",
+        ),
+        ('[[sweep]]\nrecipe = "uem"\nlambda_u = [1.0, -0.5]\n', "lambda_u must be a finite"),
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, capsys, monkeypatch):
@@ -55,6 +67,7 @@ def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, ca
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert re.search(match, err), err
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
@@ -134,7 +147,7 @@ def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
     assert abs(rec["flop_ratio_per_call"] - rec["calibration_flop_ratio"]) < 0.1, rec
 
 
-@pytest.mark.parametrize("name", ["guidance", "exits", "paper"])
+@pytest.mark.parametrize("name", ["guidance", "exits", "paper", "deediff"])
 def test_shipped_sweep_files_are_valid(name):
     from pathlib import Path
 
@@ -148,6 +161,10 @@ def test_cell_keys_ignore_fields_at_their_default():
     assert Cell().key == grid.config_hash({}, kind="cell")
     assert Cell(steps=50).key == grid.config_hash({"steps": 50}, kind="cell")
     assert Cell(steps=50).key != Cell(steps=20).key
+    # A recipe or policy whose meaning changed (revision > 0) changes the keys that use it.
+    uem = Cell(recipe="uem", policy="uem", knob=0.1)
+    plain = {"recipe": "uem", "policy": "uem", "knob": 0.1}
+    assert uem.key == grid.config_hash({**plain, "revisions": (1, 1)}, kind="cell")
 
 
 def test_guided_cells_sample_the_class_conditional_model(tmp_path):

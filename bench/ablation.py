@@ -1,0 +1,327 @@
+"""The DeeDiff / AdaDiff ablation: which departure or which scale effect explains the gap.
+
+``python -m bench.ablation`` runs ``bench/sweeps/deediff.toml`` through the grid (cached models
+and records are reused; an interrupted run resumes) and writes, under ``--out``
+(``results/deediff``):
+
+- ``ablation.md``: per variant (depth, fine-tune budget, UAL weighting, exit rule) the FID at
+  full depth against the equally-trained ``full-ft`` control, and the FID at each target FLOP
+  ratio; every baseline at the same ratios; the issue's three targets, each with its measured
+  numbers and met / not met;
+- ``report/ablation_fid_vs_flops``: FID against the FLOP ratio per call, one panel per (depth,
+  budget), the control's full-depth FID and 1.10x that drawn as lines;
+- ``report/ablation_heatmaps``: exit block x timestep of each ``uem`` variant at FLOP ratio 0.5;
+- ``report/composition``: FID against *total* FLOPs (vs DDPM with all T steps) with one curve
+  per strategy (fewer steps, exits at each step count, pruning, pruning + exits) and the
+  Pareto front: the paper's claim that adaptive computation composes with both;
+- the grid report (``bench.report``) of the same records.
+
+``--report-only`` redraws from the records without running cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.cache import atomic_write_bytes
+from bench.report import _save, load_table, make_report, pareto_front
+
+__all__ = ["ablation_table", "main", "variants"]
+
+log = logging.getLogger(__name__)
+
+SWEEP = Path(__file__).parent / "sweeps" / "deediff.toml"
+TARGETS = (0.8, 0.65, 0.5, 0.4)
+FT_DEFAULT = 1000  # bench.train's fine-tune steps when a cell leaves them unset
+DEPTH = {"tiny": 9, "tiny13": 13, "micro": 5}
+
+
+def variants(df):
+    """The ablation's cells (one sampler/steps, unpruned, unguided) with a ``variant`` name,
+    the ``setting`` (depth and fine-tune budget) it belongs to and its full-depth ``base``."""
+    df = df[(df.prune_ratio == 0) & df.guidance.isna()].copy()
+    ft = df.finetune_steps.fillna(FT_DEFAULT).astype(int)
+    df["budget"] = np.where(df.recipe == "full", 0, ft)  # the pretrained model: no fine-tune
+    df["setting"] = df.model.map(lambda m: f"depth {DEPTH.get(m, m)}") + ", ft " + ft.map(str)
+    patience = df.patience.map(lambda p: "" if p != p or p is None else f" p{int(p)}")
+    lual = df.lambda_ual.map(lambda v: " (L_u only)" if v == 0 else "")
+    df["model_name"] = df.recipe + lual  # the trained model
+    df["variant"] = np.where(
+        df.policy == "full", df.model_name + " @full", df.model_name + " / " + df.policy + patience
+    )
+    return df
+
+
+def _control(df, setting: str, run: str):
+    c = df[(df.recipe == "full-ft") & (df.setting == setting) & (df.run == run)]
+    return float(c.fid.iloc[0]) if len(c) else None
+
+
+def ablation_table(df) -> str:
+    """Markdown: per setting and run, each model's full-depth FID against the control, and
+    each exit variant's FID (achieved FLOP ratio) at every target; then the targets."""
+    lines = ["# DeeDiff / AdaDiff ablation", ""]
+    df = variants(df)
+    for (setting, run), sub in sorted(df.groupby(["setting", "run"])):
+        control = _control(df, setting, run)
+        lines += [f"## {setting}, {run} (control `full-ft` FID: {_f(control)})", ""]
+        lines += ["| model | FID at full depth | vs control |", "|---|---|---|"]
+        for _, r in sub[sub.policy == "full"].sort_values("fid").iterrows():
+            rel = f"{r.fid / control:.3f}x" if control else "-"
+            lines.append(f"| {r.model_name} | {r.fid:.2f} | {rel} |")
+        exits = sub[sub.policy != "full"]
+        if len(exits):
+            head = " | ".join(f"@{t}" for t in TARGETS)
+            lines += ["", f"| exit variant | {head} |", "|---|" + "---|" * len(TARGETS)]
+            for name, v in sorted(exits.groupby("variant"), key=lambda kv: kv[1].fid.mean()):
+                cells = []
+                for t in TARGETS:
+                    hit = v[np.isclose(v.target_flop_ratio.astype(float), t)]
+                    cells.append(
+                        f"{hit.fid.iloc[0]:.2f} ({hit.flop_ratio_per_call.iloc[0]:.2f})"
+                        if len(hit)
+                        else "-"
+                    )
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["FID (achieved FLOP ratio per call); control = `full-ft`, same fine-tune.", ""]
+    lines += ["## Targets (issue 13)", "", *_targets(df), ""]
+    return "\n".join(lines)
+
+
+def _targets(df) -> list[str]:
+    out = []
+    for (setting, run), sub in sorted(df.groupby(["setting", "run"])):
+        control = _control(df, setting, run)
+        uem = sub[(sub.recipe == "uem") & (sub.lambda_ual == 1.0)]
+        full_depth = uem[uem.policy == "full"]
+        if control is None or not len(full_depth):
+            continue
+        f = float(full_depth.fid.iloc[0])
+        out.append(
+            f"- {setting}, {run}: `uem` at full depth {f:.2f} vs control {control:.2f}: "
+            f"{'met' if f <= control else 'not met'}"
+        )
+        exits = uem[(uem.policy == "uem") & uem.patience.isna()]
+        low = exits[exits.flop_ratio_per_call <= 0.55]
+        if len(low):
+            best = low.loc[low.fid.idxmin()]
+            ok = best.fid <= 1.10 * control
+            out.append(
+                f"  - at FLOP ratio {best.flop_ratio_per_call:.2f}: {best.fid:.2f} vs "
+                f"1.10 x control = {1.10 * control:.2f}: {'met' if ok else 'not met'}"
+            )
+        base = sub[~sub.recipe.str.startswith("uem") & (sub.policy != "full")]
+        for t in (0.8, 0.65, 0.5):
+            at = lambda d, t=t: d[np.isclose(d.target_flop_ratio.astype(float), t)]  # noqa: E731
+            mine, theirs = at(exits), at(base)
+            if len(mine) and len(theirs):
+                best = theirs.loc[theirs.fid.idxmin()]
+                ok = mine.fid.iloc[0] < best.fid
+                out.append(
+                    f"  - @{t}: `uem` {mine.fid.iloc[0]:.2f} vs best baseline {best.policy} "
+                    f"{best.fid:.2f}: {'met' if ok else 'not met'}"
+                )
+    return out or ["- (no control or `uem` full-depth cell yet)"]
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def plot_ablation(df, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = variants(df)
+    groups = sorted(df.groupby(["setting", "run"]), key=lambda kv: kv[0])
+    if not groups:
+        return []
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(5.6 * len(groups), 4.6), squeeze=False, layout="constrained"
+    )
+    cmap = plt.get_cmap("tab10")
+    for ax, ((setting, run), sub) in zip(axes.flat, groups, strict=True):
+        exits = sub[sub.policy != "full"]
+        for i, (name, v) in enumerate(sorted(exits.groupby("variant"))):
+            full = sub[(sub.policy == "full") & (sub.model_name == v.model_name.iloc[0])]
+            v = pd.concat([full, v]).sort_values("flop_ratio_per_call")
+            uem = name.startswith("uem")
+            ax.plot(
+                v.flop_ratio_per_call,
+                v.fid,
+                "o-" if uem else "s--",
+                color=cmap(i % 10),
+                lw=2 if uem else 1,
+                ms=4,
+                alpha=1 if uem else 0.6,
+                label=name,
+            )
+        control = _control(df, setting, run)
+        if control is not None:
+            ax.axhline(control, color="k", lw=1.2, label="control (full-ft) at full depth")
+            ax.axhline(1.1 * control, color="k", lw=0.8, ls=":", label="1.10 x control")
+        ax.set_xlabel("FLOP ratio per denoiser call")
+        ax.set_ylabel("FID (lower is better)")
+        ax.set_title(f"{setting}, {run}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper right")
+    paths = _save(fig, out, "ablation_fid_vs_flops")
+    plt.close(fig)
+    return paths
+
+
+def plot_uem_heatmaps(df, out: Path, target: float = 0.5) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    df = variants(df)
+    pick = df[
+        df.recipe.str.startswith("uem")
+        & df.policy.str.startswith("uem")
+        & np.isclose(df.target_flop_ratio.astype(float).fillna(-1), target)
+    ].sort_values(["setting", "variant"])
+    if not len(pick):
+        return []
+    cols = min(4, len(pick))
+    rows = -(-len(pick) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 3.1 * rows), squeeze=False, layout="constrained"
+    )
+    im = None
+    for ax, (_, r) in zip(axes.flat, pick.iterrows(), strict=False):
+        counts = np.asarray(r.exit_histogram["counts"], float)  # (t bins, blocks)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        edges = r.exit_histogram["t_edges"]
+        im = ax.imshow(
+            share.T,
+            origin="lower",
+            aspect="auto",
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            extent=(edges[0], edges[-1], 0.5, counts.shape[1] + 0.5),
+        )
+        ax.set_title(f"{r.setting}: {r.variant}\nFID {r.fid:.2f}", fontsize=7)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("blocks run")
+    for ax in list(axes.flat)[len(pick) :]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="share of samples")
+    paths = _save(fig, out, "ablation_heatmaps")
+    plt.close(fig)
+    return paths
+
+
+def strategy(r) -> str:
+    """The composition figure's curve a cell belongs to."""
+    exits = r.policy != "full"
+    if r.prune_ratio > 0:
+        return "pruning + exits" if exits else "pruning"
+    if exits:
+        return f"exits, {r.run}"
+    return "fewer steps (full depth)"
+
+
+def plot_composition(df, out: Path) -> list[Path]:
+    """FID vs total FLOPs for the default model pair (`full-ft` control and `uem`, both with the
+    default fine-tune), one curve per strategy, and the Pareto front over all of them."""
+    import matplotlib.pyplot as plt
+
+    model = "tiny" if (df.model == "tiny").any() else df.model.iloc[0]
+    d = df[
+        (df.model == model)
+        & df.finetune_steps.isna()
+        & df.guidance.isna()
+        & (df.lambda_ual == 1.0)
+        & df.patience.isna()
+        & (
+            ((df.recipe == "full-ft") & (df.policy == "full"))
+            | ((df.recipe == "uem") & (df.policy == "uem"))
+        )
+    ].copy()
+    if len(d) < 2:
+        return []
+    d["strategy"] = d.apply(strategy, axis=1)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    cmap = plt.get_cmap("tab10")
+    for i, (name, s) in enumerate(sorted(d.groupby("strategy"))):
+        s = s.sort_values("flop_ratio_vs_reference")
+        style = "o-" if name.startswith("fewer") else "s--" if name.startswith("prun") else "^-"
+        ax.plot(s.flop_ratio_vs_reference, s.fid, style, color=cmap(i % 10), ms=4, label=name)
+    front = d.iloc[pareto_front(d.flop_ratio_vs_reference.to_numpy(float), d.fid.to_numpy(float))]
+    ax.step(front.flop_ratio_vs_reference, front.fid, where="post", color="k", lw=1.2, alpha=0.6)
+    ax.plot([], [], "k-", alpha=0.6, label="Pareto front")
+    for _, r in front.iterrows():
+        ax.annotate(r.label, (r.flop_ratio_vs_reference, r.fid), fontsize=5, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("total FLOPs / DDPM with all T steps (full unpruned model)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("Do exits compose with fewer steps and pruning? (digits, 1,000 samples)")
+    paths = _save(fig, out, "composition")
+    plt.close(fig)
+    return paths
+
+
+def write_ablation(grid_dir: Path) -> list[Path]:
+    """The table and figures of the ablation from the records under ``grid_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    df = load_table(grid_dir)
+    ok = df[~df.nonfinite.astype(bool) & df.fid.notna()].copy()
+    for name, default in (("finetune_steps", None), ("patience", None), ("lambda_ual", 1.0)):
+        if name not in ok:  # records written before the field existed
+            ok[name] = default
+    ok["lambda_ual"] = ok.lambda_ual.fillna(1.0)
+    out = grid_dir / "report"
+    # The ablation's own sampler and steps: the run with the most cells (DDIM 20 by default).
+    main_run = ok[ok.run == ok.run.value_counts().idxmax()]
+    atomic_write_bytes(grid_dir / "ablation.md", ablation_table(main_run).encode())
+    paths = [grid_dir / "ablation.md"]
+    paths += plot_ablation(main_run, out)
+    paths += plot_uem_heatmaps(main_run, out)
+    paths += plot_composition(ok, out)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.ablation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, default=SWEEP, help="the ablation's sweep file")
+    p.add_argument("--out", type=Path, default=Path("results/deediff"), help="records, tables")
+    p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: each cell's)")
+    p.add_argument("--report-only", action="store_true", help="draw from existing records")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rc = 0
+    if not a.report_only:
+        from bench import grid
+
+        args = ["--config", str(a.config), "--out", str(a.out)]
+        args += ["--cache-dir", a.cache_dir] if a.cache_dir else []
+        args += ["--device", a.device] if a.device else []
+        rc = grid.main(args)
+    try:
+        paths = write_ablation(a.out) + make_report(a.out, a.out / "report")
+    except ValueError as e:
+        p.error(str(e))
+    print((a.out / "ablation.md").read_text())
+    for path in paths:
+        print(path)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
