@@ -49,7 +49,9 @@ def variants(df):
     df["budget"] = np.where(df.recipe == "full", 0, ft)  # the pretrained model: no fine-tune
     df["setting"] = df.model.map(lambda m: f"depth {DEPTH.get(m, m)}") + ", ft " + ft.map(str)
     patience = df.patience.map(lambda p: "" if p != p or p is None else f" p{int(p)}")
-    lual = df.lambda_ual.map(lambda v: " (L_u only)" if v == 0 else "")
+    lual = df.lambda_ual.map(
+        lambda v: " (L_u only)" if v == 0 else "" if v == 1 else f" (lambda_UAL {v:g})"
+    )
     df["model_name"] = df.recipe + lual  # the trained model
     df["variant"] = np.where(
         df.policy == "full", df.model_name + " @full", df.model_name + " / " + df.policy + patience

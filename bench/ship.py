@@ -51,17 +51,26 @@ class _Recorder(ArtifactCache):
         return super().load(kind, key)
 
 
+def shipped_cells() -> list:
+    """The cells whose artifacts ship: the default sweep, and the 13-block (U-ViT-S depth)
+    `full` and `uem` digits models of the DeeDiff ablation."""
+    from bench.grid import Cell, default_cells
+
+    extra = [Cell(model="tiny13"), Cell(model="tiny13", recipe="uem", policy="uem")]
+    return default_cells() + extra
+
+
 def needed_artifacts(cache: ArtifactCache, cells=None, build: bool = True) -> list[tuple[str, str]]:
-    """Build (or load) everything ``cells`` (default: the default sweep) need; return the
+    """Build (or load) everything ``cells`` (default: :func:`shipped_cells`) need; return the
     (kind, key) of each artifact touched, dependencies first. With ``build=False`` a missing
     artifact raises ``FileNotFoundError`` instead of being built."""
-    from bench.grid import _prune_config, _train_config, default_cells
+    from bench.grid import _prune_config, _train_config
     from bench.metrics import get_extractor, reference_stats
     from bench.train import load_or_train
     from pruning.pipeline import load_or_prune
 
     rec = _Recorder(cache.root, cache.shipped, build=build)
-    for cell in cells or default_cells():
+    for cell in cells or shipped_cells():
         tcfg = _train_config(cell)
         load_or_train(tcfg, rec)
         if cell.prune_ratio > 0:
