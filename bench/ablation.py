@@ -8,6 +8,8 @@ and records are reused; an interrupted run resumes) and writes, under ``--out``
   full depth against the equally-trained ``full-ft`` control, and the FID at each target FLOP
   ratio; every baseline at the same ratios; the issue's three targets, each with its measured
   numbers and met / not met;
+- ``layer_mse.md``: each model's per-block readout MSE on the held-out digits (what an exit
+  after each block leaves; the last block's is L_simple on unseen data);
 - ``report/ablation_fid_vs_flops``: FID against the FLOP ratio per call, one panel per (depth,
   budget), the control's full-depth FID and 1.10x that drawn as lines;
 - ``report/ablation_heatmaps``: exit block x timestep of each ``uem`` variant at FLOP ratio 0.5;
@@ -27,11 +29,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from bench.cache import atomic_write_bytes
+from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.report import _save, load_table, make_report, pareto_front
 
-__all__ = ["ablation_table", "main", "variants"]
+__all__ = ["ablation_table", "aggregate", "layer_mse", "main", "variants"]
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +62,43 @@ def variants(df):
     return df
 
 
-def _control(df, setting: str, run: str):
-    c = df[(df.recipe == "full-ft") & (df.setting == setting) & (df.run == run)]
+def aggregate(df):
+    """One row per (setting, run, variant, target FLOP ratio; 1.0 = full depth): FID mean, its
+    standard deviation over sampling seeds (``fid_sd``, NaN for one seed), ``n`` seeds and the
+    mean achieved FLOP ratio per call."""
+    v = variants(df)
+    v["target"] = np.where(v.policy == "full", 1.0, v.target_flop_ratio.astype(float))
+    v = v[v.target.notna()]
+    keys = ["setting", "run", "variant", "model_name", "recipe", "policy", "target"]
+    return v.groupby(keys, as_index=False).agg(
+        fid=("fid", "mean"),
+        fid_sd=("fid", "std"),
+        n=("fid", "size"),
+        flop=("flop_ratio_per_call", "mean"),
+    )
+
+
+def _control(agg, setting: str, run: str):
+    c = agg[(agg.variant == "full-ft @full") & (agg.setting == setting) & (agg.run == run)]
     return float(c.fid.iloc[0]) if len(c) else None
+
+
+def _fid(r) -> str:
+    return f"{r.fid:.2f}" + (f" ± {r.fid_sd:.2f} (n={r.n})" if r.n > 1 else "")
 
 
 def ablation_table(df) -> str:
     """Markdown: per setting and run, each model's full-depth FID against the control, and
     each exit variant's FID (achieved FLOP ratio) at every target; then the targets."""
     lines = ["# DeeDiff / AdaDiff ablation", ""]
-    df = variants(df)
-    for (setting, run), sub in sorted(df.groupby(["setting", "run"])):
-        control = _control(df, setting, run)
+    agg = aggregate(df)
+    for (setting, run), sub in sorted(agg.groupby(["setting", "run"])):
+        control = _control(agg, setting, run)
         lines += [f"## {setting}, {run} (control `full-ft` FID: {_f(control)})", ""]
         lines += ["| model | FID at full depth | vs control |", "|---|---|---|"]
         for _, r in sub[sub.policy == "full"].sort_values("fid").iterrows():
             rel = f"{r.fid / control:.3f}x" if control else "-"
-            lines.append(f"| {r.model_name} | {r.fid:.2f} | {rel} |")
+            lines.append(f"| {r.model_name} | {_fid(r)} | {rel} |")
         exits = sub[sub.policy != "full"]
         if len(exits):
             head = " | ".join(f"@{t}" for t in TARGETS)
@@ -83,25 +106,29 @@ def ablation_table(df) -> str:
             for name, v in sorted(exits.groupby("variant"), key=lambda kv: kv[1].fid.mean()):
                 cells = []
                 for t in TARGETS:
-                    hit = v[np.isclose(v.target_flop_ratio.astype(float), t)]
+                    hit = v[np.isclose(v.target, t)]
                     cells.append(
-                        f"{hit.fid.iloc[0]:.2f} ({hit.flop_ratio_per_call.iloc[0]:.2f})"
-                        if len(hit)
-                        else "-"
+                        f"{_fid(hit.iloc[0])} ({hit.flop.iloc[0]:.2f})" if len(hit) else "-"
                     )
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["FID (achieved FLOP ratio per call); control = `full-ft`, same fine-tune.", ""]
-    lines += ["## Targets (issue 13)", "", *_targets(df), ""]
+    lines += [
+        "FID (achieved FLOP ratio per call; ± the standard deviation over sampling seeds where "
+        "more than one ran); control = `full-ft`, the same fine-tune with L_simple alone.",
+        "",
+        "## Targets (issue 13)",
+        "",
+        *_targets(agg),
+        "",
+    ]
     return "\n".join(lines)
 
 
-def _targets(df) -> list[str]:
+def _targets(agg) -> list[str]:
     out = []
-    for (setting, run), sub in sorted(df.groupby(["setting", "run"])):
-        control = _control(df, setting, run)
-        uem = sub[(sub.recipe == "uem") & (sub.lambda_ual == 1.0)]
-        full_depth = uem[uem.policy == "full"]
+    for (setting, run), sub in sorted(agg.groupby(["setting", "run"])):
+        control = _control(agg, setting, run)
+        full_depth = sub[sub.variant == "uem @full"]
         if control is None or not len(full_depth):
             continue
         f = float(full_depth.fid.iloc[0])
@@ -109,19 +136,18 @@ def _targets(df) -> list[str]:
             f"- {setting}, {run}: `uem` at full depth {f:.2f} vs control {control:.2f}: "
             f"{'met' if f <= control else 'not met'}"
         )
-        exits = uem[(uem.policy == "uem") & uem.patience.isna()]
-        low = exits[exits.flop_ratio_per_call <= 0.55]
+        exits = sub[sub.variant == "uem / uem"]
+        low = exits[exits.flop <= 0.55]
         if len(low):
             best = low.loc[low.fid.idxmin()]
             ok = best.fid <= 1.10 * control
             out.append(
-                f"  - at FLOP ratio {best.flop_ratio_per_call:.2f}: {best.fid:.2f} vs "
+                f"  - at FLOP ratio {best.flop:.2f}: {best.fid:.2f} vs "
                 f"1.10 x control = {1.10 * control:.2f}: {'met' if ok else 'not met'}"
             )
         base = sub[~sub.recipe.str.startswith("uem") & (sub.policy != "full")]
         for t in (0.8, 0.65, 0.5):
-            at = lambda d, t=t: d[np.isclose(d.target_flop_ratio.astype(float), t)]  # noqa: E731
-            mine, theirs = at(exits), at(base)
+            mine, theirs = exits[np.isclose(exits.target, t)], base[np.isclose(base.target, t)]
             if len(mine) and len(theirs):
                 best = theirs.loc[theirs.fid.idxmin()]
                 ok = mine.fid.iloc[0] < best.fid
@@ -140,8 +166,8 @@ def plot_ablation(df, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    df = variants(df)
-    groups = sorted(df.groupby(["setting", "run"]), key=lambda kv: kv[0])
+    agg = aggregate(df)
+    groups = sorted(agg.groupby(["setting", "run"]), key=lambda kv: kv[0])
     if not groups:
         return []
     fig, axes = plt.subplots(
@@ -152,19 +178,21 @@ def plot_ablation(df, out: Path) -> list[Path]:
         exits = sub[sub.policy != "full"]
         for i, (name, v) in enumerate(sorted(exits.groupby("variant"))):
             full = sub[(sub.policy == "full") & (sub.model_name == v.model_name.iloc[0])]
-            v = pd.concat([full, v]).sort_values("flop_ratio_per_call")
+            v = pd.concat([full, v]).sort_values("flop")
             uem = name.startswith("uem")
-            ax.plot(
-                v.flop_ratio_per_call,
+            ax.errorbar(
+                v.flop,
                 v.fid,
-                "o-" if uem else "s--",
+                yerr=v.fid_sd.fillna(0),
+                fmt="o-" if uem else "s--",
                 color=cmap(i % 10),
                 lw=2 if uem else 1,
                 ms=4,
                 alpha=1 if uem else 0.6,
+                capsize=2,
                 label=name,
             )
-        control = _control(df, setting, run)
+        control = _control(agg, setting, run)
         if control is not None:
             ax.axhline(control, color="k", lw=1.2, label="control (full-ft) at full depth")
             ax.axhline(1.1 * control, color="k", lw=0.8, ls=":", label="1.10 x control")
@@ -272,8 +300,73 @@ def plot_composition(df, out: Path) -> list[Path]:
     return paths
 
 
-def write_ablation(grid_dir: Path) -> list[Path]:
-    """The table and figures of the ablation from the records under ``grid_dir``."""
+@torch.inference_mode()
+def layer_mse(model, schedule, images, seed: int = 0, repeats: int = 4) -> list[float]:
+    """Per-block readout MSE against the true noise on ``images`` (held-out digits) at
+    timesteps drawn uniformly from [0, T): the denoising error an exit after each block leaves.
+    The last entry is the full model's training objective, L_simple, on unseen data."""
+    gen = torch.Generator().manual_seed(seed)
+    ab = schedule.alphas_cumprod.float()
+    sums = torch.zeros(model.depth, dtype=torch.float64)
+    for _ in range(repeats):
+        t = torch.randint(0, schedule.T, (images.shape[0],), generator=gen)
+        eps = torch.randn(images.shape, generator=gen)
+        a = ab[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * images + (1 - a).sqrt() * eps
+        for i, out in enumerate(model.forward_all(x_t, t.float())):
+            sums[i] += float(((out - eps) ** 2).mean())
+    return (sums / repeats).tolist()
+
+
+def layer_mse_table(df, cache, device: str = "cpu") -> str:
+    """Markdown: the per-block held-out MSE of every unpruned, unguided model in the records."""
+    from bench.data import as_tensors, load_dataset
+    from bench.grid import Cell, _train_config
+    from bench.train import load_or_train
+
+    lines = [
+        "# Per-block denoising MSE on the held-out digits",
+        "",
+        "Readout after each block vs the true noise, t uniform in [0, T), 4 x 359 draws "
+        "(`bench.ablation.layer_mse`). The last column is L_simple of the full-depth model.",
+        "",
+    ]
+    models = df[(df.prune_ratio == 0) & df.guidance.isna()].drop_duplicates(
+        ["dataset", "model", "recipe", "finetune_steps", "lambda_u", "lambda_ual"]
+    )
+    images = {}
+    for model_name, sub in models.groupby("model", sort=False):
+        rows = []
+        for _, r in sub.iterrows():
+            ft = None if r.finetune_steps != r.finetune_steps else int(r.finetune_steps)
+            cell = Cell(
+                dataset=r.dataset,
+                model=r.model,
+                recipe=r.recipe,
+                finetune_steps=ft,
+                lambda_u=float(r.lambda_u),
+                lambda_ual=float(r.lambda_ual),
+            )
+            tm = load_or_train(_train_config(cell), cache, device, progress=False)
+            if r.dataset not in images:
+                images[r.dataset] = as_tensors(load_dataset(r.dataset, "heldout"))[0]
+            mse = layer_mse(tm.model, tm.schedule, images[r.dataset].to(device))
+            rows.append((cell.model_label(), mse))
+        depth = len(rows[0][1])
+        lines += [f"## {model_name} ({depth} blocks)", ""]
+        lines += ["| model | " + " | ".join(f"b{i + 1}" for i in range(depth)) + " |"]
+        lines += ["|---|" + "---|" * depth]
+        for name, mse in sorted(rows, key=lambda kv: kv[1][-1]):
+            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in mse) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_ablation(
+    grid_dir: Path, cache: ArtifactCache | None = None, device: str = "cpu"
+) -> list[Path]:
+    """The tables and figures of the ablation from the records under ``grid_dir`` (the
+    per-block MSE table loads each model from ``cache``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,7 +384,9 @@ def write_ablation(grid_dir: Path) -> list[Path]:
     paths += plot_ablation(main_run, out)
     paths += plot_uem_heatmaps(main_run, out)
     paths += plot_composition(ok, out)
-    return paths
+    mse = layer_mse_table(main_run, cache or ArtifactCache(), device)
+    atomic_write_bytes(grid_dir / "layer_mse.md", mse.encode())
+    return [*paths, grid_dir / "layer_mse.md"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         args += ["--device", a.device] if a.device else []
         rc = grid.main(args)
     try:
-        paths = write_ablation(a.out) + make_report(a.out, a.out / "report")
+        cache = ArtifactCache(a.cache_dir)
+        device = a.device or "cpu"
+        paths = write_ablation(a.out, cache, device) + make_report(a.out, a.out / "report")
     except ValueError as e:
         p.error(str(e))
     print((a.out / "ablation.md").read_text())

@@ -167,6 +167,16 @@ class Cell:
             changed["revisions"] = revisions
         return config_hash(changed, kind="cell")
 
+    def model_label(self) -> str:
+        """The model the cell runs: size (if not the default), recipe, training, pruning."""
+        train = f" ft{self.finetune_steps}" if self.finetune_steps is not None else ""
+        for name, short in (("lambda_u", "lu"), ("lambda_ual", "lual")):
+            if getattr(self, name) != 1.0:
+                train += f" {short}{getattr(self, name):g}"
+        prune = f" prune{self.prune_ratio:g}" if self.prune_ratio else ""
+        model = "" if self.model == "tiny" else f"{self.model} "
+        return f"{model}{self.recipe}{train}{prune}"
+
     def label(self) -> str:
         if self.target_flop_ratio is not None:
             knob = f"@{self.target_flop_ratio}"
@@ -176,18 +186,9 @@ class Cell:
             knob = ""
         if self.patience is not None:
             knob += f" p{self.patience}"
-        prune = f" prune{self.prune_ratio:g}" if self.prune_ratio else ""
-        train = f" ft{self.finetune_steps}" if self.finetune_steps is not None else ""
-        for name, short in (("lambda_u", "lu"), ("lambda_ual", "lual")):
-            if getattr(self, name) != 1.0:
-                train += f" {short}{getattr(self, name):g}"
         cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
         cfg += "+together" if self.cfg_exit_together else ""
-        model = "" if self.model == "tiny" else f"{self.model} "
-        return (
-            f"{model}{self.recipe}{train}{prune} {self.policy}{knob} "
-            f"{self.sampler}-{self.steps}{cfg}"
-        )
+        return f"{self.model_label()} {self.policy}{knob} {self.sampler}-{self.steps}{cfg}"
 
 
 def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
