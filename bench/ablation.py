@@ -173,34 +173,39 @@ def plot_ablation(df, out: Path) -> list[Path]:
     fig, axes = plt.subplots(
         1, len(groups), figsize=(5.6 * len(groups), 4.6), squeeze=False, layout="constrained"
     )
-    cmap = plt.get_cmap("tab10")
+    # One colour per variant across panels, one legend for the figure (outside the data).
+    names = sorted(
+        agg[agg.policy != "full"].variant.unique(), key=lambda n: (not n[:3] == "uem", n)
+    )
+    cmap = plt.get_cmap("tab20")
+    colour = {n: cmap(i % 20) for i, n in enumerate(names)}
+    handles: dict[str, object] = {}
     for ax, ((setting, run), sub) in zip(axes.flat, groups, strict=True):
         exits = sub[sub.policy != "full"]
-        for i, (name, v) in enumerate(sorted(exits.groupby("variant"))):
+        for name, v in exits.groupby("variant"):
             full = sub[(sub.policy == "full") & (sub.model_name == v.model_name.iloc[0])]
             v = pd.concat([full, v]).sort_values("flop")
             uem = name.startswith("uem")
-            ax.errorbar(
+            handles[name] = ax.errorbar(
                 v.flop,
                 v.fid,
                 yerr=v.fid_sd.fillna(0),
                 fmt="o-" if uem else "s--",
-                color=cmap(i % 10),
+                color=colour[name],
                 lw=2 if uem else 1,
                 ms=4,
-                alpha=1 if uem else 0.6,
+                alpha=1 if uem else 0.7,
                 capsize=2,
-                label=name,
             )
         control = _control(agg, setting, run)
         if control is not None:
-            ax.axhline(control, color="k", lw=1.2, label="control (full-ft) at full depth")
-            ax.axhline(1.1 * control, color="k", lw=0.8, ls=":", label="1.10 x control")
+            handles["control (full-ft) at full depth"] = ax.axhline(control, color="k", lw=1.2)
+            handles["1.10 x control"] = ax.axhline(1.1 * control, color="k", lw=0.8, ls=":")
         ax.set_xlabel("FLOP ratio per denoiser call")
         ax.set_ylabel("FID (lower is better)")
         ax.set_title(f"{setting}, {run}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="upper right")
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7)
     paths = _save(fig, out, "ablation_fid_vs_flops")
     plt.close(fig)
     return paths
