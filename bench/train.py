@@ -329,8 +329,15 @@ def _parser() -> argparse.ArgumentParser:
         default=d.finetune_steps,
         help="steps an exit recipe fine-tunes the cached `full` checkpoint",
     )
-    p.add_argument("--lambda-u", type=float, default=d.lambda_u, help="uem: weight of L_u")
-    p.add_argument("--lambda-ual", type=float, default=d.lambda_ual, help="uem: weight of L_UAL")
+    p.add_argument(
+        "--lambda-u", type=float, default=d.lambda_u, help="uem recipes: weight of L_u (>= 0)"
+    )
+    p.add_argument(
+        "--lambda-ual",
+        type=float,
+        default=d.lambda_ual,
+        help="uem recipes: weight of L_UAL (>= 0; 0 = the 'L_u only' ablation)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
     p.add_argument("--download", action="store_true", help="download the dataset (online)")

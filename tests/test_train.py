@@ -59,6 +59,8 @@ def test_class_conditional_training_runs(cache):
         (["--model", "huge"], "invalid choice"),
         (["--recipe", "magic"], "invalid choice"),
         (["--steps", "0"], "steps must be >= 1"),
+        (["--recipe", "uem", "--lambda-ual", "-1"], "lambda_ual must be a finite number >= 0"),
+        (["--recipe", "uem", "--lambda-u", "nan"], "lambda_u must be a finite number >= 0"),
         (["--dataset", "cifar10"], "no --data-root given"),
         (
             ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"],
@@ -71,6 +73,8 @@ def test_cli_bad_arguments_exit_2_with_one_line(args, match, tmp_path, capsys):
         main([*args, "--cache-dir", str(tmp_path), "--no-progress"])
     assert e.value.code == 2
     assert match in capsys.readouterr().err
+    if "--dataset" not in args:  # (a dataset is found missing after the cache's lock file)
+        assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_cli_trains_then_hits_cache(tmp_path):
