@@ -3,7 +3,8 @@
 An artifact's key is a hash of the frozen config that made it (plus its kind and
 :data:`CACHE_VERSION`). Files are written to a temporary name, fsynced and renamed, so an
 interrupted run never leaves a file that later loads as complete; every file carries a SHA-256 of
-its tensor bytes, so a corrupt file is detected on load and rebuilt. Nothing is unpickled.
+its tensor bytes and one of its metadata, so a corrupt or edited file is detected on load and
+rebuilt. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -134,7 +135,12 @@ class ArtifactCache:
 
     def save(self, kind: str, key: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        header = {"meta": json.dumps(meta, sort_keys=True), "sha256": _digest(tensors)}
+        meta_json = json.dumps(meta, sort_keys=True)
+        header = {
+            "meta": meta_json,
+            "sha256": _digest(tensors),
+            "sha256_meta": hashlib.sha256(meta_json.encode()).hexdigest(),
+        }
         path = self.path(kind, key)
         atomic_write_bytes(path, st_save(tensors, metadata=header))
         return path
@@ -158,7 +164,10 @@ class ArtifactCache:
         return None
 
     @staticmethod
-    def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    def _read(path: Path, require_meta_checksum: bool = False) -> tuple[dict[str, Tensor], dict]:
+        """Tensors and metadata of ``path``, both verified against their checksums. Files
+        written before metadata had a checksum load with their tensors verified, unless
+        ``require_meta_checksum`` (as ``bench.ship --check`` asks of shipped files)."""
         data = path.read_bytes()
         try:
             tensors = st_load(data)
@@ -169,6 +178,11 @@ class ArtifactCache:
             raise CorruptArtifact(f"unreadable: {e}") from e
         if _digest(tensors) != header.get("sha256"):
             raise CorruptArtifact("checksum mismatch")
+        if "sha256_meta" in header:
+            if hashlib.sha256(header["meta"].encode()).hexdigest() != header["sha256_meta"]:
+                raise CorruptArtifact("metadata checksum mismatch")
+        elif require_meta_checksum:
+            raise CorruptArtifact("metadata not covered by a checksum (written by an old version)")
         return tensors, meta
 
     def get_or_build(

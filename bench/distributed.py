@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bench.grid import Cell, run_and_store, threads_per_worker, write_failure
+from bench.grid import Cell, run_and_store, threads_per_worker
+from bench.store import write_failure
 
 __all__ = ["run_dask"]
 

@@ -42,18 +42,45 @@ from adaptive.calibrate import calibrate
 from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import POLICIES, make_policy
 from adaptive.recipes import RECIPES
-from bench.cache import ArtifactCache, atomic_write_bytes, config_hash
+from bench.cache import ArtifactCache, config_hash
 from bench.data import DATASETS, SPLITS, dataset_info, set_data_options
 from bench.measure import interleaved_medians
 from bench.metrics import EXTRACTORS, evaluate, get_extractor
 from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate, save_grid
+from bench.store import (
+    claim,
+    failure_path,
+    load_records,
+    os_error_line,
+    pending,
+    preflight,
+    read_record,
+    record_path,
+    sample_path,
+    write_failure,
+    write_record,
+    write_tables,
+)
 from bench.train import AUTOCAST, TrainConfig, load_or_train, resolve_device
 from models import MODELS
 from pruning.core import IMPORTANCES
 from pruning.pipeline import PruneConfig, load_or_prune
 from samplers import SAMPLERS, ClassifierFreeGuidance
 
-__all__ = ["Cell", "default_cells", "main", "quick_cells", "run_cell"]
+__all__ = [
+    "Cell",
+    "default_cells",
+    "failure_path",
+    "load_config",
+    "load_records",
+    "main",
+    "pending",
+    "quick_cells",
+    "record_path",
+    "run_and_store",
+    "run_cell",
+    "write_tables",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +131,7 @@ class Cell:
     lambda_ual: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         for name, registry in CELL_CHOICES.items():
             if getattr(self, name) not in registry:
                 raise ValueError(
@@ -116,6 +144,15 @@ class Cell:
         if self.samples < 2 or self.steps < 1:
             raise ValueError(
                 f"samples must be >= 2 and steps >= 1, got {self.samples}, {self.steps}"
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.knob is not None and self.target_flop_ratio is not None:
+            raise ValueError("set a policy's knob or a target_flop_ratio to calibrate it, not both")
+        if self.target_flop_ratio is not None and POLICIES[self.policy].knob_name is None:
+            raise ValueError(
+                f"policy {self.policy!r} never exits, so it has no FLOP ratio to calibrate; "
+                f"drop target_flop_ratio or pick an exit policy ({', '.join(_EXITING)})"
             )
         heads = POLICIES[self.policy].heads
         if heads != "none" and RECIPES[self.recipe].heads != heads:
@@ -135,7 +172,9 @@ class Cell:
                 )
         if self.finetune_steps is not None and not recipe.finetune:
             raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {self.recipe!r}")
-        _train_config(self)  # validates the training fields (steps, loss weights)
+        T = _train_config(self).T  # validates the training fields (steps, loss weights)
+        if self.steps > T:
+            raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
         if self.guidance is not None and not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
         if self.cfg_exit_together and self.guidance is None:
@@ -189,6 +228,37 @@ class Cell:
         cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
         cfg += "+together" if self.cfg_exit_together else ""
         return f"{self.model_label()} {self.policy}{knob} {self.sampler}-{self.steps}{cfg}"
+
+
+_EXITING = [name for name, cls in POLICIES.items() if cls.knob_name is not None]
+
+
+def _check_types(cell: Cell) -> None:
+    """Every field's type, from the dataclass's annotations: integers are integers (not bools
+    or floats), floats are finite numbers, booleans are booleans, strings are strings; ``None``
+    only where the annotation allows it. One ``ValueError`` naming the field."""
+    import math
+    import types
+    import typing
+
+    for name, hint in typing.get_type_hints(type(cell)).items():
+        value = getattr(cell, name)
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if value is None:
+            if type(None) in allowed:
+                continue
+            raise ValueError(f"field {name!r} must be set, got None")
+        if bool in allowed:
+            ok, what = isinstance(value, bool), "a boolean (true / false)"
+        elif int in allowed:
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif float in allowed:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok, what = ok and math.isfinite(value), "a finite number"
+        else:
+            ok, what = isinstance(value, str), "a string"
+        if not ok:
+            raise ValueError(f"field {name!r} must be {what}, got {value!r}")
 
 
 def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
@@ -475,162 +545,110 @@ def run_cell(
     }
 
 
-# ----- the results store -----
-# One JSON file per cell, named by the cell's key and written atomically: a record exists only
-# once its cell has finished, so any interrupted sweep resumes without duplicates. A cell that
-# raised is written under failed/ (with its error) and is retried by the next run.
-
-
-def record_path(out: Path, cell: Cell) -> Path:
-    return out / "records" / f"{cell.key}.json"
-
-
-def sample_path(out: Path, cell: Cell) -> Path:
-    return out / "samples" / f"{cell.key}.png"
-
-
-def failure_path(out: Path, cell: Cell) -> Path:
-    return out / "failed" / f"{cell.key}.json"
-
-
-def pending(cells: list[Cell], out: Path) -> list[Cell]:
-    """The cells without a record, each once, in order."""
-    seen: set[str] = set()
-    todo = []
-    for c in cells:
-        if c.key not in seen and not record_path(out, c).exists():
-            seen.add(c.key)
-            todo.append(c)
-    return todo
-
-
-def write_failure(out: Path, cell: Cell, error: str) -> None:
-    rec = {**dataclasses.asdict(cell), "key": cell.key, "label": cell.label(), "error": error}
-    rec["timestamp"] = datetime.now(UTC).isoformat(timespec="seconds")
-    atomic_write_bytes(failure_path(out, cell), json.dumps(rec, indent=2).encode())
-
-
 def run_and_store(
     cell: Cell, out: str | Path, cache_dir: str | None = None, threads: int | None = None
 ) -> tuple[str, str | None]:
-    """Run ``cell`` and write its record (or, if it raised, its failure). Returns (status,
-    error) with status "done" or "failed". Safe to call from any process that sees ``out``:
-    this is the unit of work of every executor."""
+    """Claim ``cell``, run it and write its record (or, if it raised, its failure). Returns
+    (status, error) with status "done", "failed", "claimed" (another process holds the cell)
+    or "unsaved" (computed, but the record could not be written: it is logged in full so it
+    is not lost). Safe to call from any process that sees ``out``: this is the unit of work of
+    every executor."""
     out = Path(out)
     if threads:
         torch.set_num_threads(threads)
-    try:
-        rec = run_cell(cell, ArtifactCache(cache_dir), sample_grid=sample_path(out, cell))
-    except Exception as e:  # a real failure: record it, let the sweep go on
-        error = f"{type(e).__name__}: {e}"
-        log.error("cell %s (%s) failed: %s", cell.key, cell.label(), error)
-        write_failure(out, cell, error + "\n" + traceback.format_exc())
-        return "failed", error
-    atomic_write_bytes(record_path(out, cell), json.dumps(rec, indent=2).encode())
-    failure_path(out, cell).unlink(missing_ok=True)
-    return "done", None
-
-
-def load_records(out: Path, kind: str = "records") -> list[dict[str, Any]]:
-    """Every complete record under ``out/<kind>`` (unreadable files are skipped with a warning)."""
-    records = []
-    for path in sorted((out / kind).glob("*.json")):
+    with claim(out, cell) as mine:
+        if not mine:
+            log.info("cell %s (%s) is being run by another process", cell.key, cell.label())
+            return "claimed", None
+        if read_record(out, cell) is not None:  # finished by another process meanwhile
+            return "done", None
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("skipping unreadable record %s (%s)", path, e)
-    return records
-
-
-def write_tables(
-    out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]] = ()
-) -> None:
-    """``table.csv`` and ``table.parquet`` (every record), ``summary.md`` (every cell and the
-    best FID per FLOP budget; failed cells listed with their error), all written atomically."""
-    import io
-
-    import pandas as pd
-
-    if not records:
-        return
-    df = pd.DataFrame(records).sort_values(["flop_ratio_vs_reference", "label"])
-    atomic_write_bytes(out / "table.csv", df.to_csv(index=False).encode())
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(out / "table.parquet", buf.getvalue())
-    cols = [
-        "label",
-        "nfe",
-        "flop_ratio_per_call",
-        "flop_ratio_vs_reference",
-        "layer_ratio",
-        "fid",
-        "kid",
-        "seconds_per_image",
-        "nonfinite",
-    ]
-    lines = [
-        f"# Grid summary ({len(df)} cells, extractor {sorted(set(df.extractor.dropna()))})",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    ok = df[~df.nonfinite & df.fid.notna()]
-    lines += [
-        "",
-        "## Best FID per total-FLOP budget (vs DDPM, all T steps, full model)",
-        "",
-        "| budget <= | cell | FID | FLOP ratio |",
-        "|---|---|---|---|",
-    ]
-    for budget in (0.005, 0.01, 0.02, 0.05, 0.1, 1.0):
-        within = ok[ok.flop_ratio_vs_reference <= budget]
-        if len(within):
-            b = within.loc[within.fid.idxmin()]
-            lines.append(
-                f"| {budget} | {b.label} | {b.fid:.3f} | {b.flop_ratio_vs_reference:.4f} |"
+            rec = run_cell(cell, ArtifactCache(cache_dir), sample_grid=sample_path(out, cell))
+        except Exception as e:  # a real failure: record it, let the sweep go on
+            error = f"{type(e).__name__}: {e}"
+            log.error("cell %s (%s) failed: %s", cell.key, cell.label(), error)
+            try:
+                write_failure(out, cell, error + "\n" + traceback.format_exc())
+            except OSError as io_error:
+                log.error("its failure record could not be saved: %s", os_error_line(io_error))
+            return "failed", error
+        try:
+            write_record(out, cell, rec)
+        except OSError as e:
+            error = f"record not saved: {os_error_line(e)}"
+            log.error(
+                "cell %s (%s) finished but its %s; the record:\n%s",
+                cell.key,
+                cell.label(),
+                error,
+                json.dumps(rec),
             )
-    if failures:
-        lines += ["", f"## Failed cells ({len(failures)}; rerun to retry)", ""]
-        lines += [f"- {f['label']} ({f['key']}): {f['error'].splitlines()[0]}" for f in failures]
-    atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+            return "unsaved", error
+    log.info("cell %s done: %s, FID %s", cell.key, cell.label(), rec["fid"])
+    return "done", None
 
 
 def load_config(path: Path, device: str | None = None) -> list[Cell]:
     """Cells from a TOML file: ``[[cell]]`` tables, and/or ``[sweep]`` (or several
-    ``[[sweep]]``) tables with lists per axis, each expanded to its cartesian product.
-    ``device``, if given, overrides every cell's device."""
+    ``[[sweep]]``) tables with a value or a list of values per axis, each expanded to its
+    cartesian product. ``device``, if given, overrides every cell's device.
+
+    Everything is checked before any cell runs: the file's shape (only ``cell`` and ``sweep``
+    at the top, tables where tables belong, scalars as axis values), unknown fields, and each
+    cell's values (:class:`Cell`). A failure is one ``ValueError`` naming the file, the table
+    and the field."""
     import itertools
     import tomllib
 
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"cannot read config {path}: {e}") from e
     fields = {f.name for f in dataclasses.fields(Cell)}
+    extra = set(data) - {"cell", "sweep"}
+    if extra:
+        raise ValueError(f"{path}: unknown section(s) {sorted(extra)}; valid: cell, sweep")
+    override = {"device": device} if device else {}
+
+    def make(where: str, values: dict[str, Any]) -> Cell:
+        try:
+            return Cell(**(values | override))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {where}: {e}") from e
+
+    def tables(name: str, allow_single: bool) -> list[dict[str, Any]]:
+        value = data.get(name, [])
+        if isinstance(value, dict) and allow_single:
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            shape = "[sweep] or [[sweep]] tables" if allow_single else "[[cell]] tables"
+            raise ValueError(f"{path}: '{name}' must be {shape}, got {type(value).__name__}")
+        return value
+
     cells = []
-    for table in data.get("cell", []):
+    for i, table in enumerate(tables("cell", allow_single=False), 1):
         unknown = set(table) - fields
         if unknown:
-            raise ValueError(f"unknown cell field(s) {sorted(unknown)}; valid: {sorted(fields)}")
-        cells.append(Cell(**(table | ({"device": device} if device else {}))))
-    sweeps = data.get("sweep", [])
-    for sweep in [sweeps] if isinstance(sweeps, dict) else sweeps:  # [sweep] or [[sweep]]
+            raise ValueError(
+                f"{path}: [[cell]] #{i}: unknown cell field(s) {sorted(unknown)}; "
+                f"valid: {sorted(fields)}"
+            )
+        cells.append(make(f"[[cell]] #{i}", table))
+    for i, sweep in enumerate(tables("sweep", allow_single=True), 1):
         axes = {k: v if isinstance(v, list) else [v] for k, v in sweep.items()}
         unknown = set(axes) - fields
         if unknown:
-            raise ValueError(f"unknown sweep axis {sorted(unknown)}; valid: {sorted(fields)}")
+            raise ValueError(
+                f"{path}: sweep #{i}: unknown sweep axis {sorted(unknown)}; valid: {sorted(fields)}"
+            )
+        for name, values in axes.items():
+            if not values or any(isinstance(v, (dict, list)) for v in values):
+                raise ValueError(
+                    f"{path}: sweep #{i}: axis {name!r} must be a value or a non-empty list of "
+                    f"values, got {sweep[name]!r}"
+                )
         for combo in itertools.product(*axes.values()):
-            cell = dict(zip(axes, combo, strict=True)) | ({"device": device} if device else {})
-            cells.append(Cell(**cell))
+            cells.append(make(f"sweep #{i}", dict(zip(axes, combo, strict=True))))
     if not cells:
         raise ValueError(f"{path} defines no [[cell]] tables and no [sweep] / [[sweep]]")
     return cells
@@ -660,7 +678,7 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def run_local(cells: list[Cell], out: Path, cache_dir: str | None, workers: int) -> None:
+def run_local(cells: list[Cell], out: Path, cache_dir: str | None, workers: int) -> dict[str, str]:
     """Each cell in one of ``workers`` fresh processes (spawned: forking after torch has
     started its thread pools can deadlock); CPU threads are split between them."""
     import concurrent.futures as cf
@@ -668,9 +686,11 @@ def run_local(cells: list[Cell], out: Path, cache_dir: str | None, workers: int)
 
     threads = threads_per_worker(workers)
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(run_and_store, c, out, cache_dir, threads) for c in cells]
+        futures = {pool.submit(run_and_store, c, out, cache_dir, threads): c for c in cells}
+        status = {}
         for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="cells"):
-            fut.result()
+            status[futures[fut].key] = fut.result()[0]
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -717,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         set_data_options(a.data_root, a.download)  # inherited by local and LocalCluster workers
         if a.scheduler is not None and a.executor != "dask":
             raise ValueError("--scheduler needs --executor dask")
+        if a.config is not None and a.quick:
+            raise ValueError("--quick and --config are two sweeps; pass one of them")
         if a.config is not None:
             cells = load_config(a.config, device=a.device)
         elif a.quick:
@@ -725,24 +747,33 @@ def main(argv: list[str] | None = None) -> int:
             cells = default_cells(a.samples, a.device or "cpu")
         for device in sorted({c.device for c in cells}):
             resolve_device(device)  # e.g. cuda cells on a machine without CUDA: fail now
+        if a.dry_run:
+            todo = pending(cells, a.out, move_bad=False)
+            keys = {c.key for c in todo}
+            for c in cells:
+                print(f"{c.key}  {'todo' if c.key in keys else 'done'}  {c.label()}")
+            return 0
+        preflight(a.out, ArtifactCache(a.cache_dir).root)  # before any work, not after it
     except (ValueError, TypeError) as e:
         p.error(str(e))
+    try:
+        return _run(cells, a)
+    except OSError as e:  # e.g. the disk filled up between cells
+        print(f"python -m bench.grid: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _run(cells: list[Cell], a: argparse.Namespace) -> int:
     todo = pending(cells, a.out)
-    if a.dry_run:
-        keys = {c.key for c in todo}
-        for c in cells:
-            print(f"{c.key}  {'todo' if c.key in keys else 'done'}  {c.label()}")
-        return 0
     log.info("%d cells, %d already done", len(cells), len(cells) - len(todo))
     if a.executor == "inprocess":
-        for cell in tqdm(todo, desc="cells"):
-            run_and_store(cell, a.out, a.cache_dir)
+        status = {c.key: run_and_store(c, a.out, a.cache_dir)[0] for c in tqdm(todo, desc="cells")}
     elif a.executor == "local":
-        run_local(todo, a.out, a.cache_dir, a.workers)
+        status = run_local(todo, a.out, a.cache_dir, a.workers)
     else:
         from bench.distributed import run_dask
 
-        run_dask(
+        status = run_dask(
             todo,
             a.out,
             a.cache_dir,
@@ -750,17 +781,24 @@ def main(argv: list[str] | None = None) -> int:
             workers=a.workers,
             retries=a.retries,
         )
-    keys = {c.key for c in cells}
-    records = [r for r in load_records(a.out) if r["key"] in keys]
+    unique = list({c.key: c for c in cells}.values())
+    records = [r for c in unique if (r := read_record(a.out, c)) is not None]
     done = {r["key"] for r in records}
+    keys = {c.key for c in unique}
     failures = [
-        f for f in load_records(a.out, "failed") if f["key"] in keys and f["key"] not in done
+        f for f in load_records(a.out, "failed") if f.get("key") in keys and f["key"] not in done
     ]
     write_tables(a.out, records, failures)
     print((a.out / "summary.md").read_text() if records else "no records")
     if failures:
         print(f"{len(failures)} cell(s) failed; errors under {a.out / 'failed'}; rerun to retry")
-    return 1 if failures else 0
+    claimed = sum(s == "claimed" for s in status.values())
+    if claimed:
+        print(f"{claimed} cell(s) were run by another process on this --out; rerun to gather them")
+    unsaved = sum(s == "unsaved" for s in status.values())
+    if unsaved:
+        print(f"{unsaved} cell(s) finished but could not be saved (their records are in the log)")
+    return 1 if failures or unsaved else 0
 
 
 if __name__ == "__main__":

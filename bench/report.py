@@ -208,11 +208,7 @@ def plot_samples(df, grid_dir: Path, out: Path, patterns: list[str] | None) -> l
 
     ok = df[~df.nonfinite.astype(bool) & df.fid.notna()]
     if patterns:
-        chosen = ok[ok.label.apply(lambda s: any(p in s for p in patterns))]
-        if not len(chosen):
-            raise ValueError(
-                f"no cell label contains any of {patterns}; labels: {sorted(ok.label)[:8]}..."
-            )
+        chosen = _matching(ok, patterns)
     else:
         chosen = ok.loc[ok.groupby("policy").fid.idxmin()]
     items = []
@@ -234,6 +230,16 @@ def plot_samples(df, grid_dir: Path, out: Path, patterns: list[str] | None) -> l
     paths = _save(fig, out, "samples")
     plt.close(fig)
     return paths
+
+
+def _matching(df, patterns: list[str]):
+    """The cells whose label contains any of ``patterns`` (a ValueError if none does)."""
+    chosen = df[df.label.apply(lambda s: any(p in s for p in patterns))]
+    if not len(chosen):
+        raise ValueError(
+            f"no cell label contains any of {patterns}; labels: {sorted(df.label)[:8]}..."
+        )
+    return chosen
 
 
 def plot_fid_vs_guidance(df, out: Path) -> list[Path]:
@@ -270,6 +276,8 @@ def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> li
     ok = df[~df.nonfinite.astype(bool) & df.fid.notna()].copy()
     if not len(ok):
         raise ValueError(f"every record under {grid_dir} is nonfinite; nothing to plot")
+    if cells:
+        _matching(ok, cells)  # a bad --cells fails before any figure is written
     paths = plot_fid_vs_flops(ok, out)
     paths += plot_wall_vs_flops(ok, out)
     paths += plot_exit_heatmaps(ok, out)

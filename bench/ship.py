@@ -20,30 +20,51 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.cache import SHIPPED_DIR, ArtifactCache
+from bench.cache import SHIPPED_DIR, ArtifactCache, CorruptArtifact
 
 __all__ = ["main", "needed_artifacts"]
 
 log = logging.getLogger(__name__)
 
 
+class _Missing(FileNotFoundError):
+    pass
+
+
 class _Recorder(ArtifactCache):
-    """A cache that notes every (kind, key) looked up."""
+    """A cache that notes every (kind, key) looked up. With ``build=False`` (the check) it
+    builds nothing: each artifact must be present and intact, its metadata checksum included,
+    and every one that is not is noted in ``problems``."""
 
     def __init__(self, *a, build: bool = True, **k) -> None:
         super().__init__(*a, **k)
         self.build = build
         self.used: list[tuple[str, str]] = []
+        self.problems: list[str] = []
 
     def get_or_build(self, kind: str, key: str, build):
         if self.build:
             return super().get_or_build(kind, key, build)
-        hit = self.load(kind, key)
-        if hit is None:
-            raise FileNotFoundError(
-                f"{kind}/{key} is not shipped (or is corrupt); run python -m bench.ship"
-            )
-        return hit[0], hit[1], True
+        if (kind, key) not in self.used:
+            self.used.append((kind, key))
+        problem = self._problem(kind, key)
+        if problem is not None:
+            if problem not in self.problems:
+                self.problems.append(problem)
+            raise _Missing(problem)
+        tensors, meta = self.load(kind, key)
+        return tensors, meta, True
+
+    def _problem(self, kind: str, key: str) -> str | None:
+        for root in self.shipped:
+            path = root / kind / f"{key}.safetensors"
+            if path.exists():
+                try:
+                    self._read(path, require_meta_checksum=True)
+                except CorruptArtifact as e:
+                    return f"{kind}/{key}: corrupt ({e})"
+                return None
+        return f"{kind}/{key}: not shipped"
 
     def load(self, kind: str, key: str):
         if (kind, key) not in self.used:
@@ -60,24 +81,36 @@ def shipped_cells() -> list:
     return default_cells() + extra
 
 
-def needed_artifacts(cache: ArtifactCache, cells=None, build: bool = True) -> list[tuple[str, str]]:
+def needed_artifacts(
+    cache: ArtifactCache, cells=None, build: bool = True
+) -> tuple[list[tuple[str, str]], list[str]]:
     """Build (or load) everything ``cells`` (default: :func:`shipped_cells`) need; return the
-    (kind, key) of each artifact touched, dependencies first. With ``build=False`` a missing
-    artifact raises ``FileNotFoundError`` instead of being built."""
+    (kind, key) of each artifact touched, dependencies first, and the problems found. With
+    ``build=False`` nothing is built: every missing or corrupt artifact is a problem (all of
+    them are listed, not only the first)."""
     from bench.grid import _prune_config, _train_config
     from bench.metrics import get_extractor, reference_stats
     from bench.train import load_or_train
     from pruning.pipeline import load_or_prune
 
     rec = _Recorder(cache.root, cache.shipped, build=build)
+
+    def attempt(fn, *args) -> None:
+        try:
+            fn(*args)
+        except _Missing:  # noted in rec.problems; the check goes on with the next artifact
+            pass
+
+    def stats(dataset: str) -> None:
+        reference_stats(dataset, get_extractor("cnn", dataset, rec), "train", rec)
+
     for cell in cells or shipped_cells():
         tcfg = _train_config(cell)
-        load_or_train(tcfg, rec)
+        attempt(load_or_train, tcfg, rec, "cpu", None, False)
         if cell.prune_ratio > 0:
-            load_or_prune(_prune_config(cell, tcfg), rec)
-        ext = get_extractor("cnn", cell.dataset, rec)
-        reference_stats(cell.dataset, ext, "train", rec)
-    return rec.used
+            attempt(load_or_prune, _prune_config(cell, tcfg), rec, "cpu", False)
+        attempt(stats, cell.dataset)
+    return rec.used, rec.problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,16 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.check:
         # Only the shipped folder is consulted (an empty root), and nothing is built.
         with tempfile.TemporaryDirectory() as empty:
-            try:
-                used = needed_artifacts(ArtifactCache(empty, shipped=(a.to,)), build=False)
-            except FileNotFoundError as e:
-                print(f"incomplete: {e}")
-                return 1
+            used, problems = needed_artifacts(ArtifactCache(empty, shipped=(a.to,)), build=False)
+        if problems:
+            print(f"{len(problems)} of {len(used)} needed artifacts are not shipped intact:")
+            print("\n".join(f"  {x}" for x in problems))
+            print("rebuild them with: python -m bench.ship")
+            return 1
         print(f"all {len(used)} artifacts of the default sweep are shipped and intact")
         return 0
     cache = ArtifactCache(a.cache_dir, shipped=())
     dest = ArtifactCache(a.to, shipped=())
-    for kind, key in needed_artifacts(cache):
+    used, _ = needed_artifacts(cache)
+    for kind, key in used:
         hit = cache.load(kind, key)
         if hit is None:
             raise RuntimeError(f"{kind}/{key} was not built")  # needed_artifacts built it
@@ -113,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         path = dest.save(kind, key, tensors, meta)
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         print(f"{path}  ({size / 2**20:.1f} MiB)")
+    keep = {dest.path(kind, key) for kind, key in used}
+    for stale in sorted(set(a.to.glob("*/*.safetensors")) - keep):
+        stale.unlink()  # an artifact no shipped cell needs any more (e.g. a replaced recipe)
+        print(f"removed {stale}")
     return 0
 
 

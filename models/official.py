@@ -135,14 +135,22 @@ def load_official(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint file at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # refused pickle (weights_only), truncated or foreign file
+        raise ValueError(
+            f"{path} was refused: not a plain tensor checkpoint or .safetensors file "
+            f"({type(e).__name__}; nothing in it was run)"
+        ) from e
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}  # saved from DataParallel
     cfg = dataclasses.replace(config_from_official(sd, num_heads, img_size), **overrides)
     model = UViT(cfg)

@@ -1,0 +1,258 @@
+"""The results store of a sweep: one JSON record per finished cell, named by the cell's key.
+
+Layout under a sweep's ``out`` folder::
+
+    records/<key>.json   a finished cell (written atomically: it exists only once complete)
+    failed/<key>.json    a cell that raised, with its error (retried by the next run)
+    samples/<key>.png    the cell's first 100 samples
+    claims/<key>.lock    held (``fcntl.flock``) by the process running the cell
+    corrupt/             unreadable or mismatched records, moved aside for inspection
+
+A record counts as done only if it parses and matches its cell (key and every cell field); any
+other file in its place is moved to ``corrupt/`` with a warning and its cell runs again, so no
+result is silently lost. A process claims a cell before running it, so concurrent sweeps on one
+``out`` split the work; the kernel drops the claim of a process that dies, so a killed sweep's
+cells are free again at once. Locks need a filesystem with working ``flock`` (local disks, most
+NFS setups); without ``fcntl`` (Windows) claims are no-ops and records stay atomic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.cache import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from bench.grid import Cell
+
+__all__ = [
+    "claim",
+    "failure_path",
+    "load_records",
+    "os_error_line",
+    "pending",
+    "preflight",
+    "read_record",
+    "record_path",
+    "sample_path",
+    "write_failure",
+    "write_record",
+    "write_tables",
+]
+
+log = logging.getLogger(__name__)
+
+
+def record_path(out: Path, cell: Cell) -> Path:
+    return out / "records" / f"{cell.key}.json"
+
+
+def sample_path(out: Path, cell: Cell) -> Path:
+    return out / "samples" / f"{cell.key}.png"
+
+
+def failure_path(out: Path, cell: Cell) -> Path:
+    return out / "failed" / f"{cell.key}.json"
+
+
+def _mismatch(rec: Any, cell: Cell) -> str | None:
+    """Why ``rec`` is not a finished record of ``cell`` (None if it is)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if rec.get("key") != cell.key:
+        return f"key {rec.get('key')!r} is not the cell's {cell.key!r}"
+    for f in dataclasses.fields(cell):
+        # Records written before a field existed hold its default.
+        if rec.get(f.name, f.default) != getattr(cell, f.name):
+            return f"field {f.name} is {rec.get(f.name)!r}, the cell's is {getattr(cell, f.name)!r}"
+    if "fid" not in rec or "flop_ratio_per_call" not in rec:
+        return "incomplete (no fid / flop_ratio_per_call)"
+    return None
+
+
+def read_record(out: Path, cell: Cell, move_bad: bool = True) -> dict[str, Any] | None:
+    """The cell's finished record, or None. A file that does not parse or does not match the
+    cell is moved to ``out/corrupt/`` (kept for inspection; unless ``move_bad`` is False),
+    reported, and None returned."""
+    path = record_path(out, cell)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        problem, rec = f"unreadable ({os_error_line(e)})", None
+    else:
+        try:
+            rec = json.loads(text)
+            problem = _mismatch(rec, cell)
+        except json.JSONDecodeError as e:
+            problem, rec = f"not valid JSON ({e})", None
+    if problem is None:
+        return rec
+    if not move_bad:
+        log.warning("record %s is %s; its cell will run again", path, problem)
+        return None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    dest = out / "corrupt" / f"{cell.key}.{stamp}.json"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        log.warning("record %s is %s; moved to %s, its cell runs again", path, problem, dest)
+    except OSError as e:
+        log.warning("record %s is %s and could not be moved aside (%s)", path, problem, e)
+    return None
+
+
+def pending(cells: list[Cell], out: Path, move_bad: bool = True) -> list[Cell]:
+    """The cells without a finished record, each once, in order (bad records are moved aside
+    by :func:`read_record`, so their cells are pending again)."""
+    seen: set[str] = set()
+    todo = []
+    for c in cells:
+        if c.key not in seen and read_record(out, c, move_bad) is None:
+            todo.append(c)
+        seen.add(c.key)
+    return todo
+
+
+@contextmanager
+def claim(out: Path, cell: Cell) -> Iterator[bool]:
+    """Try to claim ``cell`` for this process: yields True while it holds the claim, False
+    (at once, without waiting) if another live process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no claims (records are still atomic)
+        yield True
+        return
+    path = out / "claims" / f"{cell.key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()} {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+            f.flush()
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def write_record(out: Path, cell: Cell, rec: dict[str, Any]) -> None:
+    atomic_write_bytes(record_path(out, cell), json.dumps(rec, indent=2).encode())
+    failure_path(out, cell).unlink(missing_ok=True)
+
+
+def write_failure(out: Path, cell: Cell, error: str) -> None:
+    rec = {**dataclasses.asdict(cell), "key": cell.key, "label": cell.label(), "error": error}
+    rec["timestamp"] = datetime.now(UTC).isoformat(timespec="seconds")
+    atomic_write_bytes(failure_path(out, cell), json.dumps(rec, indent=2).encode())
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a filesystem error: what went wrong and where."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return f"{e.strerror or type(e).__name__}{where}"
+
+
+def preflight(*folders: Path) -> None:
+    """Check that every folder can be created and written (a real file is written and removed),
+    before any work; a read-only or full filesystem is one clear ``ValueError``."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".preflight-")
+            try:
+                os.write(fd, b"x" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as e:
+            raise ValueError(f"cannot write to {folder}: {os_error_line(e)}") from e
+
+
+def load_records(out: Path, kind: str = "records") -> list[dict[str, Any]]:
+    """Every readable record under ``out/<kind>`` (for tables; an unreadable file is skipped
+    with a warning here, and moved aside when its cell is next checked by :func:`pending`)."""
+    records = []
+    for path in sorted((out / kind).glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("skipping unreadable record %s (%s)", path, e)
+    return records
+
+
+def write_tables(
+    out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]] = ()
+) -> None:
+    """``table.csv`` and ``table.parquet`` (every record), ``summary.md`` (every cell and the
+    best FID per FLOP budget; failed cells listed with their error), all written atomically."""
+    import pandas as pd
+
+    if not records:
+        return
+    df = pd.DataFrame(records).sort_values(["flop_ratio_vs_reference", "label"])
+    atomic_write_bytes(out / "table.csv", df.to_csv(index=False).encode())
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out / "table.parquet", buf.getvalue())
+    cols = [
+        "label",
+        "nfe",
+        "flop_ratio_per_call",
+        "flop_ratio_vs_reference",
+        "layer_ratio",
+        "fid",
+        "kid",
+        "seconds_per_image",
+        "nonfinite",
+    ]
+    lines = [
+        f"# Grid summary ({len(df)} cells, extractor {sorted(set(df.extractor.dropna()))})",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    ok = df[~df.nonfinite & df.fid.notna()]
+    lines += [
+        "",
+        "## Best FID per total-FLOP budget (vs DDPM, all T steps, full model)",
+        "",
+        "| budget <= | cell | FID | FLOP ratio |",
+        "|---|---|---|---|",
+    ]
+    for budget in (0.005, 0.01, 0.02, 0.05, 0.1, 1.0):
+        within = ok[ok.flop_ratio_vs_reference <= budget]
+        if len(within):
+            b = within.loc[within.fid.idxmin()]
+            lines.append(
+                f"| {budget} | {b.label} | {b.fid:.3f} | {b.flop_ratio_vs_reference:.4f} |"
+            )
+    if failures:
+        lines += ["", f"## Failed cells ({len(failures)}; rerun to retry)", ""]
+        lines += [f"- {f['label']} ({f['key']}): {f['error'].splitlines()[0]}" for f in failures]
+    atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
