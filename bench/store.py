@@ -65,6 +65,11 @@ def failure_path(out: Path, cell: Cell) -> Path:
     return out / "failed" / f"{cell.key}.json"
 
 
+# Cell fields a record holds in resolved form, starting with the cell's value: the extractor's
+# full name (kind, dataset, weights hash) and the device torch resolved.
+RESOLVED_FIELDS = ("extractor", "device")
+
+
 def _mismatch(rec: Any, cell: Cell) -> str | None:
     """Why ``rec`` is not a finished record of ``cell`` (None if it is)."""
     if not isinstance(rec, dict):
@@ -73,8 +78,13 @@ def _mismatch(rec: Any, cell: Cell) -> str | None:
         return f"key {rec.get('key')!r} is not the cell's {cell.key!r}"
     for f in dataclasses.fields(cell):
         # Records written before a field existed hold its default.
-        if rec.get(f.name, f.default) != getattr(cell, f.name):
-            return f"field {f.name} is {rec.get(f.name)!r}, the cell's is {getattr(cell, f.name)!r}"
+        have, want = rec.get(f.name, f.default), getattr(cell, f.name)
+        if f.name in RESOLVED_FIELDS:  # e.g. "cnn" -> "cnn-digits-89de92c8"
+            same = str(have).startswith(str(want))
+        else:
+            same = have == want
+        if not same:
+            return f"field {f.name} is {have!r}, the cell's is {want!r}"
     if "fid" not in rec or "flop_ratio_per_call" not in rec:
         return "incomplete (no fid / flop_ratio_per_call)"
     return None

@@ -43,7 +43,25 @@ def test_config_sweep_expands_axes(tmp_path):
         ("[[cell]]\nprune_ratio = 1.0\n", r"\[0, 1\)"),
         ('[[cell]]\ncolour = "red"\n', "unknown cell field"),
         ("[sweep]\nwidth = [1, 2]\n", "unknown sweep axis"),
-        ("nothing = 1\n", "defines no"),
+        ("", "defines no"),
+        ("nothing = 1\n", r"unknown section\(s\) \['nothing'\]; valid: cell, sweep"),
+        ('[[cell]]\nsteps = "ten"\n', "#1: field 'steps' must be an integer, got 'ten'"),
+        ("[[cell]]\nsteps = 2.5\n", "field 'steps' must be an integer"),
+        ("[[cell]]\nsamples = true\n", "field 'samples' must be an integer, got True"),
+        ("[[cell]]\nprune_ratio = nan\n", "field 'prune_ratio' must be a finite number"),
+        ("[[cell]]\ncfg_exit_together = 1\n", "must be a boolean"),
+        ("[[cell]]\nseed = -1\n", "seed must be >= 0"),
+        ("[[cell]]\nsteps = 5000\n", "steps must be <= the schedule's T = 1000"),
+        ("[[cell]]\ntarget_flop_ratio = 0.5\n", "'full' never exits"),
+        (
+            '[[cell]]\nrecipe = "uem"\npolicy = "uem"\nknob = 0.1\ntarget_flop_ratio = 0.5\n',
+            "not both",
+        ),
+        ("cell = { steps = 3 }\n", "'cell' must be \\[\\[cell\\]\\] tables"),
+        ("[sweep]\nsteps = [[1, 2]]\n", "axis 'steps' must be a value or a non-empty list"),
+        ("[sweep]\nsteps = []\n", "axis 'steps' must be a value or a non-empty list"),
+        ("[sweep]\nsteps = 3\n[extra]\nx = 1\n", r"unknown section\(s\) \['extra'\]"),
+        ("[[sweep]]\nsteps = 3\n[[sweep]]\nsteps = 0\n", "sweep #2: samples must be >= 2"),
         ('[[cell]]\ndevice = "tpu"\n', "valid choices: cpu, cuda"),
         ('[[cell]]\nreference = "test"\n', "valid choices: train, heldout"),
         ('[[cell]]\nrecipe = "uem-sumed"\n', "valid choices: full, full-ft"),
@@ -67,6 +85,9 @@ def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, ca
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert re.search(match, err), err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    if match != "defines no":
+        assert str(tmp_path / "sweep.toml") in err  # the message names the file
     assert not (tmp_path / "out").exists()  # nothing written
 
 
