@@ -1,0 +1,112 @@
+"""A catalogue of bad inputs through the real command lines (subprocesses): each must end with
+exit code 2, one ``error:`` line naming what is wrong, no traceback, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Evil:
+    """A pickle that would run a shell command when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def _files(tmp: Path) -> dict[str, str]:
+    """Inputs the cases refer to: {name: path}."""
+    (tmp / "in").mkdir()
+    bad = {
+        "steps_str": '[[cell]]\nmodel = "micro"\nsteps = "ten"\n',
+        "nan": "[[cell]]\nguidance = nan\n",
+        "stray": '[sweep]\nsampler = "ddim"\n[grid]\nx = 1\n',
+        "shape": "cell = 3\n",
+        "knob_and_target": (
+            '[[cell]]\nrecipe = "uem"\npolicy = "uem"\nknob = 0.1\ntarget_flop_ratio = 0.5\n'
+        ),
+        "official_cfg": (
+            '[[cell]]\nrecipe = "uem"\npolicy = "uem-official"\nguidance = 1.0\n'
+            "cfg_exit_together = true\n"
+        ),
+        "variant": '[[cell]]\nrecipe = "uem-official"\n',
+    }
+    paths = {}
+    for name, body in bad.items():
+        paths[name] = tmp / "in" / f"{name}.toml"
+        paths[name].write_text(body)
+    paths["evil"] = tmp / "in" / "evil.pth"
+    paths["evil"].write_bytes(pickle.dumps(_Evil()))
+    paths["file"] = tmp / "in" / "a-file"
+    paths["file"].write_text("x")
+    grid = tmp / "in" / "grid" / "records"
+    grid.mkdir(parents=True)
+    from test_store import fake_record
+
+    from bench.grid import Cell
+
+    rec = fake_record(Cell(model="micro", steps=2, samples=8))
+    (grid / f"{rec['key']}.json").write_text(json.dumps(rec))
+    paths["grid"] = grid.parent
+    return {k: str(v) for k, v in paths.items()}
+
+
+CASES = [
+    # (module, args; {name} refers to _files, {out} / {cache} to folders that must stay absent)
+    ("bench.grid", "--config {steps_str} --out {out}", "field 'steps' must be an integer"),
+    ("bench.grid", "--config {nan} --out {out}", "field 'guidance' must be a finite number"),
+    ("bench.grid", "--config {stray} --out {out}", "unknown section(s) ['grid']"),
+    ("bench.grid", "--config {shape} --out {out}", "'cell' must be [[cell]] tables"),
+    ("bench.grid", "--config {knob_and_target} --out {out}", "not both"),
+    ("bench.grid", "--config {official_cfg} --out {out}", "decides once per batch"),
+    ("bench.grid", "--config {variant} --out {out}", "valid choices: full, full-ft"),
+    ("bench.grid", "--quick --config {steps_str} --out {out}", "--quick and --config"),
+    ("bench.grid", "--quick --workers 0 --out {out}", "--workers must be >= 1"),
+    ("bench.grid", "--quick --samples many --out {out}", "invalid int value: 'many'"),
+    ("bench.grid", "--quick --out {file}/out", "cannot write to"),
+    ("bench.grid", "--config {out}/missing.toml --out {out}", "cannot read config"),
+    ("bench.train", "--lr inf --cache-dir {cache}", "lr must be a finite number >= 0"),
+    ("bench.train", "--recipe uem --lambda-u -1 --cache-dir {cache}", "lambda_u must be"),
+    ("bench.train", "--model huge --cache-dir {cache}", "invalid choice: 'huge'"),
+    ("bench.report", "--grid {out}", "no records"),
+    ("bench.report", "--grid {grid} --cells nomatch --out {out}", "no cell label contains"),
+    ("bench.ablation", "--config {steps_str} --out {out}", "field 'steps' must be an integer"),
+    ("bench.throughput", "--model micro --official {evil} --out {out}", "was refused"),
+    ("bench.throughput", "--model micro --targets 1.5 --out {out}", "--targets must be"),
+    ("pruning", "--ratio 1.5 --model micro --cache-dir {cache}", "ratio must be in [0, 1)"),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return _files(tmp_path_factory.mktemp("cli"))
+
+
+@pytest.mark.parametrize(("module", "args", "message"), CASES, ids=lambda v: str(v)[:40])
+def test_bad_input_is_one_line_exit_2_nothing_written(inputs, tmp_path, module, args, message):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = args.format(out=out, cache=cache, **inputs).split()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        cwd=tmp_path,  # a refused pickle that ran would leave PWNED here
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
+    err = proc.stderr
+    assert proc.returncode == 2, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], err
+    assert not out.exists() and not cache.exists()  # nothing written
+    assert not (tmp_path / "PWNED").exists()
