@@ -120,8 +120,32 @@ def ablation_table(df) -> str:
         "",
         *_targets(agg),
         "",
+        "## Paired by sampling seed (same initial noise): FID minus the control's",
+        "",
+        *_paired(variants(df)),
+        "",
     ]
     return "\n".join(lines)
+
+
+def _paired(v) -> list[str]:
+    """Per setting: each variant at full depth and at each target, minus the control at full
+    depth, over the sampling seeds both ran (a paired difference cancels most of the noise
+    that 1,000-sample FIDs share through their initial noise)."""
+    out = []
+    for (setting, run), sub in sorted(v.groupby(["setting", "run"])):
+        control = sub[sub.variant == "full-ft @full"].set_index("seed").fid
+        for (name, target), w in sorted(
+            sub.groupby(["variant", sub.target_flop_ratio.fillna(1.0)]), key=lambda kv: kv[0]
+        ):
+            diff = (w.set_index("seed").fid - control).dropna()
+            if name == "full-ft @full" or len(diff) < 2:
+                continue
+            out.append(
+                f"- {setting}, {run}: {name} @{target:g}: {diff.mean():+.2f} ± {diff.std():.2f} "
+                f"over seeds {sorted(diff.index.tolist())} ({', '.join(f'{d:+.2f}' for d in diff)})"
+            )
+    return out or ["- (no variant with two or more seeds shared with the control)"]
 
 
 def _targets(agg) -> list[str]:

@@ -55,6 +55,7 @@ def ablation_dir(tmp_path_factory, shared_cache_dir):
 def test_ablation_writes_its_table_and_figures(ablation_dir):
     table = (ablation_dir / "ablation.md").read_text()
     assert "control `full-ft` FID" in table and "## Targets (issue 13)" in table
+    assert "## Paired by sampling seed" in table
     # Each model at full depth against the control, and each exit variant at its targets.
     for row in ("| uem |", "| full |", "| full-ft |", "uem / uem-official", "layerwise / static"):
         assert row in table, row
