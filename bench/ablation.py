@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from bench.cache import ArtifactCache, atomic_write_bytes
-from bench.report import _save, load_table, make_report, pareto_front
+from bench.report import _save, heatmap_grid, load_table, make_report, pareto_front
 
 __all__ = ["ablation_table", "aggregate", "layer_mse", "main", "variants"]
 
@@ -236,8 +236,6 @@ def plot_ablation(df, out: Path) -> list[Path]:
 
 
 def plot_uem_heatmaps(df, out: Path, target: float = 0.5) -> list[Path]:
-    import matplotlib.pyplot as plt
-
     df = variants(df)
     pick = df[
         df.recipe.str.startswith("uem")
@@ -246,34 +244,10 @@ def plot_uem_heatmaps(df, out: Path, target: float = 0.5) -> list[Path]:
     ].sort_values(["setting", "variant"])
     if not len(pick):
         return []
-    cols = min(4, len(pick))
-    rows = -(-len(pick) // cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(3.4 * cols, 3.1 * rows), squeeze=False, layout="constrained"
-    )
-    im = None
-    for ax, (_, r) in zip(axes.flat, pick.iterrows(), strict=False):
-        counts = np.asarray(r.exit_histogram["counts"], float)  # (t bins, blocks)
-        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-        edges = r.exit_histogram["t_edges"]
-        im = ax.imshow(
-            share.T,
-            origin="lower",
-            aspect="auto",
-            cmap="viridis",
-            vmin=0,
-            vmax=1,
-            extent=(edges[0], edges[-1], 0.5, counts.shape[1] + 0.5),
-        )
-        ax.set_title(f"{r.setting}: {r.variant}\nFID {r.fid:.2f}", fontsize=7)
-        ax.set_xlabel("timestep t")
-        ax.set_ylabel("blocks run")
-    for ax in list(axes.flat)[len(pick) :]:
-        ax.axis("off")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="share of samples")
-    paths = _save(fig, out, "ablation_heatmaps")
-    plt.close(fig)
-    return paths
+    panels = [
+        (r.exit_histogram, f"{r.setting}: {r.variant}\nFID {r.fid:.2f}") for _, r in pick.iterrows()
+    ]
+    return heatmap_grid(panels, out, "ablation_heatmaps")
 
 
 def strategy(r) -> str:

@@ -160,8 +160,6 @@ def plot_wall_vs_flops(df, out: Path) -> list[Path]:
 
 
 def plot_exit_heatmaps(df, out: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
     exits = df[(df.policy != "full") & df.exit_histogram.notna()]
     if not len(exits):
         return []
@@ -171,14 +169,25 @@ def plot_exit_heatmaps(df, out: Path) -> list[Path]:
         .groupby("policy", sort=True)
         .head(1)
     )
-    n = len(chosen)
+    panels = [
+        (r.exit_histogram, f"{r.policy} ({r.run}, FLOPs {r.flop_ratio_per_call:.2f})")
+        for _, r in chosen.iterrows()
+    ]
+    return heatmap_grid(panels, out, "exit_heatmap")
+
+
+def heatmap_grid(panels: list[tuple[dict, str]], out: Path, name: str) -> list[Path]:
+    """One panel per (exit histogram of a record, title): the share of samples exiting after
+    each block (1-based: blocks run) per timestep bin; a shared colour bar."""
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
     cols = min(4, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(
         rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False, layout="constrained"
     )
-    for ax, (_, r) in zip(axes.flat, chosen.iterrows(), strict=False):
-        h = r.exit_histogram
+    for ax, (h, title) in zip(axes.flat, panels, strict=False):
         counts = np.asarray(h["counts"], float)  # (t bins, blocks)
         share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
         edges = h["t_edges"]
@@ -191,13 +200,13 @@ def plot_exit_heatmaps(df, out: Path) -> list[Path]:
             vmax=1,
             extent=(edges[0], edges[-1], 0.5, counts.shape[1] + 0.5),
         )
-        ax.set_title(f"{r.policy} ({r.run}, FLOPs {r.flop_ratio_per_call:.2f})", fontsize=8)
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel("timestep t")
         ax.set_ylabel("blocks run (exit after block)")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8, label="share of samples")
-    paths = _save(fig, out, "exit_heatmap")
+    paths = _save(fig, out, name)
     plt.close(fig)
     return paths
 
