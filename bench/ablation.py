@@ -323,6 +323,8 @@ def layer_mse(model, schedule, images, seed: int = 0, repeats: int = 4) -> list[
 
 def layer_mse_table(df, cache, device: str = "cpu") -> str:
     """Markdown: the per-block held-out MSE of every unpruned, unguided model in the records."""
+    import pandas as pd
+
     from bench.data import as_tensors, load_dataset
     from bench.grid import Cell, _train_config
     from bench.train import load_or_train
@@ -341,7 +343,7 @@ def layer_mse_table(df, cache, device: str = "cpu") -> str:
     for model_name, sub in models.groupby("model", sort=False):
         rows = []
         for _, r in sub.iterrows():
-            ft = None if r.finetune_steps != r.finetune_steps else int(r.finetune_steps)
+            ft = None if pd.isna(r.finetune_steps) else int(r.finetune_steps)
             cell = Cell(
                 dataset=r.dataset,
                 model=r.model,
@@ -375,10 +377,12 @@ def write_ablation(
     matplotlib.use("Agg")
     df = load_table(grid_dir)
     ok = df[~df.nonfinite.astype(bool) & df.fid.notna()].copy()
-    for name, default in (("finetune_steps", None), ("patience", None), ("lambda_ual", 1.0)):
-        if name not in ok:  # records written before the field existed
+    defaults = {"finetune_steps": None, "patience": None, "lambda_u": 1.0, "lambda_ual": 1.0}
+    for name, default in defaults.items():  # records written before the field existed
+        if name not in ok:
             ok[name] = default
-    ok["lambda_ual"] = ok.lambda_ual.fillna(1.0)
+        elif default is not None:
+            ok[name] = ok[name].fillna(default)
     out = grid_dir / "report"
     # The ablation's own sampler and steps: the run with the most cells (DDIM 20 by default).
     main_run = ok[ok.run == ok.run.value_counts().idxmax()]
