@@ -106,9 +106,9 @@ def needed_artifacts(
 
     for cell in cells or shipped_cells():
         tcfg = _train_config(cell)
-        attempt(load_or_train, tcfg, rec, "cpu", None, False)
+        attempt(load_or_train, tcfg, rec, "cpu", None, build)  # progress bars when building
         if cell.prune_ratio > 0:
-            attempt(load_or_prune, _prune_config(cell, tcfg), rec, "cpu", False)
+            attempt(load_or_prune, _prune_config(cell, tcfg), rec, "cpu", build)
         attempt(stats, cell.dataset)
     return rec.used, rec.problems
 
