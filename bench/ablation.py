@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -62,6 +63,12 @@ def variants(df):
     return df
 
 
+def _order(group) -> tuple:
+    """Settings in numeric order (depth 9 before 13, 1k before 4k steps), then the run."""
+    (setting, run), _ = group
+    return (*(int(n) for n in re.findall(r"\d+", setting)), run)
+
+
 def aggregate(df):
     """One row per (setting, run, variant, target FLOP ratio; 1.0 = full depth): FID mean, its
     standard deviation over sampling seeds (``fid_sd``, NaN for one seed), ``n`` seeds and the
@@ -92,7 +99,7 @@ def ablation_table(df) -> str:
     each exit variant's FID (achieved FLOP ratio) at every target; then the targets."""
     lines = ["# DeeDiff / AdaDiff ablation", ""]
     agg = aggregate(df)
-    for (setting, run), sub in sorted(agg.groupby(["setting", "run"])):
+    for (setting, run), sub in sorted(agg.groupby(["setting", "run"]), key=_order):
         control = _control(agg, setting, run)
         lines += [f"## {setting}, {run} (control `full-ft` FID: {_f(control)})", ""]
         lines += ["| model | FID at full depth | vs control |", "|---|---|---|"]
@@ -133,7 +140,7 @@ def _paired(v) -> list[str]:
     depth, over the sampling seeds both ran (a paired difference cancels most of the noise
     that 1,000-sample FIDs share through their initial noise)."""
     out = []
-    for (setting, run), sub in sorted(v.groupby(["setting", "run"])):
+    for (setting, run), sub in sorted(v.groupby(["setting", "run"]), key=_order):
         control = sub[sub.variant == "full-ft @full"].set_index("seed").fid
         for (name, target), w in sorted(
             sub.groupby(["variant", sub.target_flop_ratio.fillna(1.0)]), key=lambda kv: kv[0]
@@ -150,7 +157,7 @@ def _paired(v) -> list[str]:
 
 def _targets(agg) -> list[str]:
     out = []
-    for (setting, run), sub in sorted(agg.groupby(["setting", "run"])):
+    for (setting, run), sub in sorted(agg.groupby(["setting", "run"]), key=_order):
         control = _control(agg, setting, run)
         full_depth = sub[sub.variant == "uem @full"]
         if control is None or not len(full_depth):
@@ -191,7 +198,7 @@ def plot_ablation(df, out: Path) -> list[Path]:
     import pandas as pd
 
     agg = aggregate(df)
-    groups = sorted(agg.groupby(["setting", "run"]), key=lambda kv: kv[0])
+    groups = sorted(agg.groupby(["setting", "run"]), key=_order)
     if not groups:
         return []
     fig, axes = plt.subplots(
