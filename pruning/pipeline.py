@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adaptive.recipes import get_recipe
 from bench.cache import ArtifactCache, config_hash
 from bench.data import as_tensors, load_dataset
 from bench.train import TrainConfig, build_model, load_or_train, train
@@ -48,7 +49,10 @@ class PruneConfig:
 
     @property
     def key(self) -> str:
-        return config_hash(self, kind="pruned")
+        # The base's recipe revision is part of the base checkpoint's identity (its key), not
+        # of its fields: include it, so a changed recipe never reuses an old pruned model.
+        revision = get_recipe(self.base.recipe).revision
+        return config_hash((self, revision) if revision else self, kind="pruned")
 
 
 @dataclass

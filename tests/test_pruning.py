@@ -107,3 +107,16 @@ def test_pruned_uem_model_composes_with_executor_and_sampler(cache):
     out = samplers.sample("dpm-solver++", ex, pm.schedule, (6, 1, 8, 8), 4)
     assert torch.isfinite(out.samples).all()
     assert ex.flop_ratio_vs(unpruned) < ex.flop_ratio <= 1.0 + 1e-9
+
+
+def test_a_changed_base_recipe_gets_a_new_pruned_key():
+    """`uem` changed meaning (recipe revision 1): its pruned model must not reuse the old one's
+    key, while pruned models of unchanged recipes keep theirs."""
+    from bench.cache import config_hash
+    from bench.train import TrainConfig
+    from pruning.pipeline import PruneConfig
+
+    full = PruneConfig(base=TrainConfig(recipe="full").normalised())
+    assert full.key == config_hash(full, kind="pruned")
+    uem = PruneConfig(base=TrainConfig(recipe="uem"))
+    assert uem.key != config_hash(uem, kind="pruned")
