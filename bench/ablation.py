@@ -248,7 +248,13 @@ def plot_uem_heatmaps(df, out: Path, target: float = 0.5) -> list[Path]:
         df.recipe.str.startswith("uem")
         & df.policy.str.startswith("uem")
         & np.isclose(df.target_flop_ratio.astype(float).fillna(-1), target)
-    ].sort_values(["setting", "variant"])
+    ]
+    # One panel per variant (its lowest sampling seed), settings in numeric order.
+    pick = pick.sort_values("seed").drop_duplicates(["setting", "run", "variant"])
+    pick = pick.assign(
+        _key=[_order(((s, r), None)) for s, r in zip(pick.setting, pick.run, strict=True)]
+    )
+    pick = pick.sort_values(["_key", "variant"])
     if not len(pick):
         return []
     panels = [
@@ -286,7 +292,15 @@ def plot_composition(df, out: Path) -> list[Path]:
     ].copy()
     if len(d) < 2:
         return []
+    d["label_run"] = d.run
     d["strategy"] = d.apply(strategy, axis=1)
+    # One point per pipeline: sampling seeds averaged (their spread is in ablation.md).
+    d["target"] = d.target_flop_ratio.fillna(1.0)
+    d = d.groupby(["strategy", "label_run", "target", "prune_ratio"], as_index=False).agg(
+        fid=("fid", "mean"),
+        flop_ratio_vs_reference=("flop_ratio_vs_reference", "mean"),
+        label=("label", "first"),
+    )
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     cmap = plt.get_cmap("tab10")
     for i, (name, s) in enumerate(sorted(d.groupby("strategy"))):
@@ -297,7 +311,14 @@ def plot_composition(df, out: Path) -> list[Path]:
     ax.step(front.flop_ratio_vs_reference, front.fid, where="post", color="k", lw=1.2, alpha=0.6)
     ax.plot([], [], "k-", alpha=0.6, label="Pareto front")
     for _, r in front.iterrows():
-        ax.annotate(r.label, (r.flop_ratio_vs_reference, r.fid), fontsize=5, alpha=0.8)
+        ax.annotate(
+            r.label.replace("full-ft full ", "").replace("uem uem", "uem"),
+            (r.flop_ratio_vs_reference, r.fid),
+            fontsize=6,
+            alpha=0.8,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("total FLOPs / DDPM with all T steps (full unpruned model)")
