@@ -233,9 +233,10 @@ def plot_ablation(df, out: Path) -> list[Path]:
             handles["control (full-ft) at full depth"] = ax.axhline(control, color="k", lw=1.2)
             handles["1.10 x control"] = ax.axhline(1.1 * control, color="k", lw=0.8, ls=":")
         ax.set_xlabel("FLOP ratio per denoiser call")
-        ax.set_ylabel("FID (lower is better)")
+        ax.set_ylabel("FID (lower is better; log scale)")
+        ax.set_yscale("log")  # the L_u-only variant reaches FID ~1000
         ax.set_title(f"{setting}, {run}", fontsize=9)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
     fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7)
     paths = _save(fig, out, "ablation_fid_vs_flops")
     plt.close(fig)
