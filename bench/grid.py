@@ -1,6 +1,6 @@
 """Sweep pipeline cells: training recipe x pruning x exit policy x sampler x steps x guidance.
 
-``python -m bench.grid`` runs the default digits sweep (36 cells; the trained models ship with
+``python -m bench.grid`` runs the default digits sweep (41 cells; the trained models ship with
 the project, anything else is trained on first use and cached); ``--quick`` a tiny smoke sweep;
 ``--config FILE.toml`` any sweep (``[[cell]]`` tables and/or a ``[sweep]`` of axes; examples in
 bench/sweeps/); ``--list`` prints every axis and choice; ``--dry-run`` the cells and which are
@@ -262,14 +262,15 @@ def _check_types(cell: Cell) -> None:
 
 
 def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
-    """The default digits sweep (36 cells):
+    """The default digits sweep (41 cells):
 
     - every exit policy, calibrated to FLOP ratio 0.65 on its own recipe's model, and the
       full-depth reference, x {DDPM 100, DDIM 20, DPM-Solver++ 10};
     - the step axis for `full` and `uem`: DDIM 50 and DPM-Solver++ 20 as well;
     - pruning: `full` and `uem` with 30% of heads / MLP channels pruned (diff-pruning, then
       fine-tuned), x {DDIM 20, DPM-Solver++ 10};
-    - every exit recipe's model at full depth (DDIM 20): what its training costs the full model.
+    - every fine-tuned recipe's model at full depth (DDIM 20; `full-ft` is the equally-trained
+      control): what its training costs the full model.
     """
     main_runs = [("ddpm", 100), ("ddim", 20), ("dpm-solver++", 10)]
     common = dict(samples=samples, device=device)
