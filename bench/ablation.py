@@ -34,6 +34,8 @@ import torch
 
 from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.report import _save, heatmap_grid, load_table, make_report, pareto_front
+from bench.train import TrainConfig
+from models import MODELS
 
 __all__ = ["ablation_table", "aggregate", "layer_mse", "main", "variants"]
 
@@ -41,17 +43,17 @@ log = logging.getLogger(__name__)
 
 SWEEP = Path(__file__).parent / "sweeps" / "deediff.toml"
 TARGETS = (0.8, 0.65, 0.5, 0.4)
-FT_DEFAULT = 1000  # bench.train's fine-tune steps when a cell leaves them unset
-DEPTH = {"tiny": 9, "tiny13": 13, "micro": 5}
+FT_DEFAULT = TrainConfig().finetune_steps  # a cell that leaves them unset gets these
 
 
 def variants(df):
-    """The ablation's cells (one sampler/steps, unpruned, unguided) with a ``variant`` name,
-    the ``setting`` (depth and fine-tune budget) it belongs to and its full-depth ``base``."""
+    """The ablation's cells (unpruned, unguided) with the trained ``model_name``, a ``variant``
+    name (model and exit rule) and the ``setting`` (depth and fine-tune budget) it belongs to;
+    the pre-trained `full` model is listed in its depth's settings as a reference."""
     df = df[(df.prune_ratio == 0) & df.guidance.isna()].copy()
     ft = df.finetune_steps.fillna(FT_DEFAULT).astype(int)
-    df["budget"] = np.where(df.recipe == "full", 0, ft)  # the pretrained model: no fine-tune
-    df["setting"] = df.model.map(lambda m: f"depth {DEPTH.get(m, m)}") + ", ft " + ft.map(str)
+    depth = df.model.map(lambda m: MODELS[m]["depth"])
+    df["setting"] = "depth " + depth.map(str) + ", ft " + ft.map(str)
     patience = df.patience.map(lambda p: "" if p != p or p is None else f" p{int(p)}")
     lual = df.lambda_ual.map(
         lambda v: " (L_u only)" if v == 0 else "" if v == 1 else f" (lambda_UAL {v:g})"
