@@ -24,11 +24,14 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import platform
 import statistics
 import subprocess
 import sys
 import traceback
+import types
+import typing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -237,10 +240,6 @@ def _check_types(cell: Cell) -> None:
     """Every field's type, from the dataclass's annotations: integers are integers (not bools
     or floats), floats are finite numbers, booleans are booleans, strings are strings; ``None``
     only where the annotation allows it. One ``ValueError`` naming the field."""
-    import math
-    import types
-    import typing
-
     for name, hint in typing.get_type_hints(type(cell)).items():
         value = getattr(cell, name)
         allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
