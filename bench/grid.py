@@ -47,7 +47,7 @@ from adaptive.policies import POLICIES, make_policy
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache, config_hash
 from bench.data import DATASETS, SPLITS, dataset_info, set_data_options
-from bench.measure import interleaved_medians
+from bench.measure import interleaved_times, spread
 from bench.metrics import EXTRACTORS, evaluate, get_extractor
 from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate, save_grid
 from bench.store import (
@@ -415,18 +415,36 @@ class _Capture:
         return self.inner(x, t, cond)
 
 
-def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> float | None:
+# A side-by-side timing whose plain-model reference varies by more than this between repeats
+# (max / min - 1) is re-measured once with twice the repeats, then flagged `timing_unstable`.
+UNSTABLE_SPREAD = 0.25
+
+
+def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any]:
     """Wall-clock of the executor over the captured calls / the unpruned model's plain forward
-    over the same calls, as the ratio of interleaved medians (DESIGN "Wall-clock")."""
+    over the same calls, as the ratio of interleaved medians (DESIGN "Wall-clock"), with the
+    per-repeat ratios and whether the reference itself was unstable (a busy machine)."""
     if not calls:
-        return None
+        return {"wall_ratio_per_call": None, "wall_ratio_repeats": [], "timing_unstable": None}
 
     def run(fn):
         return lambda: [fn(x, t, c) for x, t, c in calls]
 
-    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        med = interleaved_medians({"plain": run(reference), "cell": run(ex)}, WALL_REPEATS)
-    return med["cell"] / med["plain"]
+    for repeats in (WALL_REPEATS, 2 * WALL_REPEATS):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            times = interleaved_times({"plain": run(reference), "cell": run(ex)}, repeats)
+        unstable = spread(times["plain"]) > UNSTABLE_SPREAD
+        if not unstable:
+            break
+        log.warning(
+            "plain-model timing varied by %.0f%%; re-measuring", 100 * spread(times["plain"])
+        )
+    ratios = [c / p for c, p in zip(times["cell"], times["plain"], strict=True)]
+    return {
+        "wall_ratio_per_call": statistics.median(times["cell"]) / statistics.median(times["plain"]),
+        "wall_ratio_repeats": ratios,
+        "timing_unstable": unstable,
+    }
 
 
 def run_cell(
@@ -503,7 +521,7 @@ def run_cell(
     seconds, per_image = _wall_clock(
         lambda t: sample(sizes[0], cell.seed + 1, t), batch_seconds, sizes
     )
-    wall_ratio = _side_by_side_wall_ratio(ex, base.model, capture.calls, amp, device)
+    wall = _side_by_side_wall_ratio(ex, base.model, capture.calls, amp, device)
     capture.calls.clear()
     nonfinite = not bool(torch.isfinite(imgs).all())
     metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None}
@@ -529,8 +547,9 @@ def run_cell(
         "seconds_per_image": seconds,
         "seconds_per_image_repeats": per_image,
         # Side by side: this cell's denoiser vs the unpruned model's plain forward on the same
-        # captured inputs of its first batch, interleaved medians (comparable across cells).
-        "wall_ratio_per_call": wall_ratio,
+        # captured inputs of its first batch, interleaved medians (comparable across cells),
+        # with every repeat's ratio and the busy-machine flag.
+        **wall,
         "timing_batch": sizes[0],
         "params": sum(p.numel() for p in model.parameters()),
         "params_unpruned": params_unpruned,

@@ -12,7 +12,7 @@ import torch
 
 from bench.cache import atomic_write_bytes
 
-__all__ = ["interleaved_medians", "write_figures"]
+__all__ = ["interleaved_medians", "interleaved_times", "spread", "write_figures"]
 
 
 def _sync() -> None:
@@ -21,9 +21,11 @@ def _sync() -> None:
 
 
 @torch.inference_mode()
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each call after one warm-up, timed round-robin so that drifts in
-    machine load hit every variant alike (DESIGN.md "Wall-clock")."""
+def interleaved_times(
+    calls: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of every repeat of each call after one warm-up, timed round-robin so that drifts
+    in machine load hit every variant alike (DESIGN.md "Wall-clock")."""
     for fn in calls.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in calls}
@@ -34,7 +36,17 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) ->
             fn()
             _sync()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call (see :func:`interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(calls, repeats).items()}
+
+
+def spread(times: list[float]) -> float:
+    """Relative spread of repeated timings, max / min - 1 (0 = perfectly steady)."""
+    return max(times) / min(times) - 1
 
 
 def write_figures(out: Path, markdown: str, report: dict) -> None:

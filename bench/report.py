@@ -125,6 +125,17 @@ def wall_ratios(df):
     return m
 
 
+def _repeat_range(df) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of each record's per-repeat wall ratios (the median where none recorded)."""
+    lo, hi = [], []
+    for _, r in df.iterrows():
+        reps = r.get("wall_ratio_repeats")
+        ok = isinstance(reps, (list, np.ndarray)) and len(reps) > 0
+        lo.append(min(reps) if ok else r.wall_ratio)
+        hi.append(max(reps) if ok else r.wall_ratio)
+    return np.asarray(lo, float), np.asarray(hi, float)
+
+
 def plot_wall_vs_flops(df, out: Path) -> list[Path]:
     """Side-by-side ratios (``wall_ratio_per_call``: the cell's denoiser and the unpruned
     model timed interleaved on the same inputs) where records have them; older records fall
@@ -141,11 +152,37 @@ def plot_wall_vs_flops(df, out: Path) -> list[Path]:
         title = "Wall-clock vs FLOPs (cells timed separately)"
         ylabel = "wall-clock per image / full-depth cell"
     fig, ax = plt.subplots(figsize=(5.5, 5))
+    flagged = (
+        m.timing_unstable.fillna(False).astype(bool)
+        if "timing_unstable" in m
+        else np.zeros(len(m), dtype=bool)
+    )
     if len(m):
         cmap = plt.get_cmap("tab10")
-        for i, (pol, sub) in enumerate(sorted(m.groupby("policy"), key=lambda kv: kv[0])):
-            ax.scatter(sub.flop_ratio_per_call, sub.wall_ratio, s=28, color=cmap(i), label=pol)
-    lim = max(1.05, float(m.wall_ratio.max()) + 0.05) if len(m) else 1.05
+        steady = m[~flagged]
+        for i, (pol, sub) in enumerate(sorted(steady.groupby("policy"), key=lambda kv: kv[0])):
+            lo, hi = _repeat_range(sub)
+            ax.errorbar(
+                sub.flop_ratio_per_call,
+                sub.wall_ratio,
+                yerr=[sub.wall_ratio - lo, hi - sub.wall_ratio],
+                fmt="o",
+                ms=5,
+                color=cmap(i % 10),
+                label=pol,
+                capsize=2,
+                elinewidth=0.8,
+            )
+        if flagged.any():
+            bad = m[flagged]
+            ax.scatter(
+                bad.flop_ratio_per_call,
+                bad.wall_ratio,
+                marker="x",
+                color="0.5",
+                label="timing unstable (busy machine; not trusted)",
+            )
+    lim = max(1.05, float(_repeat_range(m)[1].max()) + 0.05) if len(m) else 1.05
     ax.plot([0, lim], [0, lim], "k--", lw=1, label="y = x (wall saves what FLOPs save)")
     ax.set_xlim(0, 1.05)
     ax.set_ylim(0, lim)

@@ -233,6 +233,8 @@ def write_tables(
         "seconds_per_image",
         "nonfinite",
     ]
+    if "timing_unstable" in df:  # records from before the flag existed lack it
+        cols.append("timing_unstable")
     lines = [
         f"# Grid summary ({len(df)} cells, extractor {sorted(set(df.extractor.dropna()))})",
         "",
@@ -256,6 +258,15 @@ def write_tables(
             lines.append(
                 f"| {budget} | {b.label} | {b.fid:.3f} | {b.flop_ratio_vs_reference:.4f} |"
             )
+    if "timing_unstable" in df and df.timing_unstable.fillna(False).astype(bool).any():
+        flagged = df[df.timing_unstable.fillna(False).astype(bool)]
+        lines += ["", f"## Timing unstable ({len(flagged)}; wall-clock not trusted)", ""]
+        lines += [
+            "The plain-model reference varied by more than 25% between repeats twice (a busy "
+            "machine): delete these records and rerun on an idle machine to time them.",
+            "",
+        ]
+        lines += [f"- {r.label} ({r.key})" for r in flagged.itertuples()]
     if failures:
         lines += ["", f"## Failed cells ({len(failures)}; rerun to retry)", ""]
         lines += [f"- {f['label']} ({f['key']}): {f['error'].splitlines()[0]}" for f in failures]

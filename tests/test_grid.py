@@ -247,3 +247,31 @@ def test_cuda_cells_fail_before_any_work_without_cuda(tmp_path, capsys, monkeypa
     with pytest.raises(SystemExit) as e:
         main(["--config", str(_cfg(tmp_path, '[[cell]]\ndevice = "cuda"\n'))])
     assert e.value.code == 2 and "sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("plain_times", "measured", "unstable"),
+    [
+        ([1.0, 1.02, 0.99, 1.01, 1.0], 1, False),  # steady: measured once
+        ([1.0, 2.5, 1.0, 1.0, 1.0], 2, True),  # busy twice: re-measured, then flagged
+    ],
+)
+def test_side_by_side_timing_flags_an_unstable_reference(
+    monkeypatch, plain_times, measured, unstable
+):
+    calls = []
+
+    def fake_times(fns, repeats):
+        calls.append(repeats)
+        plain = (plain_times * 2)[:repeats]
+        return {"plain": plain, "cell": [0.6 * t for t in plain]}
+
+    monkeypatch.setattr(grid, "interleaved_times", fake_times)
+    x = torch.zeros(2, 1, 8, 8)
+    wall = grid._side_by_side_wall_ratio(
+        lambda *a: x, lambda *a: x, [(x, torch.zeros(2), None)], None, torch.device("cpu")
+    )
+    assert len(calls) == measured and calls[0] == grid.WALL_REPEATS
+    assert wall["timing_unstable"] is unstable
+    assert wall["wall_ratio_per_call"] == pytest.approx(0.6)
+    assert len(wall["wall_ratio_repeats"]) == calls[-1]

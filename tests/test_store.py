@@ -205,3 +205,15 @@ def test_an_output_folder_that_cannot_exist_fails_before_any_work(tmp_path, monk
         args = ["--config", str(_sweep(tmp_path, CELLS[:1])), "--out"]
         main([*args, str(tmp_path / "file" / "out")])
     assert e.value.code == 2 and "cannot write to" in capsys.readouterr().err
+
+
+def test_summary_lists_cells_whose_timing_is_not_trusted(tmp_path):
+    recs = [
+        {**fake_record(c), "timing_unstable": i == 1, "wall_ratio_per_call": 1.0}
+        for i, c in enumerate(CELLS[:3])
+    ]
+    store.write_tables(tmp_path, recs)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Timing unstable (1; wall-clock not trusted)" in summary
+    assert f"- {CELLS[1].label()} ({CELLS[1].key})" in summary
+    assert "| timing_unstable |" in summary
