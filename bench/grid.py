@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -166,6 +167,12 @@ class Cell:
         make_policy(  # validates the knob's range and the policy's options
             self.policy, self.knob if self.target_flop_ratio is None else None, **self.options
         )
+        depth = MODELS[self.model]["depth"]
+        if POLICIES[self.policy].integer_knob and self.knob is not None and self.knob >= depth:
+            raise ValueError(
+                f"{self.policy}: {POLICIES[self.policy].knob_name} is a 0-based block index, "
+                f"in [0, {depth - 1}] for model {self.model!r}; got {self.knob}"
+            )
         recipe = RECIPES[self.recipe]
         for name in ("lambda_u", "lambda_ual"):
             if getattr(self, name) != 1.0 and name not in recipe.weights:
@@ -681,9 +688,17 @@ def _list_choices() -> str:
     for name, reg in CELL_CHOICES.items():
         lines.append(f"  {name}: {', '.join(reg)}")
     lines.append("Policy knobs:")
+    depths = ", ".join(f"{m} {cfg['depth'] - 1}" for m, cfg in MODELS.items())
     for name, cls in POLICIES.items():
-        knob = "none" if cls.knob_name is None else f"{cls.knob_name} in {list(cls.knob_range)}"
+        if cls.knob_name is None:
+            knob = "none"
+        elif cls.integer_knob:
+            knob = f"{cls.knob_name}: a 0-based block index in [0, depth - 1] ({depths})"
+        else:
+            knob = f"{cls.knob_name} in {list(cls.knob_range)}"
         lines.append(f"  {name}: {knob} (recipe {cls.recipe})")
+    takes = [n for n, c in POLICIES.items() if "patience" in inspect.signature(c).parameters]
+    lines.append(f"Policy options (cell fields): patience (an integer >= 1) for {', '.join(takes)}")
     return "\n".join(lines)
 
 

@@ -76,6 +76,10 @@ def test_config_sweep_expands_axes(tmp_path):
             "decides once per batch",
         ),
         ('[[sweep]]\nrecipe = "uem"\nlambda_u = [1.0, -0.5]\n', "lambda_u must be a finite"),
+        (
+            '[[cell]]\nrecipe = "layerwise"\npolicy = "static"\nknob = 9\n',
+            r"in \[0, 8\] for model 'tiny'",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, capsys, monkeypatch):
