@@ -356,8 +356,8 @@ def layer_mse_table(df, cache, device: str = "cpu") -> str:
     """Markdown: the per-block held-out MSE of every unpruned, unguided model in the records."""
     import pandas as pd
 
+    from bench.cell import Cell, cell_train_config
     from bench.data import as_tensors, load_dataset
-    from bench.grid import Cell, _train_config
     from bench.train import load_or_train
 
     lines = [
@@ -383,7 +383,7 @@ def layer_mse_table(df, cache, device: str = "cpu") -> str:
                 lambda_u=float(r.lambda_u),
                 lambda_ual=float(r.lambda_ual),
             )
-            tm = load_or_train(_train_config(cell), cache, device, progress=False)
+            tm = load_or_train(cell_train_config(cell), cache, device, progress=False)
             if r.dataset not in images:
                 images[r.dataset] = as_tensors(load_dataset(r.dataset, "heldout"))[0]
             mse = layer_mse(tm.model, tm.schedule, images[r.dataset].to(device))

@@ -77,7 +77,8 @@ class _Recorder(ArtifactCache):
 def shipped_cells() -> list:
     """The cells whose artifacts ship: the default sweep, and the 13-block (U-ViT-S depth)
     `full` and `uem` digits models of the DeeDiff ablation."""
-    from bench.grid import Cell, default_cells
+    from bench.cell import Cell
+    from bench.grid import default_cells
 
     extra = [Cell(model="tiny13"), Cell(model="tiny13", recipe="uem", policy="uem")]
     return default_cells() + extra
@@ -90,7 +91,7 @@ def needed_artifacts(
     (kind, key) of each artifact touched, dependencies first, and the problems found. With
     ``build=False`` nothing is built: every missing or corrupt artifact is a problem (all of
     them are listed, not only the first)."""
-    from bench.grid import _prune_config, _train_config
+    from bench.cell import cell_prune_config, cell_train_config
     from bench.metrics import get_extractor, reference_stats
     from bench.train import load_or_train
     from pruning.pipeline import load_or_prune
@@ -107,10 +108,10 @@ def needed_artifacts(
         reference_stats(dataset, get_extractor("cnn", dataset, rec), "train", rec)
 
     for cell in cells or shipped_cells():
-        tcfg = _train_config(cell)
+        tcfg = cell_train_config(cell)
         attempt(load_or_train, tcfg, rec, "cpu", None, build)  # progress bars when building
         if cell.prune_ratio > 0:
-            attempt(load_or_prune, _prune_config(cell, tcfg), rec, "cpu", build)
+            attempt(load_or_prune, cell_prune_config(cell, tcfg), rec, "cpu", build)
         attempt(stats, cell.dataset)
     return rec.used, rec.problems
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from bench.cache import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from bench.grid import Cell
+    from bench.cell import Cell
 
 __all__ = [
     "claim",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bench.grid as grid
+from bench.cache import config_hash
 from bench.grid import Cell, load_config, main
 
 
@@ -183,13 +184,13 @@ def test_shipped_sweep_files_are_valid(name):
 
 def test_cell_keys_ignore_fields_at_their_default():
     """Adding a field with a default to Cell must not change existing keys (records stay)."""
-    assert Cell().key == grid.config_hash({}, kind="cell")
-    assert Cell(steps=50).key == grid.config_hash({"steps": 50}, kind="cell")
+    assert Cell().key == config_hash({}, kind="cell")
+    assert Cell(steps=50).key == config_hash({"steps": 50}, kind="cell")
     assert Cell(steps=50).key != Cell(steps=20).key
     # A recipe or policy whose meaning changed (revision > 0) changes the keys that use it.
     uem = Cell(recipe="uem", policy="uem", knob=0.1)
     plain = {"recipe": "uem", "policy": "uem", "knob": 0.1}
-    assert uem.key == grid.config_hash({**plain, "revisions": (1, 1)}, kind="cell")
+    assert uem.key == config_hash({**plain, "revisions": (1, 1)}, kind="cell")
 
 
 def test_guided_cells_sample_the_class_conditional_model(tmp_path):

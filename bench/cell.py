@@ -1,0 +1,231 @@
+"""A pipeline cell: one frozen configuration of the suite (data, model, training, pruning, exit
+policy, sampler, guidance, evaluation) and everything that validates it.
+
+A :class:`Cell` checks every field when it is made (types from its annotations, registry
+choices from :data:`CELL_CHOICES`, ranges and the limits that depend on other fields), so a
+bad sweep fails when it is read, never inside a run. :func:`cell_train_config` and
+:func:`cell_prune_config` turn a cell into the configs of the artifacts it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from adaptive.policies import POLICIES, make_policy
+from adaptive.recipes import RECIPES
+from bench.cache import config_hash
+from bench.data import DATASETS, SPLITS
+from bench.metrics import EXTRACTORS
+from bench.train import AUTOCAST, TrainConfig
+from models import MODELS
+from pruning.core import IMPORTANCES
+from pruning.pipeline import PruneConfig
+from samplers import SAMPLERS
+
+__all__ = ["CELL_CHOICES", "Cell", "cell_prune_config", "cell_train_config"]
+
+
+# The registry behind each named axis of a cell (validation and --list share it).
+CELL_CHOICES = {
+    "dataset": DATASETS,
+    "model": MODELS,
+    "recipe": RECIPES,
+    "policy": POLICIES,
+    "sampler": SAMPLERS,
+    "prune_importance": IMPORTANCES,
+    "extractor": EXTRACTORS,
+    "reference": SPLITS,
+    "autocast": AUTOCAST,
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One pipeline configuration; its key (a hash of its non-default fields) names its record."""
+
+    dataset: str = "digits"
+    model: str = "tiny"
+    recipe: str = "full"
+    prune_ratio: float = 0.0
+    prune_importance: str = "diff-pruning"
+    policy: str = "full"
+    knob: float | None = None
+    target_flop_ratio: float | None = None  # calibrate the knob to this (overrides knob)
+    patience: int | None = None  # pabee / uem: exit on the n-th agreeing / confident block
+    sampler: str = "ddim"
+    steps: int = 20
+    # Classifier-free guidance scale; None = unconditional model. A number selects the
+    # class-conditional model (labels cycle through the classes) and guides with that scale.
+    guidance: float | None = None
+    cfg_exit_together: bool = False  # a sample's cond/uncond rows exit at the same block
+    samples: int = 1000
+    seed: int = 0
+    device: str = "cpu"
+    autocast: str = "none"  # "bf16" / "fp16": sample under torch.autocast
+    extractor: str = "cnn"  # FID features: the offline CNN, or clean-fid's InceptionV3
+    reference: str = "train"  # FID against the training images, or the held-out ones
+    # Training of the model the cell runs (defaults: bench.train's): the fine-tune budget of
+    # exit recipes and the `full-ft` control, and DeeDiff's loss weights (uem recipes).
+    finetune_steps: int | None = None
+    lambda_u: float = 1.0
+    lambda_ual: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name, registry in CELL_CHOICES.items():
+            if getattr(self, name) not in registry:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(registry)}"
+                )
+        if not 0 <= self.prune_ratio < 1:
+            raise ValueError(f"prune_ratio must be in [0, 1), got {self.prune_ratio}")
+        if self.target_flop_ratio is not None and not 0 < self.target_flop_ratio <= 1:
+            raise ValueError(f"target_flop_ratio must be in (0, 1], got {self.target_flop_ratio}")
+        if self.samples < 2 or self.steps < 1:
+            raise ValueError(
+                f"samples must be >= 2 and steps >= 1, got {self.samples}, {self.steps}"
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.knob is not None and self.target_flop_ratio is not None:
+            raise ValueError("set a policy's knob or a target_flop_ratio to calibrate it, not both")
+        if self.target_flop_ratio is not None and POLICIES[self.policy].knob_name is None:
+            raise ValueError(
+                f"policy {self.policy!r} never exits, so it has no FLOP ratio to calibrate; "
+                f"drop target_flop_ratio or pick an exit policy ({', '.join(_EXITING)})"
+            )
+        heads = POLICIES[self.policy].heads
+        if heads != "none" and RECIPES[self.recipe].heads != heads:
+            fits = [r for r, rec in RECIPES.items() if rec.heads == heads]
+            raise ValueError(
+                f"policy {self.policy!r} needs recipe {' or '.join(fits)}, got {self.recipe!r}"
+            )
+        make_policy(  # validates the knob's range and the policy's options
+            self.policy, self.knob if self.target_flop_ratio is None else None, **self.options
+        )
+        depth = MODELS[self.model]["depth"]
+        if POLICIES[self.policy].integer_knob and self.knob is not None and self.knob >= depth:
+            raise ValueError(
+                f"{self.policy}: {POLICIES[self.policy].knob_name} is a 0-based block index, "
+                f"in [0, {depth - 1}] for model {self.model!r}; got {self.knob}"
+            )
+        recipe = RECIPES[self.recipe]
+        for name in ("lambda_u", "lambda_ual"):
+            if getattr(self, name) != 1.0 and name not in recipe.weights:
+                takes = [r for r, rec in RECIPES.items() if name in rec.weights]
+                raise ValueError(
+                    f"{name} applies to recipes {', '.join(takes)}, not {self.recipe!r}"
+                )
+        if self.finetune_steps is not None and not recipe.finetune:
+            raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {self.recipe!r}")
+        T = cell_train_config(self).T  # validates the training fields (steps, loss weights)
+        if self.steps > T:
+            raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
+        if self.guidance is not None and not self.guidance >= 0:
+            raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
+        if self.cfg_exit_together and self.guidance is None:
+            raise ValueError("cfg_exit_together needs a guidance scale")
+        if self.cfg_exit_together and POLICIES[self.policy].batch_mean:
+            raise ValueError(
+                f"cfg_exit_together cannot apply to {self.policy!r}, which decides once per batch"
+            )
+        if self.device != "cpu" and not self.device.startswith(("cuda", "mps")):
+            raise ValueError(f"unknown device {self.device!r}; valid choices: cpu, cuda, cuda:N")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Keyword options of the exit policy (those the cell sets)."""
+        return {} if self.patience is None else {"patience": self.patience}
+
+    @property
+    def key(self) -> str:
+        """A hash of the fields that differ from their defaults, so adding a field (with a
+        default) to :class:`Cell` keeps every existing record's key; a recipe or policy whose
+        meaning changed (its ``revision``) changes the keys of the cells that use it."""
+        changed = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        }
+        revisions = (RECIPES[self.recipe].revision, POLICIES[self.policy].revision)
+        if any(revisions):
+            changed["revisions"] = revisions
+        return config_hash(changed, kind="cell")
+
+    def model_label(self) -> str:
+        """The model the cell runs: size (if not the default), recipe, training, pruning."""
+        train = f" ft{self.finetune_steps}" if self.finetune_steps is not None else ""
+        for name, short in (("lambda_u", "lu"), ("lambda_ual", "lual")):
+            if getattr(self, name) != 1.0:
+                train += f" {short}{getattr(self, name):g}"
+        prune = f" prune{self.prune_ratio:g}" if self.prune_ratio else ""
+        model = "" if self.model == "tiny" else f"{self.model} "
+        return f"{model}{self.recipe}{train}{prune}"
+
+    def label(self) -> str:
+        if self.target_flop_ratio is not None:
+            knob = f"@{self.target_flop_ratio}"
+        elif self.knob is not None:
+            knob = f"={self.knob:g}"
+        else:
+            knob = ""
+        if self.patience is not None:
+            knob += f" p{self.patience}"
+        cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
+        cfg += "+together" if self.cfg_exit_together else ""
+        return f"{self.model_label()} {self.policy}{knob} {self.sampler}-{self.steps}{cfg}"
+
+
+_EXITING = [name for name, cls in POLICIES.items() if cls.knob_name is not None]
+
+
+def _check_types(cell: Cell) -> None:
+    """Every field's type, from the dataclass's annotations: integers are integers (not bools
+    or floats), floats are finite numbers, booleans are booleans, strings are strings; ``None``
+    only where the annotation allows it. One ``ValueError`` naming the field."""
+    for name, hint in typing.get_type_hints(type(cell)).items():
+        value = getattr(cell, name)
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if value is None:
+            if type(None) in allowed:
+                continue
+            raise ValueError(f"field {name!r} must be set, got None")
+        if bool in allowed:
+            ok, what = isinstance(value, bool), "a boolean (true / false)"
+        elif int in allowed:
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif float in allowed:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok, what = ok and math.isfinite(value), "a finite number"
+        else:
+            ok, what = isinstance(value, str), "a string"
+        if not ok:
+            raise ValueError(f"field {name!r} must be {what}, got {value!r}")
+
+
+def cell_train_config(cell: Cell) -> TrainConfig:
+    kw = dict(
+        dataset=cell.dataset,
+        model=cell.model,
+        recipe=cell.recipe,
+        class_cond=cell.guidance is not None,
+        lambda_u=cell.lambda_u,
+        lambda_ual=cell.lambda_ual,
+    )
+    if cell.model == "micro":  # smoke runs: seconds, not minutes
+        kw.update(steps=200, finetune_steps=50)
+    if cell.finetune_steps is not None:
+        kw.update(finetune_steps=cell.finetune_steps)
+    return TrainConfig(**kw).normalised()
+
+
+def cell_prune_config(cell: Cell, tcfg: TrainConfig) -> PruneConfig:
+    ft = 50 if cell.model == "micro" else PruneConfig().finetune_steps
+    return PruneConfig(
+        base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, finetune_steps=ft
+    )
