@@ -73,16 +73,12 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.p_uncond < 1:
             raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
-        for name in ("lr", "min_lr", "finetune_lr", "weight_decay", "grad_clip"):
+        for name in ("lr", "min_lr", "finetune_lr", "weight_decay", "grad_clip", *_LOSS_WEIGHTS):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not self.lr > 0 or not self.finetune_lr > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {self.lr}, {self.finetune_lr}")
-        for name in _LOSS_WEIGHTS:
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
     @property
     def key(self) -> str:
