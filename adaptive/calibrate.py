@@ -10,6 +10,7 @@ target may fall between two achievable ratios.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,7 @@ from adaptive.policies import POLICIES, make_policy
 from models import UViT
 from samplers import ClassifierFreeGuidance, VPSchedule
 
-__all__ = ["Calibration", "calibrate", "measure"]
+__all__ = ["Calibration", "calibrate", "check_target", "measure", "search_knob"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,17 @@ class Calibration:
     achieved: float
     layer_ratio: float
     history: list[tuple[float, float]] = field(default_factory=list)  # (knob, flop ratio)
+
+
+def check_target(target: float) -> float:
+    """The one check of a target FLOP ratio: a number in (0, 1]. Returns it."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(f"target FLOP ratio must be in (0, 1], got {target!r}")
+    return float(target)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @torch.inference_mode()
@@ -51,16 +63,23 @@ def measure(
     sampler_kw: dict | None = None,
     guidance: float | None = None,
     paired: bool = False,
+    autocast: torch.dtype | None = None,
+    executor: EarlyExitDenoiser | None = None,
 ) -> EarlyExitDenoiser:
     """Run one sampling pass with the policy; the returned executor holds its ratios.
 
-    ``sampler_kw`` must match what the evaluation uses (e.g. ``clip_denoised``): exit decisions
-    depend on the trajectory, so a knob calibrated on other trajectories does not transfer.
-    With ``guidance`` (class-conditional models) the batch cycles through the classes and is
-    sampled with classifier-free guidance; ``paired`` makes cond/uncond rows exit together.
+    ``sampler_kw`` and ``autocast`` must match what the evaluation uses (e.g.
+    ``clip_denoised``, bf16): exit decisions depend on the trajectory and the numerics, so a
+    knob calibrated on other trajectories does not transfer. With ``guidance``
+    (class-conditional models) the batch cycles through the classes and is sampled with
+    classifier-free guidance; ``paired`` makes cond/uncond rows exit together. ``executor``: an
+    executor of this model whose cost model is reused (calibration runs many passes).
     """
     policy = make_policy(policy_name, knob, **(options or {}))
-    ex = EarlyExitDenoiser(model, policy, schedule.T, paired=paired)
+    if executor is None:
+        ex = EarlyExitDenoiser(model, policy, schedule.T, paired=paired)
+    else:
+        ex = executor.with_policy(policy)
     cfg = model.cfg
     shape = (n, cfg.in_chans, cfg.img_size, cfg.img_size)
     dev = next(model.parameters()).device
@@ -72,75 +91,60 @@ def measure(
         if cond is None:
             cond = torch.arange(n, device=dev) % cfg.num_classes
     gen = torch.Generator(device=dev).manual_seed(seed)
-    samplers.sample(
-        sampler, denoiser, schedule, shape, steps, generator=gen, cond=cond, **(sampler_kw or {})
-    )
+    with _autocast(dev, autocast):
+        samplers.sample(
+            sampler,
+            denoiser,
+            schedule,
+            shape,
+            steps,
+            generator=gen,
+            cond=cond,
+            **(sampler_kw or {}),
+        )
     return ex
 
 
-def calibrate(
-    model: UViT,
-    schedule: VPSchedule,
+def search_knob(
     policy_name: str,
     target: float,
+    run: Callable[[float | None], tuple[float, float]],
+    depth: int,
     *,
-    sampler: str = "ddim",
-    steps: int = 20,
-    n: int = 64,
     iters: int = 14,
     tol: float = 0.005,
-    seed: int = 1234,
-    options: dict | None = None,
-    sampler_kw: dict | None = None,
-    guidance: float | None = None,
-    paired: bool = False,
 ) -> Calibration:
-    """Find the knob whose FLOP ratio on a calibration batch is closest to ``target``.
-
-    The calibration batch uses a seed distinct from evaluation seeds by default; ``sampler_kw``
-    must be the evaluation's sampler options.
-    """
+    """The knob of ``policy_name`` whose ``run(knob) -> (FLOP ratio, layer ratio)`` is closest
+    to ``target``: bisection over the knob's declared range in its declared direction (stopping
+    within ``tol``), or every block index for an integer knob (below ``depth``). ``run`` is any
+    measurement: a sampling pass (:func:`calibrate`) or one batched call (the throughput
+    script)."""
     if policy_name not in POLICIES:
         raise ValueError(
             f"unknown exit policy {policy_name!r}; valid choices: {', '.join(POLICIES)}"
         )
-    if not 0 < target <= 1.0:
-        raise ValueError(f"target FLOP ratio must be in (0, 1], got {target}")
+    check_target(target)
     cls = POLICIES[policy_name]
     history: list[tuple[float | None, float, float]] = []
 
-    def run(knob: float | None) -> float:
-        ex = measure(
-            model,
-            schedule,
-            policy_name,
-            knob,
-            sampler=sampler,
-            steps=steps,
-            n=n,
-            seed=seed,
-            options=options,
-            sampler_kw=sampler_kw,
-            guidance=guidance,
-            paired=paired,
-        )
-        history.append((knob, ex.flop_ratio, ex.layer_ratio))
-        return ex.flop_ratio
+    def ratio(knob: float | None) -> float:
+        history.append((knob, *run(knob)))
+        return history[-1][1]
 
     if cls.knob_name is None:
-        run(None)
+        ratio(None)
         _, achieved, layer_ratio = history[0]
         return Calibration(policy_name, target, None, achieved, layer_ratio)
     lo, hi = cls.knob_range
     if cls.integer_knob:
-        for k in range(int(lo), min(int(hi), model.depth - 1) + 1):
-            run(k)
+        for k in range(int(lo), min(int(hi), depth - 1) + 1):
+            ratio(k)
     else:
         # f(knob) is monotone with sign knob_direction; keep [a, b] bracketing the target.
         a, b = float(lo), float(hi)
         for _ in range(iters):
             mid = 0.5 * (a + b)
-            r = run(mid)
+            r = ratio(mid)
             if abs(r - target) <= tol:
                 break
             if (r < target) == (cls.knob_direction > 0):
@@ -159,3 +163,41 @@ def calibrate(
     return Calibration(
         policy_name, target, knob, achieved, layer_ratio, [(k, r) for k, r, _ in history]
     )
+
+
+def calibrate(
+    model: UViT,
+    schedule: VPSchedule,
+    policy_name: str,
+    target: float,
+    *,
+    sampler: str = "ddim",
+    steps: int = 20,
+    n: int = 64,
+    iters: int = 14,
+    tol: float = 0.005,
+    seed: int = 1234,
+    options: dict | None = None,
+    sampler_kw: dict | None = None,
+    guidance: float | None = None,
+    paired: bool = False,
+    autocast: torch.dtype | None = None,
+) -> Calibration:
+    """Find the knob whose FLOP ratio on a calibration batch is closest to ``target``.
+
+    The calibration batch uses a seed distinct from evaluation seeds by default; ``sampler_kw``
+    and ``autocast`` must be the evaluation's. The model's cost model is measured once.
+    """
+    if policy_name not in POLICIES:
+        raise ValueError(
+            f"unknown exit policy {policy_name!r}; valid choices: {', '.join(POLICIES)}"
+        )
+    base = EarlyExitDenoiser(model, make_policy("full"), schedule.T, paired=paired)
+    kw = dict(sampler=sampler, steps=steps, n=n, seed=seed, options=options)
+    kw.update(sampler_kw=sampler_kw, guidance=guidance, paired=paired, autocast=autocast)
+
+    def run(knob: float | None) -> tuple[float, float]:
+        ex = measure(model, schedule, policy_name, knob, executor=base, **kw)
+        return ex.flop_ratio, ex.layer_ratio
+
+    return search_knob(policy_name, target, run, model.depth, iters=iters, tol=tol)

@@ -16,7 +16,6 @@ every sample and call, the exit block, the timestep and the policy's score.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +26,7 @@ from adaptive.flops import count_flops
 from adaptive.policies import ExitPolicy
 from models import UViT, UViTState
 
-__all__ = ["CostModel", "EarlyExitDenoiser", "ExitContext", "ExitTrace"]
+__all__ = ["CostModel", "EarlyExitDenoiser", "ExitContext", "ExitTrace", "FlopMeter"]
 
 
 class CostModel:
@@ -59,9 +58,23 @@ class CostModel:
         return self.embed + sum(self.blocks) + self.readout
 
 
+class FlopMeter:
+    """The FLOPs executed in one denoiser call: the executor adds each block, and a policy's
+    lazy reads (readout, UEM, LTE) add themselves through its :class:`ExitContext`."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.total = float(start)
+
+    def add(self, flops: float) -> None:
+        self.total += flops
+
+
 @dataclass
 class ExitContext:
-    """What a policy sees after block ``layer`` for the ``b`` rows still running."""
+    """What a policy sees after block ``layer`` for the ``b`` rows still running.
+
+    Every output a policy reads through it is computed for the running rows only, at most once,
+    and its FLOPs are added to ``meter``: exit-head overhead is never free."""
 
     model: UViT
     layer: int
@@ -70,24 +83,29 @@ class ExitContext:
     T: int
     memory: dict[str, Tensor]
     costs: CostModel
-    flops: list[float]  # running total, a 1-element box shared with the executor
-    _readout: Tensor | None = None
+    meter: FlopMeter
+    _readout: Tensor | None = field(default=None, repr=False)
 
     def readout(self) -> Tensor:
         """eps read out at this block for every running row (computed once, FLOPs counted)."""
         if self._readout is None:
             self._readout = self.model.readout(self.state.h)
-            self.flops[0] += self.costs.readout * self.t.shape[0]
+            self.meter.add(self.costs.readout * self.t.shape[0])
+        return self._readout
+
+    @property
+    def computed_readout(self) -> Tensor | None:
+        """The readout if the policy already asked for it (the executor reuses it), else None."""
         return self._readout
 
     def uncertainty(self) -> Tensor:
         """DeeDiff UEM map (b, C, H, W) at this block (FLOPs counted)."""
-        self.flops[0] += self.costs.uem[self.layer] * self.t.shape[0]
+        self.meter.add(self.costs.uem[self.layer] * self.t.shape[0])
         return self.model.uncertainty(self.layer, self.state)
 
     def lte(self) -> Tensor:
         """BERxiT LTE score (b,) at this block (FLOPs counted)."""
-        self.flops[0] += self.costs.lte * self.t.shape[0]
+        self.meter.add(self.costs.lte * self.t.shape[0])
         return self.model.lte_score(self.state)
 
 
@@ -125,24 +143,25 @@ class EarlyExitDenoiser:
     first block where the policy lets *both* exit. By default every row decides alone.
     """
 
-    def __init__(self, model: UViT, policy: ExitPolicy, T: int, paired: bool = False) -> None:
-        if policy.heads != "none" and model.cfg.exit_heads != policy.heads:
-            raise ValueError(
-                f"policy {policy.name!r} needs a model trained with its heads "
-                f"({policy.heads!r}); this model has {model.cfg.exit_heads!r}"
-            )
+    def __init__(
+        self,
+        model: UViT,
+        policy: ExitPolicy,
+        T: int,
+        paired: bool = False,
+        costs: CostModel | None = None,
+    ) -> None:
+        policy.check_model(model.cfg.exit_heads, model.depth)
         if paired and policy.batch_mean:
             raise ValueError(
                 f"policy {policy.name!r} decides once for the whole batch; paired (CFG) exits "
                 "have no meaning with it"
             )
-        if getattr(policy, "integer_knob", False) and policy.knob >= model.depth:
-            raise ValueError(f"{policy.name}: block must be in [0, {model.depth - 1}]")
         self.model = model
         self.policy = policy
         self.T = T
         self.paired = paired
-        self.costs = CostModel(model, T)
+        self.costs = CostModel(model, T) if costs is None else costs
         self.reset()
 
     def reset(self) -> None:
@@ -177,20 +196,20 @@ class EarlyExitDenoiser:
         out = torch.empty_like(x)
         exit_block = torch.full((B,), depth - 1, dtype=torch.long, device=x.device)
         score = torch.full((B,), float("nan"), device=x.device)
-        flops = [float(self.costs.embed * B)]
+        meter = FlopMeter(self.costs.embed * B)
         state = model.embed(x, t, cond)
         rows = torch.arange(B, device=x.device)
         t_run, memory = t, {}
-        ctx = ExitContext(model, -1, state, t_run, self.T, memory, self.costs, flops)
+        ctx = ExitContext(model, -1, state, t_run, self.T, memory, self.costs, meter)
         self.policy.begin(ctx)
         for i in range(depth):
             model.run_block(i, state)
-            flops[0] += self.costs.blocks[i] * rows.shape[0]
+            meter.add(self.costs.blocks[i] * rows.shape[0])
             if i == depth - 1:
                 out[rows] = model.readout(state.h)
-                flops[0] += self.costs.readout * rows.shape[0]
+                meter.add(self.costs.readout * rows.shape[0])
                 break
-            ctx = ExitContext(model, i, state, t_run, self.T, memory, self.costs, flops)
+            ctx = ExitContext(model, i, state, t_run, self.T, memory, self.costs, meter)
             mask, s = self.policy.decide(ctx)
             if self.paired:  # compaction keeps row order, so the halves stay aligned
                 both = mask.view(2, -1).all(0)
@@ -204,11 +223,11 @@ class EarlyExitDenoiser:
             n_keep = order.shape[0] - n_exit
             keep, leaving = order[:n_keep], order[n_keep:]
             done = rows[leaving]
-            if ctx._readout is not None:
-                out[done] = ctx._readout[leaving]
+            if ctx.computed_readout is not None:
+                out[done] = ctx.computed_readout[leaving]
             else:
                 out[done] = model.readout(state.h[leaving])
-                flops[0] += self.costs.readout * n_exit
+                meter.add(self.costs.readout * n_exit)
             exit_block[done] = i
             score[done] = s[leaving].float()
             if n_keep == 0:
@@ -216,17 +235,14 @@ class EarlyExitDenoiser:
             state = state.select(keep)
             rows, t_run = rows[keep], t_run[keep]
             memory = {k: v[keep] for k, v in memory.items()}
-        self.executed_flops += flops[0]
+        self.executed_flops += meter.total
         self.rows += B
         self.trace.t.append(t.detach().float().cpu())
         self.trace.exit_block.append(exit_block.cpu())
         self.trace.score.append(score.cpu())
-        self.trace.flops.append(flops[0])
+        self.trace.flops.append(meter.total)
         return out
 
     def with_policy(self, policy: ExitPolicy) -> EarlyExitDenoiser:
-        """A fresh executor for the same model (reusing the measured costs)."""
-        other = copy.copy(self)
-        other.policy = policy
-        other.reset()
-        return other
+        """A fresh executor for the same model and cost model (no re-measurement)."""
+        return EarlyExitDenoiser(self.model, policy, self.T, self.paired, costs=self.costs)

@@ -27,6 +27,28 @@ __all__ = ["POLICIES", "ExitPolicy", "make_policy"]
 
 
 class ExitPolicy(ABC):
+    """The contract between an exit rule and the executor.
+
+    Per denoiser call the executor calls :meth:`begin` once (after embedding, ``ctx.layer ==
+    -1``), then :meth:`decide` after every block but the last, with an :class:`ExitContext` for
+    the rows still running. ``decide`` returns ``(mask, score)``: a bool tensor (b,) of the rows
+    that exit after this block and a float tensor (b,) recorded in the trace for them (NaN when
+    the rule has no score). A policy
+
+    - reads model outputs only through the context (``ctx.readout()``, ``ctx.uncertainty()``,
+      ``ctx.lte()``), so their FLOPs are counted;
+    - keeps per-row state only in ``ctx.memory`` (batch-first tensors the executor compacts
+      with the rows), never on ``self``, so one policy object serves any batch;
+    - decides per row unless ``batch_mean`` says the rule is one decision for the batch;
+    - declares its one knob (``knob_name``, ``knob_range``, ``knob_direction``: +1 when a
+      larger knob runs more blocks) so the calibrator can search it, and the learned exit parts
+      it needs (``heads``), checked against the model by :meth:`check_model`.
+
+    Knob and options are validated in ``__init__`` (a ``ValueError`` naming the valid range).
+    Bump ``revision`` when a rule's meaning changes: records made under the old rule get new
+    keys. Register new policies in :data:`POLICIES`.
+    """
+
     name: ClassVar[str]
     knob_name: ClassVar[str | None] = None
     knob_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
@@ -60,6 +82,21 @@ class ExitPolicy(ABC):
     def __repr__(self) -> str:
         knob = "" if self.knob_name is None else f"{self.knob_name}={self.knob:g}"
         return f"{type(self).__name__}({knob})"
+
+    def check_model(self, exit_heads: str, depth: int, name: str | None = None) -> None:
+        """Raise ``ValueError`` unless a model with these exit heads and this many blocks can
+        run the policy (its learned heads; an integer knob is a 0-based block index).
+        ``name``: the model's registry name, for the message."""
+        if self.heads != "none" and exit_heads != self.heads:
+            raise ValueError(
+                f"policy {self.name!r} needs a model trained with its heads "
+                f"({self.heads!r}); this model has {exit_heads!r}"
+            )
+        if self.integer_knob and self.knob is not None and self.knob >= depth:
+            raise ValueError(
+                f"{self.name}: {self.knob_name} is a 0-based block index, in [0, {depth - 1}] "
+                f"for {f'model {name!r}' if name else f'a {depth}-block model'}; got {self.knob}"
+            )
 
     def begin(self, ctx: ExitContext) -> None:  # noqa: B027  (optional hook)
         """Called once per denoiser call after embedding (ctx.layer == -1)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,18 @@ from torch import Tensor
 
 from models import UViT
 
-__all__ = ["RECIPES", "UAL_WEIGHTINGS", "Recipe", "get_recipe", "uem_loss"]
+if TYPE_CHECKING:
+    from adaptive.policies import ExitPolicy
+
+__all__ = [
+    "LOSS_WEIGHTS",
+    "RECIPES",
+    "UAL_WEIGHTINGS",
+    "Recipe",
+    "check_pairing",
+    "get_recipe",
+    "uem_loss",
+]
 
 LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
 
@@ -157,7 +169,9 @@ def uem_loss(
     return loss, logs
 
 
-_UEM_WEIGHTS = ("lambda_u", "lambda_ual")
+# Loss weights a recipe may take (TrainConfig and Cell fields of these names feed them).
+LOSS_WEIGHTS = ("lambda_u", "lambda_ual")
+_UEM_WEIGHTS = LOSS_WEIGHTS
 
 RECIPES: dict[str, Recipe] = {
     "full": Recipe("full", full_loss, finetune=False),
@@ -175,6 +189,13 @@ RECIPES: dict[str, Recipe] = {
         "uem-summed", partial(uem_loss, weighting="summed"), "uem", weights=_UEM_WEIGHTS
     ),
 }
+
+
+def check_pairing(policy: type[ExitPolicy], recipe: str) -> None:
+    """Raise ``ValueError`` unless ``recipe`` trains the exit heads ``policy`` needs."""
+    if policy.heads != "none" and get_recipe(recipe).heads != policy.heads:
+        fits = [r for r, rec in RECIPES.items() if rec.heads == policy.heads]
+        raise ValueError(f"policy {policy.name!r} needs recipe {' or '.join(fits)}, got {recipe!r}")
 
 
 def get_recipe(name: str) -> Recipe:

@@ -16,15 +16,16 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from adaptive.calibrate import check_target
 from adaptive.policies import POLICIES, make_policy
-from adaptive.recipes import RECIPES
+from adaptive.recipes import LOSS_WEIGHTS, RECIPES, check_pairing
 from bench.cache import config_hash
 from bench.data import DATASETS, SPLITS
 from bench.metrics import EXTRACTORS
-from bench.train import AUTOCAST, TrainConfig
+from bench.prune import PruneConfig
+from bench.train import AUTOCAST, BUDGETS, TrainConfig
 from models import MODELS
-from pruning.core import IMPORTANCES
-from pruning.pipeline import PruneConfig
+from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS
 
 __all__ = ["CELL_CHOICES", "Cell", "cell_prune_config", "cell_train_config"]
@@ -52,7 +53,7 @@ class Cell:
     model: str = "tiny"
     recipe: str = "full"
     prune_ratio: float = 0.0
-    prune_importance: str = "diff-pruning"
+    prune_importance: str = DEFAULT_IMPORTANCE
     policy: str = "full"
     knob: float | None = None
     target_flop_ratio: float | None = None  # calibrate the knob to this (overrides knob)
@@ -82,47 +83,17 @@ class Cell:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(registry)}"
                 )
-        if not 0 <= self.prune_ratio < 1:
-            raise ValueError(f"prune_ratio must be in [0, 1), got {self.prune_ratio}")
-        if self.target_flop_ratio is not None and not 0 < self.target_flop_ratio <= 1:
-            raise ValueError(f"target_flop_ratio must be in (0, 1], got {self.target_flop_ratio}")
+        check_prune(self.prune_ratio, self.prune_importance)
+        if self.target_flop_ratio is not None:
+            check_target(self.target_flop_ratio)
         if self.samples < 2 or self.steps < 1:
             raise ValueError(
                 f"samples must be >= 2 and steps >= 1, got {self.samples}, {self.steps}"
             )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.knob is not None and self.target_flop_ratio is not None:
-            raise ValueError("set a policy's knob or a target_flop_ratio to calibrate it, not both")
-        if self.target_flop_ratio is not None and POLICIES[self.policy].knob_name is None:
-            raise ValueError(
-                f"policy {self.policy!r} never exits, so it has no FLOP ratio to calibrate; "
-                f"drop target_flop_ratio or pick an exit policy ({', '.join(_EXITING)})"
-            )
-        heads = POLICIES[self.policy].heads
-        if heads != "none" and RECIPES[self.recipe].heads != heads:
-            fits = [r for r, rec in RECIPES.items() if rec.heads == heads]
-            raise ValueError(
-                f"policy {self.policy!r} needs recipe {' or '.join(fits)}, got {self.recipe!r}"
-            )
-        make_policy(  # validates the knob's range and the policy's options
-            self.policy, self.knob if self.target_flop_ratio is None else None, **self.options
-        )
-        depth = MODELS[self.model]["depth"]
-        if POLICIES[self.policy].integer_knob and self.knob is not None and self.knob >= depth:
-            raise ValueError(
-                f"{self.policy}: {POLICIES[self.policy].knob_name} is a 0-based block index, "
-                f"in [0, {depth - 1}] for model {self.model!r}; got {self.knob}"
-            )
-        recipe = RECIPES[self.recipe]
-        for name in ("lambda_u", "lambda_ual"):
-            if getattr(self, name) != 1.0 and name not in recipe.weights:
-                takes = [r for r, rec in RECIPES.items() if name in rec.weights]
-                raise ValueError(
-                    f"{name} applies to recipes {', '.join(takes)}, not {self.recipe!r}"
-                )
-        if self.finetune_steps is not None and not recipe.finetune:
-            raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {self.recipe!r}")
+        self._check_policy()
+        self._check_training()
         T = cell_train_config(self).T  # validates the training fields (steps, loss weights)
         if self.steps > T:
             raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
@@ -136,6 +107,33 @@ class Cell:
             )
         if self.device != "cpu" and not self.device.startswith(("cuda", "mps")):
             raise ValueError(f"unknown device {self.device!r}; valid choices: cpu, cuda, cuda:N")
+
+    def _check_policy(self) -> None:
+        """The exit policy's knob, options, heads and block range (each checked by its owner)."""
+        cls = POLICIES[self.policy]
+        if self.knob is not None and self.target_flop_ratio is not None:
+            raise ValueError("set a policy's knob or a target_flop_ratio to calibrate it, not both")
+        if self.target_flop_ratio is not None and cls.knob_name is None:
+            raise ValueError(
+                f"policy {self.policy!r} never exits, so it has no FLOP ratio to calibrate; "
+                f"drop target_flop_ratio or pick an exit policy ({', '.join(_EXITING)})"
+            )
+        check_pairing(cls, self.recipe)
+        knob = self.knob if self.target_flop_ratio is None else None
+        policy = make_policy(self.policy, knob, **self.options)  # the knob's range, the options
+        policy.check_model(RECIPES[self.recipe].heads, MODELS[self.model]["depth"], self.model)
+
+    def _check_training(self) -> None:
+        """The fields that feed the cell's training config (which checks their values)."""
+        recipe = RECIPES[self.recipe]
+        for name in LOSS_WEIGHTS:
+            if getattr(self, name) != 1.0 and name not in recipe.weights:
+                takes = [r for r, rec in RECIPES.items() if name in rec.weights]
+                raise ValueError(
+                    f"{name} applies to recipes {', '.join(takes)}, not {self.recipe!r}"
+                )
+        if self.finetune_steps is not None and not recipe.finetune:
+            raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {self.recipe!r}")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -217,15 +215,15 @@ def cell_train_config(cell: Cell) -> TrainConfig:
         lambda_u=cell.lambda_u,
         lambda_ual=cell.lambda_ual,
     )
-    if cell.model == "micro":  # smoke runs: seconds, not minutes
-        kw.update(steps=200, finetune_steps=50)
+    budget = BUDGETS.get(cell.model)
+    if budget is not None:
+        kw.update(steps=budget.steps, finetune_steps=budget.finetune_steps)
     if cell.finetune_steps is not None:
         kw.update(finetune_steps=cell.finetune_steps)
     return TrainConfig(**kw).normalised()
 
 
 def cell_prune_config(cell: Cell, tcfg: TrainConfig) -> PruneConfig:
-    ft = 50 if cell.model == "micro" else PruneConfig().finetune_steps
-    return PruneConfig(
-        base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, finetune_steps=ft
-    )
+    budget = BUDGETS.get(cell.model)
+    ft = {} if budget is None else {"finetune_steps": budget.prune_finetune_steps}
+    return PruneConfig(base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, **ft)

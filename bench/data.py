@@ -7,7 +7,6 @@ torchvision from a local root; they download only when the caller asks (``downlo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +16,35 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "dataset_info", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DataSource",
+    "DatasetError",
+    "DatasetInfo",
+    "dataset_info",
+    "load_dataset",
+]
 
 SPLITS = ("train", "heldout")
-DATA_ROOT_ENV = "DIFFCOMPRESS_DATA_ROOT"
-DOWNLOAD_ENV = "DIFFCOMPRESS_DOWNLOAD"
 
 
-def set_data_options(root: str | Path | None, download: bool) -> None:
-    """What ``--data-root`` / ``--download`` mean for a whole run (and processes it starts)."""
-    if root is not None:
-        os.environ[DATA_ROOT_ENV] = str(Path(root).expanduser())
-    if download:
-        os.environ[DOWNLOAD_ENV] = "1"
+@dataclass(frozen=True)
+class DataSource:
+    """Where datasets are read from: ``root`` (a torchvision dataset folder; None = the
+    embedded data only) and whether a missing dataset may be downloaded. Passed explicitly to
+    everything that loads data (training, pruning, FID statistics, the grid's workers): it says
+    where the data is, not what it is, so it is never part of a cache key."""
+
+    root: str | None = None
+    download: bool = False
+
+    def load(self, name: str, split: str = "train") -> Dataset:
+        return load_dataset(name, split, root=self.root, download=self.download)
+
+
+def data_source(data: DataSource | None) -> DataSource:
+    """``data``, or the default source (embedded data, no download)."""
+    return DataSource() if data is None else data
 
 
 class DatasetError(ValueError):
@@ -154,15 +169,10 @@ def load_dataset(
 ) -> Dataset:
     """Load ``split`` ('train' or 'heldout') of the named dataset; images in [-1, 1].
 
-    ``root`` defaults to ``$DIFFCOMPRESS_DATA_ROOT`` and ``download`` to
-    ``$DIFFCOMPRESS_DOWNLOAD=1`` (the CLIs' ``--data-root`` / ``--download`` set them, so every
-    loader in the process and its workers sees the same data). Raises :class:`DatasetError` (a
-    ``ValueError``) naming the valid choices or the missing root.
+    Raises :class:`DatasetError` (a ``ValueError``) naming the valid choices or the missing
+    root. Commands pass their ``--data-root`` / ``--download`` as a :class:`DataSource`.
     """
     dataset_info(name)
-    if root is None:
-        root = os.environ.get(DATA_ROOT_ENV) or None
-    download = download or os.environ.get(DOWNLOAD_ENV) == "1"
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     root_path = Path(root).expanduser() if root is not None else None

@@ -1,6 +1,6 @@
 """Run grid cells on a Dask distributed cluster (``python -m bench.grid --executor dask``).
 
-Each unfinished cell is one task calling :func:`bench.grid.run_and_store`, so workers write
+Each unfinished cell is one task calling :func:`bench.run.run_and_store`, so workers write
 records through the same atomic, key-named store as the in-process run: a record exists once,
 only when its cell finished. Workers must see ``out`` and the artifact cache on a shared path;
 cells that need the same trained or pruned model serialise on the cache's lock file, so the
@@ -19,7 +19,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bench.grid import Cell, run_and_store, threads_per_worker
+from bench.cell import Cell
+from bench.data import DataSource
+from bench.run import run_and_store, threads_per_worker
 from bench.store import write_failure
 
 __all__ = ["run_dask"]
@@ -58,6 +60,7 @@ def run_dask(
     threads: int | None = None,
     progress: bool = True,
     client=None,
+    data: DataSource | None = None,
 ) -> dict[str, str]:
     """Run ``cells`` on the cluster at ``scheduler`` (or a fresh ``LocalCluster`` of
     ``workers`` processes, or an existing ``client``, left open); returns {cell key: "done" |
@@ -83,6 +86,7 @@ def run_dask(
                     str(out),
                     cache_dir,
                     threads,
+                    data,
                     key=f"cell-{cell.key}",
                     pure=False,
                 ): cell

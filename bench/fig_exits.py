@@ -1,7 +1,8 @@
 """Figures for adaptive early exiting on the digits default.
 
-``python -m bench.fig_exits`` loads (or trains) the `full` checkpoint and fine-tunes each exit
-recipe from it, then measures:
+``python -m bench.fig_exits`` runs the cells of ``bench/sweeps/fig_exits.toml`` (or
+``--config``) into the grid's store under ``<out>/grid`` (resumable: finished cells are reused),
+then writes from their records:
 
 1. FID of each recipe's model at full depth (does the layer-wise / UAL training keep quality?);
 2. every exit policy at knobs calibrated to FLOP ratios 0.8 / 0.65 / 0.5 under DDIM 50 steps:
@@ -9,35 +10,39 @@ recipe from it, then measures:
 3. wall-clock of one denoiser call at batch 256 through the executor relative to the plain
    forward, against the FLOP ratio achieved, for `uem` at the calibrated knobs, and the
    never-exit overhead (`full` policy); medians of interleaved repeats;
-4. exit block by timestep for `uem` (mean over samples), as a table and a PNG.
+4. exit block by timestep for `uem` (mean over samples, from the record's exit histogram).
 
-Results go to ``results/exits/`` (markdown, JSON, PNG), written atomically.
+Results go to ``<out>/figures.{md,json}`` and ``<out>/uem_exit_by_t.png``, written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from adaptive.calibrate import calibrate
-from adaptive.executor import EarlyExitDenoiser
-from adaptive.policies import POLICIES, make_policy
+from adaptive.policies import make_policy
 from bench.cache import ArtifactCache, atomic_write_bytes
+from bench.cell import Cell
 from bench.cli import add_run_options
-from bench.data import as_tensors, dataset_info, load_dataset
-from bench.measure import interleaved_medians, write_figures
-from bench.metrics import evaluate, get_extractor
-from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate
-from bench.train import TrainConfig, load_or_train, resolve_device
+from bench.data import as_tensors, load_dataset
+from bench.executors import RunOptions, run_inprocess
+from bench.grid import load_config
+from bench.measure import wall_table, write_figures
+from bench.pipeline import build_pipeline
+from bench.store import pending, preflight, read_record
+from bench.train import resolve_device
 
 log = logging.getLogger(__name__)
 
-TARGETS = (0.8, 0.65, 0.5)
+SWEEP = Path(__file__).parent / "sweeps" / "fig_exits.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--sampler-steps", type=int, default=50)
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
-    p.add_argument("--targets", nargs="+", type=float, default=list(TARGETS))
+    p.add_argument("--config", type=Path, default=SWEEP, help=f"the sweep (default: {SWEEP})")
+    p.add_argument("--samples", type=int, default=None, help="override every cell's samples")
     p.add_argument("--batch", type=int, default=256, help="batch for the wall-clock figure")
     p.add_argument("--repeats", type=int, default=7, help="interleaved wall-clock repeats")
     add_run_options(p, out="results/exits")
@@ -57,131 +60,99 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         device = resolve_device(a.device)
+        cells = load_config(a.config, device=str(device))
+        if a.samples is not None:
+            cells = [dataclasses.replace(c, samples=a.samples) for c in cells]
+        if a.batch < 1 or a.repeats < 1:
+            raise ValueError("--batch and --repeats must be >= 1")
+        grid = Path(a.out) / "grid"
+        preflight(grid, ArtifactCache(a.cache_dir).root)
     except ValueError as e:
         p.error(str(e))
-    if any(not 0 < x <= 1 for x in a.targets):
-        p.error("--targets must lie in (0, 1]")
-    cache = ArtifactCache(a.cache_dir)
+    run_inprocess(pending(cells, grid), grid, RunOptions(a.cache_dir))
+    records = [r for c in cells if (r := read_record(grid, c)) is not None]
+    if len(records) < len(cells):
+        print(f"{len(cells) - len(records)} cell(s) failed (see {grid / 'failed'}); rerun")
+        return 1
+    report = exit_figures(records, ArtifactCache(a.cache_dir), device, a.batch, a.repeats)
     out = Path(a.out)
-    base = TrainConfig()
-    info = dataset_info(base.dataset)
-    shape = (info.channels, info.img_size, info.img_size)
-    ext = get_extractor("cnn", base.dataset, cache)
-    steps, n = a.sampler_steps, a.samples
-
-    models = {}
-    for recipe in sorted({POLICIES[p_].recipe for p_ in a.policies} | {"full"}):
-        models[recipe] = load_or_train(TrainConfig(recipe=recipe), cache, device)
-    schedule = models["full"].schedule
-
-    # 1. each recipe's model at full depth
-    recipe_rows = []
-    for recipe, tm in models.items():
-        imgs, _ = generate(tm.model, schedule, "ddim", steps, n, shape, device=device)
-        recipe_rows.append(
-            {"recipe": recipe, "fid": evaluate(imgs, base.dataset, ext, cache)["fid"]}
-        )
-        log.info("recipe %s full depth: FID %.3f", recipe, recipe_rows[-1]["fid"])
-
-    # 2. every policy at calibrated knobs
-    policy_rows, uem_trace = [], None
-    for name in a.policies:
-        tm = models[POLICIES[name].recipe]
-        targets = [1.0] if POLICIES[name].knob_name is None else a.targets
-        for target in targets:
-            cal = calibrate(
-                tm.model,
-                schedule,
-                name,
-                target,
-                steps=steps,
-                n=64,
-                sampler_kw=IMAGE_SAMPLER_DEFAULTS["ddim"],
-            )
-            ex = EarlyExitDenoiser(tm.model, make_policy(name, cal.knob), schedule.T)
-            imgs, _ = generate(ex, schedule, "ddim", steps, n, shape, device=device)
-            res = evaluate(imgs, base.dataset, ext, cache)
-            row = {
-                "policy": name,
-                "recipe": tm.config.recipe,
-                "target": target,
-                "knob": cal.knob,
-                "flop_ratio": ex.flop_ratio,
-                "layer_ratio": ex.layer_ratio,
-                "fid": res["fid"],
-                "calibration_ratio": cal.achieved,
-            }
-            policy_rows.append(row)
-            log.info("%s", row)
-            if name == "uem" and uem_trace is None:
-                uem_trace = ex.trace.arrays()
-
-    # 3. wall-clock at batch a.batch on representative (x_t, t) pairs
-    wall_rows = []
-    if "uem" in a.policies:
-        tm = models["uem"]
-        g = torch.Generator().manual_seed(7)
-        x0, _ = as_tensors(load_dataset(base.dataset, "train"))
-        x0 = x0[torch.randint(len(x0), (a.batch,), generator=g)]
-        t = torch.linspace(0, schedule.T - 1, a.batch).round()
-        ab = schedule.alphas_cumprod[t.long()].float().view(-1, 1, 1, 1)
-        x = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=g)
-        x, t = x.to(device), t.to(device)
-        knobs = {"never-exit": ("full", None)}
-        for r in policy_rows:
-            if r["policy"] == "uem":
-                knobs[f"uem tau={r['knob']:.4g}"] = ("uem", r["knob"])
-        executors = {
-            k: EarlyExitDenoiser(tm.model, make_policy(pn, kn), schedule.T)
-            for k, (pn, kn) in knobs.items()
-        }
-        calls = {"plain": lambda: tm.model(x, t)}
-        calls.update({k: (lambda e=e: e(x, t)) for k, e in executors.items()})
-        med = interleaved_medians(calls, a.repeats)
-        for k, ex in executors.items():
-            ex.reset()
-            with torch.inference_mode():
-                ex(x, t)
-            wall_rows.append(
-                {
-                    "executor": k,
-                    "flop_ratio": ex.flop_ratio,
-                    "wall_ratio": med[k] / med["plain"],
-                    "ms": 1e3 * med[k],
-                    "plain_ms": 1e3 * med["plain"],
-                }
-            )
-
-    # 4. exit block by timestep (uem)
-    by_t = []
-    if uem_trace is not None:
-        ts = uem_trace["t"]
-        for tv in np.unique(ts)[::-1]:
-            blocks = uem_trace["exit_block"][ts == tv]
-            by_t.append({"t": float(tv), "mean_exit_block": float(blocks.mean() + 1)})
-        _plot_exit_by_t(by_t, models["uem"].model.depth, out / "uem_exit_by_t.png")
-
-    report = {
-        "recipes": recipe_rows,
-        "policies": policy_rows,
-        "wallclock": wall_rows,
-        "uem_exit_by_t": by_t,
-        "samples": n,
-        "sampler": f"ddim-{steps}",
-        "extractor": ext.name,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": str(device),
-    }
-    text = _markdown(report, models["full"].model.depth)
+    if report["uem_exit_by_t"]:
+        _plot_exit_by_t(report["uem_exit_by_t"], report["depth"], out / "uem_exit_by_t.png")
+    text = _markdown(report)
     write_figures(out, text, report)
     print(text)
     return 0
 
 
-def _plot_exit_by_t(by_t: list[dict], depth: int, path: Path) -> None:
-    import io
+def exit_figures(
+    records: list[dict[str, Any]], cache: ArtifactCache, device: torch.device, batch, repeats
+) -> dict[str, Any]:
+    """The figures' data from the cells' records (plus the wall-clock table, measured now)."""
+    full_depth = [r for r in records if r["policy"] == "full"]
+    exiting = [r for r in records if r["policy"] != "full"]
+    uem = [r for r in exiting if r["policy"] == "uem"]
+    first = records[0]
+    return {
+        "recipes": [{"recipe": r["recipe"], "fid": r["fid"]} for r in full_depth],
+        "policies": [
+            {
+                "policy": r["policy"],
+                "recipe": r["recipe"],
+                "target": r["target_flop_ratio"],
+                "knob": r["knob_used"],
+                "flop_ratio": r["flop_ratio_per_call"],
+                "layer_ratio": r["layer_ratio"],
+                "fid": r["fid"],
+                "calibration_ratio": r["calibration_flop_ratio"],
+            }
+            for r in exiting
+        ],
+        "wallclock": _uem_wall_table(uem, cache, device, batch, repeats) if uem else [],
+        "uem_exit_by_t": _exit_by_t(uem[len(uem) // 2]["exit_histogram"]) if uem else [],
+        "depth": len(first["exit_histogram"]["counts"][0]),
+        "samples": first["samples"],
+        "sampler": f"{first['sampler']}-{first['steps']}",
+        "extractor": first["extractor"],
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
 
+
+def _uem_wall_table(uem: list[dict], cache, device, batch: int, repeats: int) -> list[dict]:
+    """The `uem` executor at each record's calibrated knob (and never exiting) against the plain
+    forward, on ``batch`` noisy training images with timesteps spread over [0, T)."""
+    pipe = build_pipeline(Cell(recipe="uem", device=str(device)), cache, device, progress=False)
+    schedule, model = pipe.schedule, pipe.model
+    g = torch.Generator().manual_seed(7)
+    x0, _ = as_tensors(load_dataset(pipe.cell.dataset, "train"))
+    x0 = x0[torch.randint(len(x0), (batch,), generator=g)]
+    t = torch.linspace(0, schedule.T - 1, batch).round()
+    ab = schedule.alphas_cumprod[t.long()].float().view(-1, 1, 1, 1)
+    x = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=g)
+    executors = {"never-exit": pipe.executor}
+    for r in uem:
+        executors[f"uem tau={r['knob_used']:.4g}"] = pipe.executor.with_policy(
+            make_policy("uem", r["knob_used"])
+        )
+    return wall_table(model, executors, x.to(device), t.to(device), repeats)
+
+
+def _exit_by_t(hist: dict[str, list]) -> list[dict[str, float]]:
+    """Mean blocks executed per timestep bin, from a record's exit histogram."""
+    counts = np.asarray(hist["counts"], dtype=float)
+    edges = np.asarray(hist["t_edges"])
+    blocks = np.arange(1, counts.shape[1] + 1)
+    rows = []
+    for i in range(len(counts) - 1, -1, -1):  # sampling order: high t first
+        if counts[i].sum() > 0:
+            mean = float((counts[i] * blocks).sum() / counts[i].sum())
+            rows.append({"t": float(edges[i] + edges[i + 1]) / 2, "mean_exit_block": mean})
+    return rows
+
+
+def _plot_exit_by_t(by_t: list[dict], depth: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,7 +172,11 @@ def _plot_exit_by_t(by_t: list[dict], depth: int, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _markdown(r: dict, depth: int) -> str:
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _markdown(r: dict) -> str:
     L = [
         f"# Early-exit figures ({r['sampler']}, {r['samples']} samples, extractor "
         f"`{r['extractor']}`, {r['threads']} threads, torch {r['torch']})",
@@ -211,7 +186,7 @@ def _markdown(r: dict, depth: int) -> str:
         "| recipe | FID |",
         "|---|---|",
     ]
-    L += [f"| {x['recipe']} | {x['fid']:.3f} |" for x in r["recipes"]]
+    L += [f"| {x['recipe']} | {_fmt(x['fid'])} |" for x in r["recipes"]]
     L += [
         "",
         "## Policies at calibrated FLOP ratios",
@@ -219,29 +194,28 @@ def _markdown(r: dict, depth: int) -> str:
         "| policy | recipe | target | knob | FLOP ratio | layer ratio | FID |",
         "|---|---|---|---|---|---|---|",
     ]
-    for x in r["policies"]:
-        knob = "-" if x["knob"] is None else f"{x['knob']:.4g}"
-        L.append(
-            f"| {x['policy']} | {x['recipe']} | {x['target']} | {knob} | "
-            f"{x['flop_ratio']:.3f} | {x['layer_ratio']:.3f} | {x['fid']:.3f} |"
-        )
+    L += [
+        f"| {x['policy']} | {x['recipe']} | {x['target']} | {_fmt(x['knob'], '.4g')} | "
+        f"{x['flop_ratio']:.3f} | {x['layer_ratio']:.3f} | {_fmt(x['fid'])} |"
+        for x in r["policies"]
+    ]
     if r["wallclock"]:
         L += [
             "",
-            "## Wall-clock per call vs FLOP ratio (batch 256, medians, interleaved)",
+            f"## Wall-clock per call vs FLOP ratio (batch {r['batch']}, medians, interleaved)",
             "",
             "| executor | FLOP ratio | wall ratio | ms/call | plain ms/call |",
             "|---|---|---|---|---|",
         ]
         L += [
             f"| {x['executor']} | {x['flop_ratio']:.3f} | {x['wall_ratio']:.3f} | "
-            f"{x['ms']:.1f} | {x['plain_ms']:.1f} |"
+            f"{x['ms_per_call']:.1f} | {x['plain_ms_per_call']:.1f} |"
             for x in r["wallclock"]
         ]
     if r["uem_exit_by_t"]:
         L += [
             "",
-            f"## uem: mean blocks executed (of {depth}) by timestep",
+            f"## uem: mean blocks executed (of {r['depth']}) by timestep",
             "",
             "| t | blocks |",
             "|---|---|",

@@ -4,9 +4,10 @@
 criterion, fine-tunes it, and measures: parameters and MACs (torch-pruning's
 ``count_ops_and_params``) against the executor's FLOP count, wall-clock of one forward at batch
 256 relative to the unpruned model (interleaved medians), and FID (DDIM 50, 1,000 samples)
-before and after fine-tuning. A composed row prunes the `uem` checkpoint by 0.3, exits with
-`uem` at its default threshold and samples with DPM-Solver++ 20 steps, reporting total FLOPs
-relative to the unpruned full-depth model under DDPM with all T steps. Writes
+before and after fine-tuning. A composed row (the grid's cell, built by
+:func:`bench.pipeline.build_pipeline`) prunes the `uem` checkpoint by 0.3, exits with `uem` at its
+default threshold and samples with DPM-Solver++ 20 steps, reporting total FLOPs relative to the
+unpruned full-depth model under DDPM with all T steps. Writes
 ``results/pruning/figures.{md,json}`` atomically.
 """
 
@@ -20,17 +21,18 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
-from adaptive.executor import CostModel, EarlyExitDenoiser
-from adaptive.policies import make_policy
+from adaptive.executor import CostModel
 from bench.cache import ArtifactCache
+from bench.cell import Cell
 from bench.cli import add_run_options
 from bench.data import dataset_info
 from bench.measure import interleaved_medians, write_figures
 from bench.metrics import evaluate, get_extractor
+from bench.pipeline import build_pipeline
+from bench.prune import PruneConfig, load_or_prune, pruned_before_finetune
 from bench.sampling import generate
 from bench.train import TrainConfig, load_or_train, resolve_device
-from pruning.core import IMPORTANCES
-from pruning.pipeline import PruneConfig, load_or_prune, pruned_before_finetune
+from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(a.device)
         for r in a.ratios:
-            PruneConfig(ratio=r)
+            check_prune(r, DEFAULT_IMPORTANCE)
     except ValueError as e:
         p.error(str(e))
     cache = ArtifactCache(a.cache_dir)
+    rows, flops0 = _pruning_rows(a, cache, device)
+    composed = _composed(cache, device, a.samples, flops0)
+    report = {
+        "rows": rows,
+        "composed": composed,
+        "samples": a.samples,
+        "extractor": composed["extractor"],
+        "batch": a.batch,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "finetune_steps": a.finetune_steps,
+    }
+    text = _markdown(report)
+    write_figures(Path(a.out), text, report)
+    print(text)
+    return 0
+
+
+def _pruning_rows(a: argparse.Namespace, cache: ArtifactCache, device) -> tuple[list[dict], int]:
+    """One row per (ratio, criterion) and the unpruned one: size, MACs vs executor FLOPs, wall
+    ratio of one forward at batch ``a.batch`` (interleaved medians), FID before / after the
+    fine-tune. Also returns the unpruned model's FLOPs per row."""
     base_cfg = TrainConfig()
     info = dataset_info(base_cfg.dataset)
     shape = (info.channels, info.img_size, info.img_size)
@@ -66,101 +91,73 @@ def main(argv: list[str] | None = None) -> int:
     T = schedule.T
     x = torch.randn(a.batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)
     t = torch.linspace(0, T - 1, a.batch).round().to(device)
-    ex_in = (x[:1], t[:1])
+
+    def row(model, ratio, importance, fid_before, fid_after) -> dict:
+        macs, params = tp.utils.count_ops_and_params(model, (x[:1], t[:1]))
+        flops = CostModel(model, T).full
+        return dict(ratio=ratio, importance=importance, params=params, macs=macs, flops=flops,
+                    fid_before=fid_before, fid_after=fid_after, wall_ratio=1.0)  # fmt: skip
 
     def fid(model) -> float:
         imgs, _ = generate(model, schedule, "ddim", 50, a.samples, shape, device=device)
         return evaluate(imgs, base_cfg.dataset, ext, cache)["fid"]
 
-    macs0, params0 = tp.utils.count_ops_and_params(base.model, ex_in)
-    flops0 = CostModel(base.model, T).full
-    rows = [
-        {
-            "ratio": 0.0,
-            "importance": "-",
-            "params": params0,
-            "macs": macs0,
-            "flops": flops0,
-            "fid_before": fid(base.model),
-            "fid_after": None,
-            "wall_ratio": 1.0,
-        }
-    ]
-    models_for_time = {"unpruned": base.model}
+    rows = [row(base.model, 0.0, "-", fid(base.model), None)]
+    timed = {"unpruned": base.model}
     for ratio in a.ratios:
         for imp in a.importances:
-            pc = PruneConfig(
-                base=base_cfg, ratio=ratio, importance=imp, finetune_steps=a.finetune_steps
-            )
+            pc = PruneConfig(base_cfg, ratio, imp, finetune_steps=a.finetune_steps)
             pm = load_or_prune(pc, cache, device)
-            macs, params = tp.utils.count_ops_and_params(pm.model, ex_in)
-            rows.append(
-                {
-                    "ratio": ratio,
-                    "importance": imp,
-                    "params": params,
-                    "macs": macs,
-                    "flops": CostModel(pm.model, T).full,
-                    "fid_before": fid(pruned_before_finetune(pc, cache, device)),
-                    "fid_after": fid(pm.model),
-                    "wall_ratio": None,
-                }
-            )
-            models_for_time[f"{ratio}/{imp}"] = pm.model
+            before = fid(pruned_before_finetune(pc, cache, device))
+            rows.append(row(pm.model, ratio, imp, before, fid(pm.model)))
+            timed[f"{ratio}/{imp}"] = pm.model
             log.info("%s", rows[-1])
-    med = interleaved_medians(
-        {k: (lambda m=m: m(x, t)) for k, m in models_for_time.items()}, a.repeats
-    )
+    med = interleaved_medians({k: (lambda m=m: m(x, t)) for k, m in timed.items()}, a.repeats)
     for r in rows[1:]:
         r["wall_ratio"] = med[f"{r['ratio']}/{r['importance']}"] / med["unpruned"]
+    return rows, rows[0]["flops"]
 
-    # Composed: prune the uem checkpoint by 0.3, exit with uem, DPM-Solver++ 20 steps.
-    uem_cfg = TrainConfig(recipe="uem")
-    pc = PruneConfig(
-        base=uem_cfg, ratio=0.3, importance="diff-pruning", finetune_steps=a.finetune_steps
-    )
-    pm = load_or_prune(pc, cache, device)
-    ex = EarlyExitDenoiser(pm.model, make_policy("uem"), T)
-    imgs, nfe = generate(ex, schedule, "dpm-solver++", 20, a.samples, shape, device=device)
-    composed = {
+
+def _composed(cache: ArtifactCache, device, samples: int, flops0: int) -> dict:
+    """The grid's composed cell: the `uem` checkpoint pruned by 0.3 (the grid's fine-tune),
+    exiting with `uem` at its default threshold, DPM-Solver++ 20 steps."""
+    cell = Cell(recipe="uem", policy="uem", prune_ratio=0.3, sampler="dpm-solver++", steps=20)
+    pipe = build_pipeline(cell, cache, device)
+    imgs, nfe = pipe.sample(samples, seed=0, batch_size=500)
+    ex, T = pipe.executor, pipe.schedule.T
+    metrics = pipe.evaluate(imgs, cache)
+    return {
         "prune": "0.3 diff-pruning (uem checkpoint)",
         "policy": repr(ex.policy),
         "sampler": "dpm-solver++ 20",
         "nfe": nfe,
         "layer_ratio": ex.layer_ratio,
         "flop_ratio_per_call_vs_unpruned": ex.flop_ratio_vs(flops0),
-        "total_flops_vs_unpruned_ddpm_T": ex.executed_flops / (flops0 * T * a.samples),
-        "fid": evaluate(imgs, base_cfg.dataset, ext, cache)["fid"],
+        "total_flops_vs_unpruned_ddpm_T": ex.executed_flops / (flops0 * T * samples),
+        "ddpm_steps": T,
+        "fid": metrics["fid"],
+        "extractor": metrics["extractor"],
     }
 
-    report = {
-        "rows": rows,
-        "composed": composed,
-        "samples": a.samples,
-        "extractor": ext.name,
-        "batch": a.batch,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "finetune_steps": a.finetune_steps,
-    }
+
+def _markdown(report: dict) -> str:
     L = [
-        f"# Pruning figures (digits, DDIM 50, {a.samples} samples, extractor `{ext.name}`, "
-        f"fine-tune {a.finetune_steps} steps, batch {a.batch} wall-clock, "
-        f"{report['threads']} threads)",
+        f"# Pruning figures (digits, DDIM 50, {report['samples']} samples, extractor "
+        f"`{report['extractor']}`, fine-tune {report['finetune_steps']} steps, batch "
+        f"{report['batch']} wall-clock, {report['threads']} threads)",
         "",
         "| ratio | criterion | params | MACs (tp) | FLOPs (executor) | 2*MACs/FLOPs | "
         "wall ratio | FID before FT | FID after FT |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in report["rows"]:
         after = "-" if r["fid_after"] is None else f"{r['fid_after']:.3f}"
         L.append(
             f"| {r['ratio']} | {r['importance']} | {r['params']:,} | {r['macs']:,.0f} | "
             f"{r['flops']:,} | {2 * r['macs'] / r['flops']:.3f} | {r['wall_ratio']:.3f} | "
             f"{r['fid_before']:.3f} | {after} |"
         )
-    c = composed
+    c = report["composed"]
     L += [
         "",
         "## Composed",
@@ -168,13 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{c['prune']} + {c['policy']} + {c['sampler']}: "
         f"layer ratio {c['layer_ratio']:.3f}, FLOPs per call vs unpruned "
         f"{c['flop_ratio_per_call_vs_unpruned']:.3f}, **total FLOPs vs unpruned full model under "
-        f"DDPM {T} steps: {c['total_flops_vs_unpruned_ddpm_T']:.5f}**, FID {c['fid']:.3f}",
+        f"DDPM {c['ddpm_steps']} steps: {c['total_flops_vs_unpruned_ddpm_T']:.5f}**, "
+        f"FID {c['fid']:.3f}",
     ]
-    text = "\n".join(L) + "\n"
-    out = Path(a.out)
-    write_figures(out, text, report)
-    print(text)
-    return 0
+    return "\n".join(L) + "\n"
 
 
 if __name__ == "__main__":

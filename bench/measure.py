@@ -1,4 +1,5 @@
-"""Shared measurement helpers for the figure scripts: interleaved wall-clock, report files."""
+"""Shared measurement helpers: interleaved wall-clock, the side-by-side wall table, report
+files."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bench.cache import atomic_write_bytes
 
-__all__ = ["interleaved_medians", "interleaved_times", "spread", "write_figures"]
+__all__ = ["interleaved_medians", "interleaved_times", "spread", "wall_table", "write_figures"]
 
 
 def _sync() -> None:
@@ -53,3 +55,36 @@ def write_figures(out: Path, markdown: str, report: dict) -> None:
     """``figures.md`` and ``figures.json`` under ``out``, each written atomically."""
     atomic_write_bytes(out / "figures.md", markdown.encode())
     atomic_write_bytes(out / "figures.json", json.dumps(report, indent=2).encode())
+
+
+def wall_table(
+    reference: Callable[[torch.Tensor, torch.Tensor], object],
+    executors: dict[str, Any],
+    x: torch.Tensor,
+    t: torch.Tensor,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """One batched denoiser call through each early-exit executor against ``reference`` (the
+    plain forward) on the same ``(x, t)``: interleaved medians, so the wall ratio is measured
+    side by side; each row also carries the executor's FLOP and layer ratio on that call.
+    Runs under whatever autocast the caller has entered."""
+    calls = {"plain": lambda: reference(x, t)}
+    calls.update({k: (lambda e=e: e(x, t)) for k, e in executors.items()})
+    med = interleaved_medians(calls, repeats)
+    rows = []
+    for k, ex in executors.items():
+        ex.reset()
+        with torch.inference_mode():
+            ex(x, t)
+        rows.append(
+            {
+                "executor": k,
+                "flop_ratio": ex.flop_ratio,
+                "layer_ratio": ex.layer_ratio,
+                "wall_ratio": med[k] / med["plain"],
+                "ms_per_call": 1e3 * med[k],
+                "plain_ms_per_call": 1e3 * med["plain"],
+                "images_per_s": x.shape[0] / med[k],
+            }
+        )
+    return rows

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bench.cache import ArtifactCache, config_hash
-from bench.data import as_tensors, dataset_info, load_dataset
+from bench.data import DataSource, as_tensors, data_source, dataset_info
 
 __all__ = [
     "EXTRACTORS",
@@ -166,14 +166,14 @@ def _shift_augment(x: Tensor, gen: torch.Generator) -> Tensor:
     return pad[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
 
 
-def _train_cnn(cfg: CNNExtractorConfig) -> tuple[dict[str, Tensor], dict]:
+def _train_cnn(cfg: CNNExtractorConfig, data: DataSource) -> tuple[dict[str, Tensor], dict]:
     info = dataset_info(cfg.dataset)
     if info.num_classes < 2:
         raise ValueError(f"the cnn extractor needs class labels; {cfg.dataset} has none")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    xtr, ytr = as_tensors(load_dataset(cfg.dataset, "train"))
-    xte, yte = as_tensors(load_dataset(cfg.dataset, "heldout"))
+    xtr, ytr = as_tensors(data.load(cfg.dataset, "train"))
+    xte, yte = as_tensors(data.load(cfg.dataset, "heldout"))
     net = DigitsCNN(info.channels, info.num_classes)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -194,11 +194,13 @@ def _train_cnn(cfg: CNNExtractorConfig) -> tuple[dict[str, Tensor], dict]:
     return net.state_dict(), {"config": dataclasses.asdict(cfg), "heldout_accuracy": acc}
 
 
-def cnn_extractor(dataset: str, cache: ArtifactCache | None = None) -> CNNExtractor:
+def cnn_extractor(
+    dataset: str, cache: ArtifactCache | None = None, data: DataSource | None = None
+) -> CNNExtractor:
     cfg = CNNExtractorConfig(dataset=dataset)
     key = config_hash(cfg, kind="extractor")
     tensors, meta, cached = (cache or ArtifactCache()).get_or_build(
-        "extractor", key, lambda: _train_cnn(cfg)
+        "extractor", key, lambda: _train_cnn(cfg, data_source(data))
     )
     info = dataset_info(dataset)
     net = DigitsCNN(info.channels, info.num_classes)
@@ -267,7 +269,7 @@ INCEPTION_ENV = "DIFFCOMPRESS_INCEPTION_WEIGHTS"
 
 
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
-    "cnn": lambda dataset, cache=None, **_: cnn_extractor(dataset, cache),
+    "cnn": lambda dataset, cache=None, data=None, **_: cnn_extractor(dataset, cache, data),
     "inception": lambda dataset, cache=None, weights=None, device="cpu", **_: InceptionExtractor(
         weights, device
     ),
@@ -291,13 +293,14 @@ def reference_stats(
     extractor: FeatureExtractor,
     split: str = "train",
     cache: ArtifactCache | None = None,
+    data: DataSource | None = None,
 ) -> Stats:
     """Features of the real ``split``, cached per (dataset, split, extractor)."""
     cache = cache or ArtifactCache()
     key = config_hash({"dataset": dataset, "split": split, "extractor": extractor.name}, "stats")
 
     def build():
-        images, _ = as_tensors(load_dataset(dataset, split))
+        images, _ = as_tensors(data_source(data).load(dataset, split))
         return {"feats": torch.from_numpy(features(extractor, images))}, {"n": len(images)}
 
     tensors, _, _ = cache.get_or_build("stats", key, build)
@@ -310,10 +313,11 @@ def evaluate(
     extractor: FeatureExtractor,
     cache: ArtifactCache | None = None,
     split: str = "train",
+    data: DataSource | None = None,
 ) -> dict[str, float | str]:
     """FID and KID of ``images`` against the dataset's ``split`` (the training images by
     default, as the papers do; "heldout" exposes a model that memorises its training set)."""
-    ref = reference_stats(dataset, extractor, split, cache)
+    ref = reference_stats(dataset, extractor, split, cache, data)
     f = features(extractor, images)
     gen = Stats.of(f)
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import time
 from pathlib import Path
@@ -14,17 +15,16 @@ import samplers
 from bench.cache import atomic_write_bytes
 from samplers import Denoiser, VPSchedule
 
-__all__ = ["IMAGE_SAMPLER_DEFAULTS", "generate", "save_grid"]
+__all__ = ["generate", "image_sampler_options", "save_grid"]
 
-# For image data in [-1, 1] the x0 estimate is clipped to that range (Ho et al. 2020's
-# `clip_denoised`), which matters at the first steps where alpha_t is tiny. DPM-Solver's
-# noise-prediction form has no x0 step to clip.
-IMAGE_SAMPLER_DEFAULTS: dict[str, dict] = {
-    "ddpm": {"clip_denoised": 1.0},
-    "ddim": {"clip_denoised": 1.0},
-    "dpm-solver": {},
-    "dpm-solver++": {"clip_denoised": 1.0},
-}
+
+def image_sampler_options(sampler: str) -> dict[str, float]:
+    """Options every sampler gets on image data in [-1, 1]: the x0 estimate is clipped to that
+    range (Ho et al. 2020's ``clip_denoised``; it matters at the first steps, where alpha_t is
+    tiny) by every sampler that has an x0 step to clip, i.e. takes ``clip_denoised``
+    (DPM-Solver's noise-prediction form does not)."""
+    params = inspect.signature(samplers.get_sampler(sampler)).parameters
+    return {"clip_denoised": 1.0} if "clip_denoised" in params else {}
 
 
 @torch.inference_mode()
@@ -48,11 +48,11 @@ def generate(
 
     Noise for sample ``j`` depends only on ``seed`` and ``j // batch_size``, so runs with the
     same seed and batch size are reproducible. ``sampler_kw`` overrides
-    :data:`IMAGE_SAMPLER_DEFAULTS`. If ``timings`` is a list, the wall-clock seconds of each
+    :func:`image_sampler_options`. If ``timings`` is a list, the wall-clock seconds of each
     batch are appended to it (CUDA work is synchronised before the clock is read).
     """
     fn = samplers.get_sampler(sampler)
-    sampler_kw = {**IMAGE_SAMPLER_DEFAULTS.get(sampler, {}), **sampler_kw}
+    sampler_kw = {**image_sampler_options(sampler), **sampler_kw}
     out, nfe = [], 0
     starts = range(0, n, batch_size)
     for b, start in enumerate(tqdm(starts, desc=f"{sampler}-{steps}", disable=not progress)):

@@ -23,6 +23,11 @@ import tempfile
 from pathlib import Path
 
 from bench.cache import SHIPPED_DIR, ArtifactCache, CorruptArtifact
+from bench.cell import Cell, cell_prune_config, cell_train_config
+from bench.grid import default_cells
+from bench.metrics import get_extractor, reference_stats
+from bench.prune import load_or_prune
+from bench.train import load_or_train
 
 __all__ = ["main", "needed_artifacts"]
 
@@ -77,9 +82,6 @@ class _Recorder(ArtifactCache):
 def shipped_cells() -> list:
     """The cells whose artifacts ship: the default sweep, and the 13-block (U-ViT-S depth)
     `full` and `uem` digits models of the DeeDiff ablation."""
-    from bench.cell import Cell
-    from bench.grid import default_cells
-
     extra = [Cell(model="tiny13"), Cell(model="tiny13", recipe="uem", policy="uem")]
     return default_cells() + extra
 
@@ -91,11 +93,6 @@ def needed_artifacts(
     (kind, key) of each artifact touched, dependencies first, and the problems found. With
     ``build=False`` nothing is built: every missing or corrupt artifact is a problem (all of
     them are listed, not only the first)."""
-    from bench.cell import cell_prune_config, cell_train_config
-    from bench.metrics import get_extractor, reference_stats
-    from bench.train import load_or_train
-    from pruning.pipeline import load_or_prune
-
     rec = _Recorder(cache.root, cache.shipped, build=build)
 
     def attempt(fn, *args) -> None:

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from adaptive.calibrate import check_target, search_knob
 from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import make_policy
 from bench.cache import atomic_write_bytes
 from bench.data import DATASETS, dataset_info
-from bench.measure import interleaved_medians
+from bench.measure import wall_table
 from bench.train import AUTOCAST, resolve_device
 from models import MODELS, make_model
 
@@ -36,22 +37,16 @@ __all__ = ["main", "measure_throughput"]
 log = logging.getLogger(__name__)
 
 
-def _tau_for(ex: EarlyExitDenoiser, x, t, target: float, iters: int = 20) -> tuple[float, float]:
-    """Bisect the UEM threshold (FLOP ratio rises as tau falls) on this one call."""
-    lo, hi, best = 0.0, 1.0, (1.0, float("inf"), 0.0)
-    for _ in range(iters):
-        tau = 0.5 * (lo + hi)
-        ex.policy = make_policy("uem", tau)
-        ex.reset()
-        ex(x, t)
-        r = ex.flop_ratio
-        if abs(r - target) < best[1]:
-            best = (tau, abs(r - target), r)
-        if r > target:
-            lo = tau
-        else:
-            hi = tau
-    return best[0], best[2]
+def _model(model_name: str, info, official: str | None, num_heads: int | None, seed: int):
+    """U-ViT with UEM heads: an official checkpoint's weights, or random ones."""
+    if official is not None:
+        from models.official import load_official
+
+        heads = num_heads or MODELS[model_name]["num_heads"]
+        model, _ = load_official(official, heads, info.img_size, exit_heads="uem")
+        return model
+    torch.manual_seed(seed)
+    return make_model(model_name, info.img_size, info.channels, exit_heads="uem")
 
 
 @torch.inference_mode()
@@ -68,52 +63,31 @@ def measure_throughput(
     T: int = 1000,
     seed: int = 0,
 ) -> list[dict]:
+    """Rows of :func:`bench.measure.wall_table` for the never-exiting executor and `uem` at
+    each target FLOP ratio (the threshold searched by :func:`adaptive.calibrate.search_knob`
+    on this one batched call), with the environment."""
+    for target in targets:
+        check_target(target)
     dev = resolve_device(device)
     info = dataset_info(dataset)
-    if official is not None:
-        from models.official import load_official
-
-        heads = num_heads or MODELS[model_name]["num_heads"]
-        model, _ = load_official(official, heads, info.img_size, exit_heads="uem")
-    else:
-        torch.manual_seed(seed)
-        model = make_model(model_name, info.img_size, info.channels, exit_heads="uem")
-    model = model.to(dev).eval()
+    model = _model(model_name, info, official, num_heads, seed).to(dev).eval()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, info.channels, info.img_size, info.img_size, generator=g).to(dev)
     t = torch.linspace(0, T - 1, batch).to(dev)
     amp = AUTOCAST[autocast]
+    never = EarlyExitDenoiser(model, make_policy("full"), T)
+    executors = {"never-exit": never}
+    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+        for target in targets:
 
-    def ctx():
-        return torch.autocast(dev.type, dtype=amp, enabled=amp is not None)
+            def run(tau: float | None) -> tuple[float, float]:
+                ex = never.with_policy(make_policy("uem", tau))
+                ex(x, t)
+                return ex.flop_ratio, ex.layer_ratio
 
-    executors = {"never-exit": EarlyExitDenoiser(model, make_policy("full"), T)}
-    for target in targets:
-        ex = EarlyExitDenoiser(model, make_policy("uem", 0.5), T)
-        with ctx():
-            tau, _ = _tau_for(ex, x, t, target)
-        ex.policy = make_policy("uem", tau)
-        executors[f"uem tau={tau:.4f}"] = ex
-    calls = {"plain": lambda: model(x, t)}
-    calls.update({k: (lambda e=e: e(x, t)) for k, e in executors.items()})
-    with ctx():
-        med = interleaved_medians(calls, repeats)
-    rows = []
-    for k, ex in executors.items():
-        ex.reset()
-        with ctx():
-            ex(x, t)
-        rows.append(
-            {
-                "executor": k,
-                "flop_ratio": ex.flop_ratio,
-                "layer_ratio": ex.layer_ratio,
-                "wall_ratio": med[k] / med["plain"],
-                "ms_per_call": 1e3 * med[k],
-                "plain_ms_per_call": 1e3 * med["plain"],
-                "images_per_s": batch / med[k],
-            }
-        )
+            tau = search_knob("uem", target, run, model.depth, iters=20, tol=0.0).knob
+            executors[f"uem tau={tau:.4f}"] = never.with_policy(make_policy("uem", tau))
+        rows = wall_table(model, executors, x, t, repeats)
     env = {
         "model": model_name,
         "params": sum(p.numel() for p in model.parameters()),
@@ -126,6 +100,16 @@ def measure_throughput(
     return [{**env, **r} for r in rows]
 
 
+def _flop_ratio(text: str) -> float:
+    """argparse type of a target FLOP ratio (checked by the calibrator's own rule)."""
+    try:
+        return check_target(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"--targets must be FLOP ratios in (0, 1], got {text}"
+        ) from e
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.throughput",
@@ -135,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="uvit-s2", choices=list(MODELS))
     p.add_argument("--dataset", default="cifar10", choices=list(DATASETS), help="geometry only")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.75, 0.6, 0.45])
+    p.add_argument(
+        "--targets",
+        type=_flop_ratio,
+        nargs="+",
+        default=[0.9, 0.75, 0.6, 0.45],
+        help="FLOP ratios in (0, 1] to search the uem threshold for",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--autocast", default="none", choices=list(AUTOCAST))
     p.add_argument("--repeats", type=int, default=10, help="interleaved timed repeats")
@@ -146,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.batch < 1 or a.repeats < 1:
         p.error("--batch and --repeats must be >= 1")
-    if not all(0 < x <= 1 for x in a.targets):
-        p.error(f"--targets must be FLOP ratios in (0, 1], got {a.targets}")
     try:
         rows = measure_throughput(
             a.model,

@@ -15,7 +15,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,13 +22,22 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from adaptive.recipes import RECIPES, get_recipe
+from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
 from bench.cache import ArtifactCache, config_hash
-from bench.data import DATASETS, TensorImages, dataset_info, load_dataset, set_data_options
+from bench.data import DATASETS, DataSource, TensorImages, data_source, dataset_info
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
 
-__all__ = ["TrainConfig", "TrainedModel", "build_model", "load_or_train", "main", "resolve_device"]
+__all__ = [
+    "BUDGETS",
+    "Budget",
+    "TrainConfig",
+    "TrainedModel",
+    "build_model",
+    "load_or_train",
+    "main",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +81,7 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.p_uncond < 1:
             raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
-        for name in ("lr", "min_lr", "finetune_lr", "weight_decay", "grad_clip", *_LOSS_WEIGHTS):
+        for name in ("lr", "min_lr", "finetune_lr", "weight_decay", "grad_clip", *LOSS_WEIGHTS):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -82,8 +90,14 @@ class TrainConfig:
 
     @property
     def key(self) -> str:
-        revision = get_recipe(self.recipe).revision  # a recipe whose meaning changed: new keys
-        return config_hash((self, revision) if revision else self, kind="checkpoint")
+        return self.identity_hash(self, kind="checkpoint")
+
+    def identity_hash(self, obj: Any, kind: str) -> str:
+        """The hash of ``obj`` (this config, or one built on it such as a pruning config) with
+        this recipe's ``revision``: a recipe whose meaning changed gets new keys for everything
+        made from it, while unchanged recipes (revision 0) keep theirs."""
+        revision = get_recipe(self.recipe).revision
+        return config_hash((obj, revision) if revision else obj, kind=kind)
 
     @property
     def base(self) -> TrainConfig | None:
@@ -97,7 +111,7 @@ class TrainConfig:
         recipe = get_recipe(self.recipe)
         if not recipe.finetune:
             return dataclasses.replace(self, **_FINETUNE_ONLY)
-        unused = {k: _FINETUNE_ONLY[k] for k in _LOSS_WEIGHTS if k not in recipe.weights}
+        unused = {k: _FINETUNE_ONLY[k] for k in LOSS_WEIGHTS if k not in recipe.weights}
         return dataclasses.replace(self, **unused)
 
     def make_schedule(self) -> VPSchedule:
@@ -106,8 +120,27 @@ class TrainConfig:
 
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-_FINETUNE_ONLY = dict(finetune_steps=1000, finetune_lr=3e-4, lambda_u=1.0, lambda_ual=1.0)
-_LOSS_WEIGHTS = ("lambda_u", "lambda_ual")  # the fields a recipe may take as loss weights
+# Fields that only mean something when fine-tuning (reset to their defaults otherwise).
+_FINETUNE_ONLY = {
+    f.name: f.default
+    for f in dataclasses.fields(TrainConfig)
+    if f.name in ("finetune_steps", "finetune_lr", *LOSS_WEIGHTS)
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training lengths of a model size where they differ from the defaults (smoke models)."""
+
+    steps: int
+    finetune_steps: int
+    prune_finetune_steps: int
+
+
+# The `micro` model exists for tests and smoke sweeps: seconds of training, not minutes.
+BUDGETS: dict[str, Budget] = {
+    "micro": Budget(steps=200, finetune_steps=50, prune_finetune_steps=50)
+}
 
 
 @dataclass
@@ -186,7 +219,7 @@ def _ema_update(ema: nn.Module, model: nn.Module, step: int, decay: float) -> No
 def train(
     cfg: TrainConfig,
     device: torch.device | str = "cpu",
-    data_root: str | Path | None = None,
+    data: DataSource | None = None,
     progress: bool = True,
     init: dict[str, Tensor] | None = None,
     model: UViT | None = None,
@@ -200,7 +233,7 @@ def train(
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset, "train", root=data_root)
+    ds = data_source(data).load(cfg.dataset, "train")
     info = dataset_info(cfg.dataset)
     finetune = init is not None or model is not None
     if model is None:
@@ -280,7 +313,7 @@ def load_or_train(
     cfg: TrainConfig,
     cache: ArtifactCache | None = None,
     device: torch.device | str = "cpu",
-    data_root: str | Path | None = None,
+    data: DataSource | None = None,
     progress: bool = True,
     autocast: torch.dtype | None = None,
 ) -> TrainedModel:
@@ -295,9 +328,9 @@ def load_or_train(
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
         init = None
         if cfg.base is not None:
-            base = load_or_train(cfg.base, cache, device, data_root, progress, autocast)
+            base = load_or_train(cfg.base, cache, device, data, progress, autocast)
             init = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
-        return train(cfg, device, data_root, progress, init=init, autocast=autocast)
+        return train(cfg, device, data, progress, init=init, autocast=autocast)
 
     tensors, meta, cached = cache.get_or_build("checkpoint", cfg.key, build)
     model = build_model(cfg)
@@ -370,12 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             lambda_ual=a.lambda_ual,
         )
         device = resolve_device(a.device)
-        set_data_options(a.data_root, a.download)
         trained = load_or_train(
             cfg,
             ArtifactCache(a.cache_dir),
             device,
-            a.data_root,
+            DataSource(a.data_root, a.download),
             not a.no_progress,
             AUTOCAST[a.autocast],
         )

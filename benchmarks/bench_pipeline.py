@@ -11,12 +11,10 @@ the history. Everything here is CPU-sized: the whole suite takes a few minutes o
 
 from __future__ import annotations
 
-from adaptive.calibrate import calibrate
-from adaptive.executor import EarlyExitDenoiser
-from adaptive.policies import POLICIES, make_policy
-from bench.grid import Cell, run_cell
-from bench.sampling import IMAGE_SAMPLER_DEFAULTS, generate
-from bench.train import TrainConfig, load_or_train
+from adaptive.policies import POLICIES
+from bench.cell import Cell
+from bench.pipeline import build_pipeline
+from bench.run import run_cell
 
 POLICY = ["full", "uem"]
 SAMPLER = ["ddim", "dpm-solver++"]
@@ -27,21 +25,16 @@ BATCH = 64  # images per timed sampling run
 QUALITY_SAMPLES = 500
 
 
-def _executor(policy: str, sampler: str, steps: int):
-    """The calibrated executor and the schedule for one (policy, sampler, steps)."""
-    tm = load_or_train(TrainConfig(recipe=POLICIES[policy].recipe), progress=False)
-    knob = None
-    if POLICIES[policy].knob_name is not None:
-        knob = calibrate(
-            tm.model,
-            tm.schedule,
-            policy,
-            TARGET,
-            sampler=sampler,
-            steps=steps,
-            sampler_kw=IMAGE_SAMPLER_DEFAULTS[sampler],
-        ).knob
-    return EarlyExitDenoiser(tm.model, make_policy(policy, knob), tm.schedule.T), tm.schedule
+def _cell(policy: str, sampler: str, steps: int, samples: int) -> Cell:
+    """The grid cell of one benchmark parameter combination."""
+    return Cell(
+        recipe=POLICIES[policy].recipe,
+        policy=policy,
+        target_flop_ratio=None if POLICIES[policy].knob_name is None else TARGET,
+        sampler=sampler,
+        steps=steps,
+        samples=samples,
+    )
 
 
 class Sampling:
@@ -54,10 +47,8 @@ class Sampling:
     warmup_time = 0.5
 
     def setup(self, policy: str, sampler: str, steps: int) -> None:
-        self.ex, self.schedule = _executor(policy, sampler, steps)
-        self.run = lambda: generate(
-            self.ex, self.schedule, sampler, steps, BATCH, (1, 8, 8), batch_size=BATCH
-        )
+        pipe = build_pipeline(_cell(policy, sampler, steps, BATCH), progress=False)
+        self.run = lambda: pipe.sample(BATCH, seed=0, batch_size=BATCH)
 
     def time_sample_64_images(self, policy: str, sampler: str, steps: int) -> None:
         self.run()
@@ -81,14 +72,7 @@ class Quality:
         for policy in POLICY:
             for sampler in SAMPLER:
                 for steps in STEPS:
-                    cell = Cell(
-                        recipe=POLICIES[policy].recipe,
-                        policy=policy,
-                        target_flop_ratio=None if policy == "full" else TARGET,
-                        sampler=sampler,
-                        steps=steps,
-                        samples=QUALITY_SAMPLES,
-                    )
+                    cell = _cell(policy, sampler, steps, QUALITY_SAMPLES)
                     out[(policy, sampler, steps)] = run_cell(cell, ArtifactCache())
         return out
 

@@ -1,5 +1,25 @@
-"""Structured pruning with torch-pruning, fine-tuning, and replayable pruning recipes."""
+"""Structured pruning with torch-pruning and replayable pruning recipes.
 
-from pruning.core import IMPORTANCES, PruneResult, prune, replay
+Imports only ``models`` and torch-pruning; the harness glue (cached pruned checkpoints, the
+fine-tune, the ``python -m bench.prune`` command) lives in :mod:`bench.prune`.
+"""
 
-__all__ = ["IMPORTANCES", "PruneResult", "prune", "replay"]
+from pruning.core import (
+    DEFAULT_IMPORTANCE,
+    IMPORTANCES,
+    Importance,
+    PruneResult,
+    check_prune,
+    prune,
+    replay,
+)
+
+__all__ = [
+    "DEFAULT_IMPORTANCE",
+    "IMPORTANCES",
+    "Importance",
+    "PruneResult",
+    "check_prune",
+    "prune",
+    "replay",
+]

@@ -4,7 +4,8 @@ What is removed: whole attention heads (``qkv`` rows of a head, and the matching
 inputs) and MLP hidden channels, each by ``ratio``. The embedding width is kept: the exit heads
 (UEM, LTE) and the shared output head read it, so they stay consistent untouched. (Width pruning
 through torch-pruning broke on the time/class tokens concatenated along the token axis; not
-offered until that is solved.) Importance criteria by name (:data:`IMPORTANCES`):
+offered until that is solved.) Importance criteria by name (:data:`IMPORTANCES`, each an
+:class:`Importance`):
 
 - ``magnitude``: L2 norm of each group's weights (torch-pruning's GroupMagnitudeImportance);
 - ``taylor``: first-order Taylor |w * dL/dw| with the gradient of the eps loss at random timesteps;
@@ -20,8 +21,9 @@ pruning history and the head counts, and rebuilt by :func:`replay` on a fresh ba
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,17 +33,102 @@ from torch import Tensor, nn
 from models import UViT
 from models.uvit import Attention
 
-__all__ = ["IMPORTANCES", "PruneResult", "prune", "replay"]
+__all__ = [
+    "DEFAULT_IMPORTANCE",
+    "IMPORTANCES",
+    "Importance",
+    "PruneResult",
+    "check_prune",
+    "prune",
+    "replay",
+]
 
 log = logging.getLogger(__name__)
 
-IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
-    "magnitude": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-    "taylor": lambda: tp.importance.GroupTaylorImportance(),
-    "diff-pruning": lambda: tp.importance.GroupTaylorImportance(),
-    "random": lambda: tp.importance.RandomImportance(),
+
+class Importance(ABC):
+    """A pruning criterion, in the style of Torch-Pruning's ``Importance``: :meth:`scorer` is the
+    torch-pruning object that ranks each group's channels; a criterion that ranks by gradients
+    fills ``.grad`` first in :meth:`prepare`. Register new criteria in :data:`IMPORTANCES`."""
+
+    name: ClassVar[str]
+    needs_gradients: ClassVar[bool] = False
+
+    def __init__(self, timesteps: list[int] | None = None) -> None:
+        self.timesteps = timesteps  # Diff-Pruning's; criteria that draw timesteps ignore it
+
+    @abstractmethod
+    def scorer(self) -> tp.importance.Importance:
+        """The torch-pruning importance that scores the groups."""
+
+    def prepare(  # noqa: B027  (optional hook)
+        self, model: UViT, data: Tensor, alphas_cumprod: Tensor, batches: int, gen: torch.Generator
+    ) -> None:
+        """Called once before scoring (with the model in train mode)."""
+
+
+class Magnitude(Importance):
+    """L2 norm of each group's weights (torch-pruning's GroupMagnitudeImportance)."""
+
+    name = "magnitude"
+
+    def scorer(self):
+        return tp.importance.GroupMagnitudeImportance(p=2)
+
+
+class Taylor(Importance):
+    """First-order Taylor |w * dL/dw|, the eps loss at uniformly random timesteps."""
+
+    name = "taylor"
+    needs_gradients = True
+
+    def scorer(self):
+        return tp.importance.GroupTaylorImportance()
+
+    def steps(self, T: int) -> list[int] | None:
+        """The timesteps every batch is evaluated at (None: random ones per batch)."""
+        return None
+
+    def prepare(self, model, data, alphas_cumprod, batches, gen):
+        steps = self.steps(len(alphas_cumprod))
+        _accumulate_gradients(model, data, alphas_cumprod, steps, batches, gen)
+
+
+class DiffPruning(Taylor):
+    """Diff-Pruning's timestep-aware Taylor (Fang et al. 2023, Sec. 3.2): every batch at each
+    of a set of timesteps (default 10 evenly spaced over [0, T)), each with its own loss."""
+
+    name = "diff-pruning"
+
+    def steps(self, T: int) -> list[int]:
+        if self.timesteps is not None:
+            return self.timesteps
+        return [int(t) for t in torch.linspace(0, T - 1, 10).round()]
+
+
+class RandomImportance(Importance):
+    """A control: random scores."""
+
+    name = "random"
+
+    def scorer(self):
+        return tp.importance.RandomImportance()
+
+
+IMPORTANCES: dict[str, type[Importance]] = {
+    c.name: c for c in (Magnitude, Taylor, DiffPruning, RandomImportance)
 }
-NEEDS_GRADIENTS = {"taylor", "diff-pruning"}
+DEFAULT_IMPORTANCE = "diff-pruning"
+
+
+def check_prune(ratio: float, importance: str) -> None:
+    """The one check of a pruning request: ``ratio`` in [0, 1), a registered criterion."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"prune ratio must be in [0, 1), got {ratio!r}")
+    if importance not in IMPORTANCES:
+        raise ValueError(
+            f"unknown importance {importance!r}; valid choices: {', '.join(IMPORTANCES)}"
+        )
 
 
 @dataclass
@@ -168,12 +255,7 @@ def prune(
     ``data`` (real images in [-1, 1]) and ``alphas_cumprod`` are needed by the gradient-based
     criteria. ``timesteps`` are Diff-Pruning's (default: 10 evenly spaced over [0, T)).
     """
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio!r}")
-    if importance not in IMPORTANCES:
-        raise ValueError(
-            f"unknown importance {importance!r}; valid choices: {', '.join(IMPORTANCES)}"
-        )
+    check_prune(ratio, importance)
     torch.manual_seed(seed)
     with torch.enable_grad():  # torch-pruning traces the graph through autograd
         return _prune_with_grad(
@@ -182,17 +264,13 @@ def prune(
 
 
 def _prune_with_grad(model, ratio, importance, data, alphas_cumprod, timesteps, batches, seed):
-    pruner = _pruner(model, IMPORTANCES[importance](), ratio)
-    if importance in NEEDS_GRADIENTS:
+    criterion = IMPORTANCES[importance](timesteps)
+    pruner = _pruner(model, criterion.scorer(), ratio)
+    if criterion.needs_gradients:
         if data is None or alphas_cumprod is None:
             raise ValueError(f"importance {importance!r} needs data and the noise schedule")
-        T = len(alphas_cumprod)
-        if importance == "diff-pruning" and timesteps is None:
-            timesteps = [int(t) for t in torch.linspace(0, T - 1, 10).round()]
-        gen = torch.Generator().manual_seed(seed)
-        ts = timesteps if importance == "diff-pruning" else None
         model.train()
-        _accumulate_gradients(model, data, alphas_cumprod, ts, batches, gen)
+        criterion.prepare(model, data, alphas_cumprod, batches, torch.Generator().manual_seed(seed))
     pruner.step()
     model.zero_grad(set_to_none=True)
     heads = _write_back_heads(model)

@@ -66,9 +66,9 @@ def test_ablation_writes_its_table_and_figures(ablation_dir):
 
 
 def test_report_only_redraws_without_running(ablation_dir, monkeypatch):
-    from bench import grid
+    from bench import run
 
-    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(run, "run_cell", lambda *a, **k: pytest.fail("work started"))
     (ablation_dir / "ablation.md").unlink()
     assert main(["--out", str(ablation_dir), "--report-only"]) == 0
     assert (ablation_dir / "ablation.md").exists()

@@ -51,7 +51,7 @@ def _files(tmp: Path) -> dict[str, str]:
     grid.mkdir(parents=True)
     from test_store import fake_record
 
-    from bench.grid import Cell
+    from bench.cell import Cell
 
     rec = fake_record(Cell(model="micro", steps=2, samples=8))
     (grid / f"{rec['key']}.json").write_text(json.dumps(rec))
@@ -81,7 +81,7 @@ CASES = [
     ("bench.ablation", "--config {steps_str} --out {out}", "field 'steps' must be an integer"),
     ("bench.throughput", "--model micro --official {evil} --out {out}", "was refused"),
     ("bench.throughput", "--model micro --targets 1.5 --out {out}", "--targets must be"),
-    ("pruning", "--ratio 1.5 --model micro --cache-dir {cache}", "ratio must be in [0, 1)"),
+    ("bench.prune", "--ratio 1.5 --model micro --cache-dir {cache}", "ratio must be in [0, 1)"),
 ]
 
 

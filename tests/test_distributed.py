@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from bench.cache import ArtifactCache
-from bench.grid import load_config, load_records, main, pending
+from bench.grid import load_config, main
+from bench.store import load_records, pending
 
 SWEEP = """
 [sweep]

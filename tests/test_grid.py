@@ -7,8 +7,12 @@ import pytest
 import torch
 
 import bench.grid as grid
-from bench.cache import config_hash
-from bench.grid import Cell, load_config, main
+import bench.pipeline as pipeline
+import bench.run as runner
+from bench.cache import ArtifactCache, config_hash
+from bench.cell import Cell
+from bench.grid import load_config, main
+from bench.store import write_tables
 
 
 def _cfg(tmp_path, body: str):
@@ -84,7 +88,7 @@ def test_config_sweep_expands_axes(tmp_path):
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, capsys, monkeypatch):
-    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as e:
         main(["--config", str(_cfg(tmp_path, body)), "--out", str(tmp_path / "out")])
     assert e.value.code == 2
@@ -99,7 +103,7 @@ def test_bad_config_is_one_clear_error_before_any_work(tmp_path, body, match, ca
 def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = ["--config", str(_cfg(tmp_path, SMALL)), "--out", str(out), "--cache-dir", str(cache)]
-    real, calls = grid.run_cell, []
+    real, calls = runner.run_cell, []
 
     def crash_on_third(cell, *a, **k):
         calls.append(cell.key)
@@ -107,7 +111,7 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed mid-cell")  # not an error a cell records
         return real(cell, *a, **k)
 
-    monkeypatch.setattr(grid, "run_cell", crash_on_third)
+    monkeypatch.setattr(runner, "run_cell", crash_on_third)
     with pytest.raises(KeyboardInterrupt, match="killed"):
         main(args)
     done = sorted(p.name for p in (out / "records").iterdir())
@@ -116,7 +120,7 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
 
     calls.clear()
     monkeypatch.setattr(
-        grid, "run_cell", lambda cell, *a, **k: (calls.append(cell.key), real(cell, *a, **k))[1]
+        runner, "run_cell", lambda cell, *a, **k: (calls.append(cell.key), real(cell, *a, **k))[1]
     )
     assert main(args) == 0
     assert len(calls) == 2  # only the unfinished cells ran again
@@ -137,12 +141,12 @@ def test_nonfinite_samples_are_flagged_not_averaged(tmp_path, monkeypatch):
         timings.append(0.1)
         return torch.full((16, 1, 8, 8), float("nan")), 2
 
-    monkeypatch.setattr(grid, "generate", nan_generate)
-    rec = grid.run_cell(
-        Cell(model="micro", steps=2, samples=16), grid.ArtifactCache(tmp_path), torch.device("cpu")
+    monkeypatch.setattr(pipeline, "generate", nan_generate)
+    rec = runner.run_cell(
+        Cell(model="micro", steps=2, samples=16), ArtifactCache(tmp_path), torch.device("cpu")
     )
     assert rec["nonfinite"] is True and rec["fid"] is None
-    grid.write_tables(tmp_path, [rec])
+    write_tables(tmp_path, [rec])
     summary = (tmp_path / "summary.md").read_text()
     assert "Best FID" in summary and "| 1.0 |" not in summary  # never counted as a best cell
 
@@ -168,7 +172,7 @@ def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
         steps=4,
         samples=64,
     )
-    rec = grid.run_cell(cell, grid.ArtifactCache(tmp_path), torch.device("cpu"))
+    rec = runner.run_cell(cell, ArtifactCache(tmp_path), torch.device("cpu"))
     # Same 64-sample batch size; the seeds differ, so allow sampling noise.
     assert abs(rec["flop_ratio_per_call"] - rec["calibration_flop_ratio"]) < 0.1, rec
 
@@ -196,16 +200,16 @@ def test_cell_keys_ignore_fields_at_their_default():
 def test_guided_cells_sample_the_class_conditional_model(tmp_path):
     """guidance selects the class-conditional checkpoint and samples 2 rows per image per call;
     cfg_exit_together makes a sample's two rows exit at one block."""
-    cache = grid.ArtifactCache(tmp_path, shipped=())
+    cache = ArtifactCache(tmp_path, shipped=())
     common = dict(model="micro", recipe="uem", sampler="ddim", steps=2, samples=16)
-    plain = grid.run_cell(Cell(**common, policy="full", guidance=2.0), cache)
+    plain = runner.run_cell(Cell(**common, policy="full", guidance=2.0), cache)
     assert (
         plain["nfe"] == 2
         and plain["fid"] > 0
         and plain["flop_ratio_per_call"] == pytest.approx(1.0)
     )
     assert plain["flop_ratio_vs_reference"] == pytest.approx(2 / 1000)  # 2 of T=1000 steps
-    together = grid.run_cell(
+    together = runner.run_cell(
         Cell(**common, policy="uem", knob=0.5, guidance=2.0, cfg_exit_together=True), cache
     )
     counts = torch.tensor(together["exit_histogram"]["counts"]).sum(0)
@@ -248,7 +252,7 @@ def test_kill_9_mid_sweep_loses_nothing(tmp_path, shared_cache_dir):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_cuda_cells_fail_before_any_work_without_cuda(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as e:
         main(["--config", str(_cfg(tmp_path, '[[cell]]\ndevice = "cuda"\n'))])
     assert e.value.code == 2 and "sees no CUDA device" in capsys.readouterr().err
@@ -271,12 +275,12 @@ def test_side_by_side_timing_flags_an_unstable_reference(
         plain = (plain_times * 2)[:repeats]
         return {"plain": plain, "cell": [0.6 * t for t in plain]}
 
-    monkeypatch.setattr(grid, "interleaved_times", fake_times)
+    monkeypatch.setattr(runner, "interleaved_times", fake_times)
     x = torch.zeros(2, 1, 8, 8)
-    wall = grid._side_by_side_wall_ratio(
+    wall = runner._side_by_side_wall_ratio(
         lambda *a: x, lambda *a: x, [(x, torch.zeros(2), None)], None, torch.device("cpu")
     )
-    assert len(calls) == measured and calls[0] == grid.WALL_REPEATS
+    assert len(calls) == measured and calls[0] == runner.WALL_REPEATS
     assert wall["timing_unstable"] is unstable
     assert wall["wall_ratio_per_call"] == pytest.approx(0.6)
     assert len(wall["wall_ratio_repeats"]) == calls[-1]

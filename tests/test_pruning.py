@@ -9,10 +9,10 @@ import samplers
 from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import make_policy
 from bench.data import as_tensors, load_dataset
+from bench.prune import PruneConfig, load_or_prune, pruned_before_finetune
 from bench.train import TrainConfig
 from models import make_model
 from pruning import IMPORTANCES, prune, replay
-from pruning.pipeline import PruneConfig, load_or_prune, pruned_before_finetune
 
 T = 1000
 
@@ -81,7 +81,7 @@ def test_bad_prune_arguments(kw, match):
 
 
 def test_cli_bad_ratio_exits_2(capsys):
-    from pruning.__main__ import main
+    from bench.prune import main
 
     with pytest.raises(SystemExit) as e:
         main(["--ratio", "1.5"])
@@ -113,8 +113,8 @@ def test_a_changed_base_recipe_gets_a_new_pruned_key():
     """`uem` changed meaning (recipe revision 1): its pruned model must not reuse the old one's
     key, while pruned models of unchanged recipes keep theirs."""
     from bench.cache import config_hash
+    from bench.prune import PruneConfig
     from bench.train import TrainConfig
-    from pruning.pipeline import PruneConfig
 
     full = PruneConfig(base=TrainConfig(recipe="full").normalised())
     assert full.key == config_hash(full, kind="pruned")

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import grid, store
-from bench.grid import Cell, main
+from bench import run as runner
+from bench import store
+from bench.cell import Cell
+from bench.grid import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = [Cell(model="micro", steps=s, samples=8) for s in (1, 2, 3, 4, 5, 6)]
@@ -50,12 +52,12 @@ def _sweep(tmp_path: Path, cells: list[Cell]) -> Path:
 
 
 def _run(tmp_path, monkeypatch, cells, calls=None):
-    def run_cell(cell, cache, device=None, sample_grid=None):
+    def run_cell(cell, cache, device=None, sample_grid=None, data=None):
         if calls is not None:
             calls.append(cell.key)
         return fake_record(cell)
 
-    monkeypatch.setattr(grid, "run_cell", run_cell)
+    monkeypatch.setattr(runner, "run_cell", run_cell)
     out = tmp_path / "out"
     args = ["--config", str(_sweep(tmp_path, cells)), "--out", str(out)]
     return main([*args, "--cache-dir", str(tmp_path / "cache")]), out
@@ -77,7 +79,7 @@ def test_a_bad_record_is_moved_aside_and_its_cell_rerun(tmp_path, monkeypatch, d
     assert rc == 0 and len(calls) == 2
     path = store.record_path(out, CELLS[0])
     path.write_text(damage(path.read_text()))
-    assert [c.key for c in grid.pending(CELLS[:2], out, move_bad=False)] == [CELLS[0].key]
+    assert [c.key for c in store.pending(CELLS[:2], out, move_bad=False)] == [CELLS[0].key]
     assert path.exists()  # a dry look moves nothing
     rc, _ = _run(tmp_path, monkeypatch, CELLS[:2], calls)
     assert rc == 0 and calls[2:] == [CELLS[0].key]  # only the damaged cell ran again
@@ -112,16 +114,16 @@ def test_concurrent_sweeps_split_the_cells_and_run_each_once(tmp_path):
             f"""
             import os, sys, time
             sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
-            from bench import grid
+            from bench import grid, run
             from test_store import fake_record
 
-            def run_cell(cell, cache, device=None, sample_grid=None):
+            def run_cell(cell, cache, device=None, sample_grid=None, data=None):
                 with open({str(log)!r}, "a") as f:
                     f.write(f"{{os.getpid()}} {{cell.key}}\\n")
                 time.sleep(0.4)
                 return fake_record(cell)
 
-            grid.run_cell = run_cell
+            run.run_cell = run_cell
             sys.exit(grid.main(sys.argv[1:]))
             """
         )
@@ -138,7 +140,7 @@ def test_concurrent_sweeps_split_the_cells_and_run_each_once(tmp_path):
     keys = [line.split()[1] for line in log.read_text().splitlines()]
     assert sorted(keys) == sorted(c.key for c in CELLS)  # each once
     assert len({line.split()[0] for line in log.read_text().splitlines()}) == 2  # both worked
-    assert grid.pending(CELLS, tmp_path / "out") == []
+    assert store.pending(CELLS, tmp_path / "out") == []
 
 
 def test_a_claim_held_by_a_killed_process_is_free_again(tmp_path):
@@ -152,7 +154,7 @@ def test_a_claim_held_by_a_killed_process_is_free_again(tmp_path):
                 import sys, time
                 sys.path.insert(0, {str(ROOT)!r})
                 from pathlib import Path
-                from bench.grid import Cell
+                from bench.cell import Cell
                 from bench.store import claim
                 with claim(Path({str(out)!r}), Cell(model="micro", steps=1, samples=8)) as mine:
                     print(mine, flush=True)
@@ -190,7 +192,7 @@ def test_preflight_turns_a_full_or_read_only_disk_into_one_line(
         raise OSError(err, os.strerror(err))
 
     monkeypatch.setattr(store.os, "write", refuse)
-    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as e:
         main(["--config", str(_sweep(tmp_path, CELLS[:1])), "--out", str(tmp_path / "out")])
     assert e.value.code == 2
@@ -200,7 +202,7 @@ def test_preflight_turns_a_full_or_read_only_disk_into_one_line(
 
 def test_an_output_folder_that_cannot_exist_fails_before_any_work(tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("x")
-    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as e:
         args = ["--config", str(_sweep(tmp_path, CELLS[:1])), "--out"]
         main([*args, str(tmp_path / "file" / "out")])

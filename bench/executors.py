@@ -1,0 +1,85 @@
+"""Where a sweep's cells run: one registry of executors with one signature.
+
+Every executor takes the cells still to run, the output folder and :class:`RunOptions`, calls
+:func:`bench.run.run_and_store` once per cell (in this process, in local worker processes or on
+Dask workers) and returns ``{cell key: status}`` with the statuses ``run_and_store`` reports.
+Records reach the store only through ``run_and_store``, so every executor gets the same
+guarantees: atomic records, claims, failures recorded, resumable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from bench.cell import Cell
+from bench.data import DataSource
+from bench.run import run_and_store, threads_per_worker
+
+__all__ = ["EXECUTORS", "RunOptions", "run_inprocess", "run_local"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every executor needs besides the cells: the artifact cache, the data source, and
+    the worker settings (``workers`` processes; Dask's ``scheduler`` address and ``retries``)."""
+
+    cache_dir: str | None = None
+    data: DataSource | None = None
+    workers: int = 2
+    scheduler: str | None = None
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+
+
+def run_inprocess(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
+    """One cell after the other in this process."""
+    return {
+        c.key: run_and_store(c, out, opts.cache_dir, data=opts.data)[0]
+        for c in tqdm(cells, desc="cells")
+    }
+
+
+def run_local(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
+    """Each cell in one of ``opts.workers`` fresh processes (spawned: forking after torch has
+    started its thread pools can deadlock); CPU threads are split between them."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    threads = threads_per_worker(opts.workers)
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(opts.workers, mp_context=ctx) as pool:
+        futures = {
+            pool.submit(run_and_store, c, out, opts.cache_dir, threads, opts.data): c for c in cells
+        }
+        status = {}
+        for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="cells"):
+            status[futures[fut].key] = fut.result()[0]
+    return status
+
+
+def _run_dask(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
+    from bench.distributed import run_dask  # dask is an optional dependency
+
+    return run_dask(
+        cells,
+        out,
+        opts.cache_dir,
+        scheduler=opts.scheduler,
+        workers=opts.workers,
+        retries=opts.retries,
+        data=opts.data,
+    )
+
+
+EXECUTORS: dict[str, Callable[[list[Cell], Path, RunOptions], dict[str, str]]] = {
+    "inprocess": run_inprocess,
+    "local": run_local,
+    "dask": _run_dask,
+}

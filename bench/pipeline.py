@@ -1,0 +1,162 @@
+"""One cell, one runnable pipeline: model -> pruning -> exits -> sampler -> evaluation.
+
+:func:`build_pipeline` is the only place that turns a :class:`~bench.cell.Cell` into something
+that samples: the grid (:mod:`bench.run`), the figure scripts and the asv suite all go through
+it, so a knob means the same thing everywhere. The exit knob is calibrated on the cell's own
+sampler, guidance, device and autocast (calibrated knobs do not transfer across numerics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adaptive.calibrate import Calibration, calibrate
+from adaptive.executor import CostModel, EarlyExitDenoiser
+from adaptive.policies import make_policy
+from bench.cache import ArtifactCache
+from bench.cell import Cell, cell_prune_config, cell_train_config
+from bench.data import DatasetInfo, DataSource, dataset_info
+from bench.metrics import evaluate, get_extractor
+from bench.prune import load_or_prune
+from bench.sampling import generate, image_sampler_options
+from bench.train import AUTOCAST, TrainedModel, load_or_train, resolve_device
+from models import UViT
+from samplers import ClassifierFreeGuidance, Denoiser, VPSchedule
+
+__all__ = ["CALIBRATION_SAMPLES", "TIMING_BATCH", "Pipeline", "build_pipeline"]
+
+# Samples are generated in batches of this size (the wall-clock unit of a cell).
+TIMING_BATCH = 250
+CALIBRATION_SAMPLES = 64  # the calibration batch (its seed is distinct from evaluation seeds)
+
+
+@dataclass
+class Pipeline:
+    """A cell made runnable: the models it runs, its calibrated executor and how it samples."""
+
+    cell: Cell
+    device: torch.device
+    base: TrainedModel  # the unpruned checkpoint (the FLOP and wall-clock reference)
+    model: UViT  # what runs: the base model or its pruned version
+    executor: EarlyExitDenoiser
+    calibration: Calibration | None
+    info: DatasetInfo
+    data: DataSource | None = None
+
+    @property
+    def schedule(self) -> VPSchedule:
+        return self.base.schedule
+
+    @property
+    def knob(self) -> float | None:
+        return self.cell.knob if self.calibration is None else self.calibration.knob
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.info.channels, self.info.img_size, self.info.img_size)
+
+    @property
+    def rows_per_sample(self) -> int:
+        """Denoiser rows per sample and step (2 under classifier-free guidance)."""
+        return 2 if self.cell.guidance is not None else 1
+
+    @property
+    def unpruned_flops(self) -> int:
+        """FLOPs of one row through the unpruned, never-exiting model."""
+        return CostModel(self.base.model, self.schedule.T).full
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        amp = AUTOCAST[self.cell.autocast]
+        return torch.autocast(self.device.type, dtype=amp, enabled=amp is not None)
+
+    def denoiser(self, inner: Denoiser | None = None) -> Denoiser:
+        """``inner`` (default: the executor) under the cell's guidance."""
+        inner = self.executor if inner is None else inner
+        if self.cell.guidance is None:
+            return inner
+        return ClassifierFreeGuidance(inner, self.cell.guidance, self.info.num_classes)
+
+    def labels(self, n: int) -> Tensor | None:
+        """Class labels of ``n`` guided samples (cycling through the classes), else None."""
+        return None if self.cell.guidance is None else torch.arange(n) % self.info.num_classes
+
+    def sample(
+        self,
+        n: int,
+        seed: int,
+        *,
+        denoiser: Denoiser | None = None,
+        timings: list[float] | None = None,
+        batch_size: int = TIMING_BATCH,
+    ) -> tuple[Tensor, int]:
+        """``n`` samples (on the CPU) and the NFE per batch, under the cell's autocast."""
+        with self.autocast():
+            return generate(
+                self.denoiser() if denoiser is None else denoiser,
+                self.schedule,
+                self.cell.sampler,
+                self.cell.steps,
+                n,
+                self.shape,
+                batch_size=batch_size,
+                seed=seed,
+                cond=self.labels(n),
+                device=self.device,
+                timings=timings,
+            )
+
+    def evaluate(self, images: Tensor, cache: ArtifactCache) -> dict[str, Any]:
+        """FID / KID of ``images`` with the cell's extractor and reference split."""
+        ext = get_extractor(
+            self.cell.extractor, self.cell.dataset, cache, device=str(self.device), data=self.data
+        )
+        return evaluate(
+            images, self.cell.dataset, ext, cache, split=self.cell.reference, data=self.data
+        )
+
+
+def build_pipeline(
+    cell: Cell,
+    cache: ArtifactCache | None = None,
+    device: torch.device | None = None,
+    *,
+    data: DataSource | None = None,
+    progress: bool = True,
+) -> Pipeline:
+    """The cell's trained (and, if asked, pruned) model, its exit policy with the knob calibrated
+    to ``cell.target_flop_ratio`` where one is set, on ``device`` (default: ``cell.device``).
+    Trained and pruned models come from the cache (built on first use)."""
+    cache = cache or ArtifactCache()
+    device = resolve_device(cell.device) if device is None else device
+    tcfg = cell_train_config(cell)
+    base = load_or_train(tcfg, cache, device, data, progress=progress)
+    model = base.model
+    if cell.prune_ratio > 0:
+        pcfg = cell_prune_config(cell, tcfg)
+        model = load_or_prune(pcfg, cache, device, progress=progress, data=data).model
+    calibration = None
+    if cell.target_flop_ratio is not None:
+        calibration = calibrate(
+            model,
+            base.schedule,
+            cell.policy,
+            cell.target_flop_ratio,
+            sampler=cell.sampler,
+            steps=cell.steps,
+            n=CALIBRATION_SAMPLES,
+            options=cell.options,
+            sampler_kw=image_sampler_options(cell.sampler),
+            guidance=cell.guidance,
+            paired=cell.cfg_exit_together,
+            autocast=AUTOCAST[cell.autocast],
+        )
+    knob = cell.knob if calibration is None else calibration.knob
+    policy = make_policy(cell.policy, knob, **cell.options)
+    executor = EarlyExitDenoiser(model, policy, base.schedule.T, paired=cell.cfg_exit_together)
+    info = dataset_info(cell.dataset)
+    return Pipeline(cell, device, base, model, executor, calibration, info, data)
