@@ -21,9 +21,10 @@ from adaptive.policies import POLICIES, make_policy
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, check_pairing
 from bench.cache import config_hash
 from bench.data import DATASETS, SPLITS
+from bench.devices import AUTOCAST
 from bench.metrics import EXTRACTORS
 from bench.prune import PruneConfig
-from bench.train import AUTOCAST, BUDGETS, TrainConfig
+from bench.train import BUDGETS, TrainConfig
 from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS

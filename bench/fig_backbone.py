@@ -20,10 +20,11 @@ import torch
 from bench.cache import ArtifactCache
 from bench.cli import add_run_options
 from bench.data import as_tensors, dataset_info, load_dataset
+from bench.devices import resolve_device
 from bench.measure import write_figures
 from bench.metrics import evaluate, features, fid_from_feats, get_extractor, reference_stats
 from bench.sampling import generate, save_grid
-from bench.train import TrainConfig, build_model, load_or_train, resolve_device
+from bench.train import TrainConfig, build_model, load_or_train
 
 DEFAULT_RUNS = [
     ("ddim", 10),

@@ -33,12 +33,12 @@ from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.cell import Cell
 from bench.cli import add_run_options
 from bench.data import as_tensors, load_dataset
+from bench.devices import resolve_device
 from bench.executors import RunOptions, run_inprocess
 from bench.grid import load_config
 from bench.measure import wall_table, write_figures
 from bench.pipeline import build_pipeline
 from bench.store import pending, preflight, read_record
-from bench.train import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,13 @@ from bench.cache import ArtifactCache
 from bench.cell import Cell
 from bench.cli import add_run_options
 from bench.data import dataset_info
+from bench.devices import resolve_device
 from bench.measure import interleaved_medians, write_figures
 from bench.metrics import evaluate, get_extractor
 from bench.pipeline import build_pipeline
 from bench.prune import PruneConfig, load_or_prune, pruned_before_finetune
 from bench.sampling import generate
-from bench.train import TrainConfig, load_or_train, resolve_device
+from bench.train import TrainConfig, load_or_train
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,9 @@ from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
 from bench.cell import CELL_CHOICES, Cell
 from bench.data import DataSource
+from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
 from bench.store import load_records, os_error_line, pending, preflight, read_record, write_tables
-from bench.train import resolve_device
 from models import MODELS
 
 __all__ = ["default_cells", "load_config", "main", "quick_cells"]

@@ -21,10 +21,11 @@ from adaptive.policies import make_policy
 from bench.cache import ArtifactCache
 from bench.cell import Cell, cell_prune_config, cell_train_config
 from bench.data import DatasetInfo, DataSource, dataset_info
+from bench.devices import AUTOCAST, resolve_device
 from bench.metrics import evaluate, get_extractor
 from bench.prune import load_or_prune
 from bench.sampling import generate, image_sampler_options
-from bench.train import AUTOCAST, TrainedModel, load_or_train, resolve_device
+from bench.train import TrainedModel, load_or_train
 from models import UViT
 from samplers import ClassifierFreeGuidance, Denoiser, VPSchedule
 

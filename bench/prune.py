@@ -25,7 +25,8 @@ from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
 from bench.cli import add_run_options
 from bench.data import DataSource, as_tensors, data_source
-from bench.train import TrainConfig, build_model, load_or_train, resolve_device, train
+from bench.devices import resolve_device
+from bench.train import TrainConfig, build_model, load_or_train, train
 from models import MODELS, UViT
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune, prune, replay
 

@@ -34,6 +34,7 @@ from adaptive.executor import EarlyExitDenoiser
 from bench.cache import ArtifactCache
 from bench.cell import Cell
 from bench.data import DataSource
+from bench.devices import AUTOCAST
 from bench.measure import interleaved_times, spread
 from bench.pipeline import TIMING_BATCH, Pipeline, build_pipeline
 from bench.sampling import save_grid
@@ -45,7 +46,6 @@ from bench.store import (
     write_failure,
     write_record,
 )
-from bench.train import AUTOCAST
 
 __all__ = ["run_and_store", "run_cell", "threads_per_worker"]
 

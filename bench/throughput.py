@@ -28,8 +28,8 @@ from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import make_policy
 from bench.cache import atomic_write_bytes
 from bench.data import DATASETS, dataset_info
+from bench.devices import AUTOCAST, resolve_device
 from bench.measure import wall_table
-from bench.train import AUTOCAST, resolve_device
 from models import MODELS, make_model
 
 __all__ = ["main", "measure_throughput"]

@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
 from bench.cache import ArtifactCache, config_hash
-from bench.data import DATASETS, DataSource, TensorImages, data_source, dataset_info
+from bench.data import DATASETS, DataSource, data_source, dataset_info
+from bench.devices import AUTOCAST, resolve_device
+from bench.steps import batches, ema_update, lr_at, noisy_batch
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
 
@@ -118,8 +119,6 @@ class TrainConfig:
         return make_schedule(self.schedule, self.T)
 
 
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 # Fields that only mean something when fine-tuning (reset to their defaults otherwise).
 _FINETUNE_ONLY = {
     f.name: f.default
@@ -159,20 +158,6 @@ class TrainedModel:
         return self.config.make_schedule()
 
 
-def resolve_device(device: str) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or 'auto'; a clear error if CUDA is asked for but absent."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device; use cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(
-            f"unknown device {device!r}; valid choices: cpu, cuda, cuda:N, auto"
-        ) from e
-
-
 def build_model(cfg: TrainConfig) -> UViT:
     info = dataset_info(cfg.dataset)
     return make_model(
@@ -184,36 +169,27 @@ def build_model(cfg: TrainConfig) -> UViT:
     )
 
 
-def _batches(ds, batch_size: int, gen: torch.Generator):
-    """Endless shuffled batches; in-memory datasets are indexed directly (no collation cost)."""
-    if isinstance(ds, TensorImages):
-        n = len(ds)
-        while True:
-            perm = torch.randperm(n, generator=gen)
-            for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-                idx = perm[i : i + batch_size]
-                yield ds.images[idx], ds.labels[idx]
-    else:
-        loader = DataLoader(ds, batch_size, shuffle=True, drop_last=True, generator=gen)
-        while True:
-            yield from loader
+def _prepare(
+    cfg: TrainConfig, device: torch.device, init: dict[str, Tensor] | None, model: UViT | None
+) -> tuple[UViT, bool]:
+    """The model to train on ``device`` (fresh, from ``init`` weights, or the given one) and
+    whether this is a fine-tune."""
+    finetune = init is not None or model is not None
+    if model is None:
+        model = build_model(cfg)
+        if init is not None:
+            missing, unexpected = model.load_state_dict(init, strict=False)
+            if unexpected or any(not k.startswith(("uem.", "lte.")) for k in missing):
+                raise ValueError(f"init weights do not fit: missing {missing}, extra {unexpected}")
+    return model.to(device), finetune
 
 
-def _lr_at(step: int, steps: int, lr: float, min_lr: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    frac = (step - warmup) / max(1, steps - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * frac))
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
-    # Warm-up of the decay: early on the EMA follows the weights closely, so it is not dominated
-    # by the random initialisation (a fixed 0.999 keeps 10% of it after 2,300 steps).
-    d = min(decay, (1 + step) / (10 + step))
-    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.lerp_(pm, 1 - d)
+def _lengths(cfg: TrainConfig, finetune: bool) -> tuple[int, float, float, int]:
+    """(steps, peak lr, final lr, warm-up steps) of a training run or a fine-tune."""
+    if not finetune:
+        return cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup
+    lr = cfg.finetune_lr
+    return cfg.finetune_steps, lr, min(cfg.min_lr, lr), min(cfg.warmup, 100)
 
 
 def train(
@@ -235,47 +211,23 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     ds = data_source(data).load(cfg.dataset, "train")
     info = dataset_info(cfg.dataset)
-    finetune = init is not None or model is not None
-    if model is None:
-        model = build_model(cfg)
-        if init is not None:
-            missing, unexpected = model.load_state_dict(init, strict=False)
-            if unexpected or any(not k.startswith(("uem.", "lte.")) for k in missing):
-                raise ValueError(f"init weights do not fit: missing {missing}, extra {unexpected}")
-    model = model.to(device)
+    model, finetune = _prepare(cfg, device, init, model)
     ema = copy.deepcopy(model).requires_grad_(False)
-    schedule = cfg.make_schedule()
-    ab = schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
+    ab = cfg.make_schedule().alphas_cumprod.to(device=device, dtype=torch.float32)
     recipe = get_recipe(cfg.recipe)
     weights = {name: getattr(cfg, name) for name in recipe.weights}
-    if not finetune:
-        steps, lr, min_lr, warmup = cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup
-    else:
-        steps, lr, warmup = cfg.finetune_steps, cfg.finetune_lr, min(cfg.warmup, 100)
-        min_lr = min(cfg.min_lr, lr)
+    steps, lr, min_lr, warmup = _lengths(cfg, finetune)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
-    batches = _batches(ds, cfg.batch_size, gen)
+    batch_iter = batches(ds, cfg.batch_size, gen)
     desc = f"{'fine-tune' if finetune else 'train'} {cfg.recipe} {cfg.key[:8]}"
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1)
     loss_ema, t0 = None, time.perf_counter()
     model.train()
     for step in bar:
-        x0, y = next(batches)
-        x0, y = x0.to(device), y.to(device)
-        if info.hflip:  # only datasets that flip draw from the generator (digits stay as is)
-            flip = (torch.rand(x0.shape[0], generator=gen) < 0.5).to(device)
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = torch.randint(0, cfg.T, (x0.shape[0],), generator=gen).to(device)
-        eps = torch.randn(x0.shape, generator=gen).to(device)
-        a = ab[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        cond = None
-        if cfg.class_cond:
-            drop = torch.rand(y.shape, generator=gen).to(device) < cfg.p_uncond
-            cond = torch.where(drop, torch.full_like(y, info.num_classes), y)
+        x_t, t, cond, eps = noisy_batch(cfg, info, *next(batch_iter), ab, gen, device)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr, min_lr, warmup)
+            g["lr"] = lr_at(step, steps, lr, min_lr, warmup)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss, logs = recipe.loss(model, x_t, t.float(), cond, eps, step, **weights)
         opt.zero_grad(set_to_none=True)
@@ -284,7 +236,7 @@ def train(
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         scaler.step(opt)
         scaler.update()
-        _ema_update(ema, model, step, cfg.ema_decay)
+        ema_update(ema, model, step, cfg.ema_decay)
         loss_ema = logs["loss"] if loss_ema is None else 0.98 * loss_ema + 0.02 * logs["loss"]
         if not math.isfinite(logs["loss"]):
             raise FloatingPointError(f"training diverged at step {step} (loss {logs['loss']})")

@@ -65,9 +65,9 @@ def test_no_import_cycles_between_modules():
         state[node] = 1
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                cycles.append(stack[stack.index(dep) :] + [dep])
+                cycles.append([*stack[stack.index(dep) :], dep])
             elif dep not in state:
-                visit(dep, stack + [dep])
+                visit(dep, [*stack, dep])
         state[node] = 2
 
     for m in sorted(graph):
