@@ -74,28 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     imgs, _ = generate(untrained, trained.schedule, "ddim", 50, n, shape, device=device)
     fid_untrained = evaluate(imgs, cfg.dataset, ext, cache)["fid"]
 
-    rows = []
-    for sampler, steps in runs:
-        t0 = time.perf_counter()
-        imgs, nfe = generate(
-            trained.model, trained.schedule, sampler, steps, n, shape, device=device, progress=True
-        )
-        secs = time.perf_counter() - t0
-        res = evaluate(imgs, cfg.dataset, ext, cache)
-        rows.append(
-            {
-                "sampler": sampler,
-                "steps": steps,
-                "nfe": nfe,
-                "fid": res["fid"],
-                "fid_over_floor": res["fid"] / floor,
-                "kid": res["kid"],
-                "seconds": secs,
-            }
-        )
-        if (sampler, steps) == ("ddim", 50):
-            save_grid(imgs[:256], out / "samples_ddim50.png")
-
+    rows = _sampler_rows(trained, runs, n, shape, ext, cache, device, floor, out)
     m = trained.meta
     report = {
         "checkpoint": trained.key,
@@ -114,15 +93,54 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
         "torch": torch.__version__,
     }
+    text = _markdown(report, cfg, trained.key)
+    write_figures(out, text, report)
+    print(text)
+    return 0
+
+
+def _sampler_rows(trained, runs, n, shape, ext, cache, device, floor, out) -> list[dict]:
+    """FID / KID / seconds of the trained model for each (sampler, steps); the DDIM 50 run's
+    samples are saved as a grid."""
+    dataset = trained.config.dataset
+    rows = []
+    for sampler, steps in runs:
+        t0 = time.perf_counter()
+        imgs, nfe = generate(
+            trained.model, trained.schedule, sampler, steps, n, shape, device=device, progress=True
+        )
+        secs = time.perf_counter() - t0
+        res = evaluate(imgs, dataset, ext, cache)
+        rows.append(
+            {
+                "sampler": sampler,
+                "steps": steps,
+                "nfe": nfe,
+                "fid": res["fid"],
+                "fid_over_floor": res["fid"] / floor,
+                "kid": res["kid"],
+                "seconds": secs,
+            }
+        )
+        if (sampler, steps) == ("ddim", 50):
+            save_grid(imgs[:256], out / "samples_ddim50.png")
+    return rows
+
+
+def _markdown(report: dict, cfg: TrainConfig, key: str) -> str:
+    n, floor, rows = report["samples"], report["fid_floor_train_vs_heldout"], report["runs"]
     lines = [
-        f"# Backbone figures ({cfg.dataset}, model {cfg.model}, checkpoint {trained.key})",
+        f"# Backbone figures ({cfg.dataset}, model {cfg.model}, checkpoint {key})",
         "",
-        f"- parameters: {m['params']:,}; training: {cfg.steps} steps x batch {cfg.batch_size}, "
-        f"{m['train_seconds']:.0f} s, **{m['seconds_per_step']:.3f} s/step** "
-        f"({m['device']}, {m['threads']} threads)",
-        f"- feature extractor `{ext.name}`: held-out accuracy {100 * ext.accuracy:.2f}%",
-        f"- FID floor (train stats vs {len(held)} held-out images): **{floor:.3f}**",
-        f"- FID of the untrained model (DDIM 50, {n} samples): {fid_untrained:.1f}",
+        f"- parameters: {report['params']:,}; training: {cfg.steps} steps x batch "
+        f"{cfg.batch_size}, {report['train_seconds']:.0f} s, "
+        f"**{report['seconds_per_step']:.3f} s/step** "
+        f"({report['train_device']}, {report['train_threads']} threads)",
+        f"- feature extractor `{report['extractor']}`: held-out accuracy "
+        f"{100 * report['extractor_heldout_accuracy']:.2f}%",
+        f"- FID floor (train stats vs {report['heldout_images']} held-out images): **{floor:.3f}**",
+        f"- FID of the untrained model (DDIM 50, {n} samples): "
+        f"{report['fid_untrained_ddim50']:.1f}",
         "",
         f"| sampler | steps | NFE | FID ({n} samples) | FID / floor | KID | seconds |",
         "|---|---|---|---|---|---|---|",
@@ -132,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.3f} | "
             f"{r['fid_over_floor']:.2f} | {r['kid']:.3f} | {r['seconds']:.1f} |"
         )
-    text = "\n".join(lines) + "\n"
-    write_figures(out, text, report)
-    print(text)
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

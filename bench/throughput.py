@@ -110,6 +110,22 @@ def _flop_ratio(text: str) -> float:
         ) from e
 
 
+def _markdown(rows: list[dict]) -> str:
+    r0 = rows[0]
+    lines = [
+        f"{r0['model']} ({r0['params']:,} params), batch {r0['batch']}, {r0['device']}, "
+        f"autocast {r0['autocast']}, plain forward {r0['plain_ms_per_call']:.2f} ms",
+        "| executor | FLOP ratio | layer ratio | wall ratio | ms/call | images/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['executor']} | {r['flop_ratio']:.3f} | {r['layer_ratio']:.3f} | "
+        f"{r['wall_ratio']:.3f} | {r['ms_per_call']:.2f} | {r['images_per_s']:.0f} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.throughput",
@@ -150,18 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:
         p.error(str(e))
-    r0 = rows[0]
-    print(
-        f"{r0['model']} ({r0['params']:,} params), batch {r0['batch']}, {r0['device']}, "
-        f"autocast {r0['autocast']}, plain forward {r0['plain_ms_per_call']:.2f} ms"
-    )
-    print("| executor | FLOP ratio | layer ratio | wall ratio | ms/call | images/s |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['executor']} | {r['flop_ratio']:.3f} | {r['layer_ratio']:.3f} | "
-            f"{r['wall_ratio']:.3f} | {r['ms_per_call']:.2f} | {r['images_per_s']:.0f} |"
-        )
+    print(_markdown(rows))
     dev = (
         "cuda"
         if "cuda" in str(a.device) or (a.device == "auto" and torch.cuda.is_available())

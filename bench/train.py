@@ -192,6 +192,23 @@ def _lengths(cfg: TrainConfig, finetune: bool) -> tuple[int, float, float, int]:
     return cfg.finetune_steps, lr, min(cfg.min_lr, lr), min(cfg.warmup, 100)
 
 
+def _meta(cfg, model, device, autocast, steps: int, seconds: float, loss) -> dict[str, Any]:
+    """What a checkpoint records about how it was made."""
+    return {
+        "config": dataclasses.asdict(cfg),
+        "train_seconds": seconds,
+        "seconds_per_step": seconds / steps,
+        "steps": steps,
+        "base": cfg.base.key if cfg.base is not None else None,
+        "final_loss": loss,
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "autocast": str(autocast) if autocast is not None else None,
+    }
+
+
 def train(
     cfg: TrainConfig,
     device: torch.device | str = "cpu",
@@ -242,20 +259,7 @@ def train(
             raise FloatingPointError(f"training diverged at step {step} (loss {logs['loss']})")
         if step % 25 == 0:
             bar.set_postfix(loss=f"{loss_ema:.4f}")
-    seconds = time.perf_counter() - t0
-    meta = {
-        "config": dataclasses.asdict(cfg),
-        "train_seconds": seconds,
-        "seconds_per_step": seconds / steps,
-        "steps": steps,
-        "base": cfg.base.key if cfg.base is not None else None,
-        "final_loss": loss_ema,
-        "params": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "autocast": str(autocast) if autocast is not None else None,
-    }
+    meta = _meta(cfg, model, device, autocast, steps, time.perf_counter() - t0, loss_ema)
     tensors = {f"ema.{k}": v for k, v in ema.state_dict().items()}
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
     return tensors, meta
