@@ -193,6 +193,7 @@ class EarlyExitDenoiser:
         B = x.shape[0]
         if self.paired and B % 2:
             raise ValueError(f"paired exits need an even batch (cond + uncond halves), got {B}")
+        # eps in the input's dtype: under autocast the readouts come out in bf16 / fp16.
         out = torch.empty_like(x)
         exit_block = torch.full((B,), depth - 1, dtype=torch.long, device=x.device)
         score = torch.full((B,), float("nan"), device=x.device)
@@ -206,7 +207,7 @@ class EarlyExitDenoiser:
             model.run_block(i, state)
             meter.add(self.costs.blocks[i] * rows.shape[0])
             if i == depth - 1:
-                out[rows] = model.readout(state.h)
+                out[rows] = model.readout(state.h).to(out.dtype)
                 meter.add(self.costs.readout * rows.shape[0])
                 break
             ctx = ExitContext(model, i, state, t_run, self.T, memory, self.costs, meter)
@@ -224,9 +225,9 @@ class EarlyExitDenoiser:
             keep, leaving = order[:n_keep], order[n_keep:]
             done = rows[leaving]
             if ctx.computed_readout is not None:
-                out[done] = ctx.computed_readout[leaving]
+                out[done] = ctx.computed_readout[leaving].to(out.dtype)
             else:
-                out[done] = model.readout(state.h[leaving])
+                out[done] = model.readout(state.h[leaving]).to(out.dtype)
                 meter.add(self.costs.readout * n_exit)
             exit_block[done] = i
             score[done] = s[leaving].float()

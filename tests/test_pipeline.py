@@ -1,0 +1,62 @@
+"""The one pipeline builder: calibration runs on the cell's numerics and measures costs once."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from bench.cache import ArtifactCache
+from bench.cell import Cell
+from bench.pipeline import build_pipeline
+
+# The modules (the package re-exports functions of the same names).
+calibrate_mod = importlib.import_module("adaptive.calibrate")
+executor_mod = importlib.import_module("adaptive.executor")
+
+
+def _cell(**kw) -> Cell:
+    return Cell(model="micro", recipe="uem", policy="uem", steps=3, samples=8, **kw)
+
+
+def test_calibration_runs_under_the_cells_autocast(tmp_path, monkeypatch):
+    seen = []
+    real = calibrate_mod.samplers.sample
+
+    def spy(*a, **k):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(calibrate_mod.samplers, "sample", spy)
+    cache = ArtifactCache(tmp_path)
+    build_pipeline(_cell(target_flop_ratio=0.7, autocast="bf16"), cache, progress=False)
+    assert seen and all(s == torch.bfloat16 for s in seen)  # every calibration pass in bf16
+    seen.clear()
+    build_pipeline(_cell(target_flop_ratio=0.7), cache, progress=False)
+    assert seen and not any(seen)  # and an fp32 cell in fp32
+
+
+def test_calibration_measures_the_cost_model_once(tmp_path, monkeypatch):
+    built = []
+    real = executor_mod.CostModel.__init__
+
+    def counting(self, *a, **k):
+        built.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(executor_mod.CostModel, "__init__", counting)
+    pipe = build_pipeline(_cell(target_flop_ratio=0.6), ArtifactCache(tmp_path), progress=False)
+    passes = len(pipe.calibration.history)
+    assert passes > 2  # a real search ran
+    assert len(built) <= 2  # the calibrator's executor and the pipeline's, not one per pass
+    assert abs(pipe.calibration.achieved - 0.6) < 0.15
+
+
+def test_a_bf16_cell_runs_end_to_end_with_exits(tmp_path):
+    """Under autocast the readouts are bf16; the executor writes them into the fp32 output
+    (this failed before the executor cast them)."""
+    from bench.run import run_cell
+
+    rec = run_cell(_cell(target_flop_ratio=0.7, autocast="bf16"), ArtifactCache(tmp_path))
+    assert rec["nonfinite"] is False and rec["fid"] > 0
+    assert 0 < rec["flop_ratio_per_call"] < 1
