@@ -121,9 +121,12 @@ def exit_figures(
 
 
 def _uem_wall_table(uem: list[dict], cache, device, batch: int, repeats: int) -> list[dict]:
-    """The `uem` executor at each record's calibrated knob (and never exiting) against the plain
-    forward, on ``batch`` noisy training images with timesteps spread over [0, T)."""
-    pipe = build_pipeline(Cell(recipe="uem", device=str(device)), cache, device, progress=False)
+    """The `uem` executor at each record's calibrated knob (and never exiting) on the records'
+    model against its plain forward, on ``batch`` noisy training images with timesteps spread
+    over [0, T)."""
+    model = ("dataset", "model", "recipe", "finetune_steps", "lambda_u", "lambda_ual")
+    never = Cell(**{k: uem[0][k] for k in model if k in uem[0]}, device=str(device))
+    pipe = build_pipeline(never, cache, device, progress=False)
     schedule, model = pipe.schedule, pipe.model
     g = torch.Generator().manual_seed(7)
     x0, _ = as_tensors(load_dataset(pipe.cell.dataset, "train"))
