@@ -187,11 +187,8 @@ def calibrate(
 
     The calibration batch uses a seed distinct from evaluation seeds by default; ``sampler_kw``
     and ``autocast`` must be the evaluation's. The model's cost model is measured once.
+    (:func:`search_knob` checks the policy name and the target before any pass runs.)
     """
-    if policy_name not in POLICIES:
-        raise ValueError(
-            f"unknown exit policy {policy_name!r}; valid choices: {', '.join(POLICIES)}"
-        )
     base = EarlyExitDenoiser(model, make_policy("full"), schedule.T, paired=paired)
     kw = dict(sampler=sampler, steps=steps, n=n, seed=seed, options=options)
     kw.update(sampler_kw=sampler_kw, guidance=guidance, paired=paired, autocast=autocast)

@@ -171,7 +171,6 @@ def uem_loss(
 
 # Loss weights a recipe may take (TrainConfig and Cell fields of these names feed them).
 LOSS_WEIGHTS = ("lambda_u", "lambda_ual")
-_UEM_WEIGHTS = LOSS_WEIGHTS
 
 RECIPES: dict[str, Recipe] = {
     "full": Recipe("full", full_loss, finetune=False),
@@ -183,10 +182,10 @@ RECIPES: dict[str, Recipe] = {
     "berxit": Recipe("berxit", berxit_loss, heads="lte"),
     # Revision 1: the official normalised UAL (revision 0 was today's `uem-summed`).
     "uem": Recipe(
-        "uem", partial(uem_loss, weighting="official"), "uem", weights=_UEM_WEIGHTS, revision=1
+        "uem", partial(uem_loss, weighting="official"), "uem", weights=LOSS_WEIGHTS, revision=1
     ),
     "uem-summed": Recipe(
-        "uem-summed", partial(uem_loss, weighting="summed"), "uem", weights=_UEM_WEIGHTS
+        "uem-summed", partial(uem_loss, weighting="summed"), "uem", weights=LOSS_WEIGHTS
     ),
 }
 

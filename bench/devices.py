@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["AUTOCAST", "resolve_device"]
+__all__ = ["AUTOCAST", "autocast", "resolve_device"]
 
 # --autocast choices: the dtype torch.autocast runs the forward in (None: full precision).
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op for ``dtype=None``."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def resolve_device(device: str) -> torch.device:

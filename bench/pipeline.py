@@ -9,6 +9,7 @@ sampler, guidance, device and autocast (calibrated knobs do not transfer across 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from adaptive.policies import make_policy
 from bench.cache import ArtifactCache
 from bench.cell import Cell, cell_prune_config, cell_train_config
 from bench.data import DatasetInfo, DataSource, dataset_info
-from bench.devices import AUTOCAST, resolve_device
+from bench.devices import AUTOCAST, autocast, resolve_device
 from bench.metrics import evaluate, get_extractor
 from bench.prune import load_or_prune
 from bench.sampling import generate, image_sampler_options
@@ -66,14 +67,16 @@ class Pipeline:
         """Denoiser rows per sample and step (2 under classifier-free guidance)."""
         return 2 if self.cell.guidance is not None else 1
 
-    @property
+    @functools.cached_property
     def unpruned_flops(self) -> int:
-        """FLOPs of one row through the unpruned, never-exiting model."""
+        """FLOPs of one row through the unpruned, never-exiting model (the executor's own cost
+        model when nothing was pruned, measured once otherwise)."""
+        if self.model is self.base.model:
+            return self.executor.costs.full
         return CostModel(self.base.model, self.schedule.T).full
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        amp = AUTOCAST[self.cell.autocast]
-        return torch.autocast(self.device.type, dtype=amp, enabled=amp is not None)
+        return autocast(self.device, AUTOCAST[self.cell.autocast])
 
     def denoiser(self, inner: Denoiser | None = None) -> Denoiser:
         """``inner`` (default: the executor) under the cell's guidance."""

@@ -34,7 +34,7 @@ from adaptive.executor import EarlyExitDenoiser
 from bench.cache import ArtifactCache
 from bench.cell import Cell
 from bench.data import DataSource
-from bench.devices import AUTOCAST
+from bench.devices import AUTOCAST, autocast
 from bench.measure import interleaved_times, spread
 from bench.pipeline import TIMING_BATCH, Pipeline, build_pipeline
 from bench.sampling import save_grid
@@ -127,7 +127,7 @@ def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any
         return lambda: [fn(x, t, c) for x, t, c in calls]
 
     for repeats in (WALL_REPEATS, 2 * WALL_REPEATS):
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with autocast(device, amp):
             times = interleaved_times({"plain": run(reference), "cell": run(ex)}, repeats)
         unstable = spread(times["plain"]) > UNSTABLE_SPREAD
         if not unstable:

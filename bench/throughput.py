@@ -29,6 +29,7 @@ from adaptive.policies import make_policy
 from bench.cache import atomic_write_bytes
 from bench.data import DATASETS, dataset_info
 from bench.devices import AUTOCAST, resolve_device
+from bench.devices import autocast as amp_context
 from bench.measure import wall_table
 from models import MODELS, make_model
 
@@ -77,7 +78,7 @@ def measure_throughput(
     amp = AUTOCAST[autocast]
     never = EarlyExitDenoiser(model, make_policy("full"), T)
     executors = {"never-exit": never}
-    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+    with amp_context(dev, amp):
         for target in targets:
 
             def run(tau: float | None) -> tuple[float, float]:

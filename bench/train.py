@@ -25,6 +25,7 @@ from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
 from bench.cache import ArtifactCache, config_hash
 from bench.data import DATASETS, DataSource, data_source, dataset_info
 from bench.devices import AUTOCAST, resolve_device
+from bench.devices import autocast as amp_context
 from bench.steps import batches, ema_update, lr_at, noisy_batch
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
@@ -245,7 +246,7 @@ def train(
         x_t, t, cond, eps = noisy_batch(cfg, info, *next(batch_iter), ab, gen, device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, min_lr, warmup)
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        with amp_context(device, autocast):
             loss, logs = recipe.loss(model, x_t, t.float(), cond, eps, step, **weights)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
