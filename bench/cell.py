@@ -27,7 +27,7 @@ from bench.prune import PruneConfig
 from bench.train import BUDGETS, TrainConfig
 from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
-from samplers import SAMPLERS
+from samplers import SAMPLERS, check_options
 
 __all__ = ["CELL_CHOICES", "Cell", "cell_prune_config", "cell_train_config"]
 
@@ -61,6 +61,10 @@ class Cell:
     patience: int | None = None  # pabee / uem: exit on the n-th agreeing / confident block
     sampler: str = "ddim"
     steps: int = 20
+    # The sampler's time grid and order (samplers.grid, samplers.ORDERS); None = its default.
+    spacing: str | None = None
+    end: str | None = None
+    order: int | None = None
     # Classifier-free guidance scale; None = unconditional model. A number selects the
     # class-conditional model (labels cycle through the classes) and guides with that scale.
     guidance: float | None = None
@@ -98,6 +102,7 @@ class Cell:
         T = cell_train_config(self).T  # validates the training fields (steps, loss weights)
         if self.steps > T:
             raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
+        check_options(self.sampler, self.steps, T=T, **self.sampler_options)
         if self.guidance is not None and not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
         if self.cfg_exit_together and self.guidance is None:
@@ -142,6 +147,18 @@ class Cell:
         return {} if self.patience is None else {"patience": self.patience}
 
     @property
+    def sampler_options(self) -> dict[str, Any]:
+        """The sampler's grid / order options the cell sets (unset ones keep its defaults)."""
+        names = ("spacing", "end", "order")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def sampler_label(self) -> str:
+        """``sampler[order]-steps[ spacing][ end]``, e.g. ``dpm-solver++3-10 logSNR``."""
+        order = "" if self.order is None else str(self.order)
+        grid = "".join(f" {getattr(self, n)}" for n in ("spacing", "end") if getattr(self, n))
+        return f"{self.sampler}{order}-{self.steps}{grid}"
+
+    @property
     def key(self) -> str:
         """A hash of the fields that differ from their defaults, so adding a field (with a
         default) to :class:`Cell` keeps every existing record's key; a recipe or policy whose
@@ -177,7 +194,7 @@ class Cell:
             knob += f" p{self.patience}"
         cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
         cfg += "+together" if self.cfg_exit_together else ""
-        return f"{self.model_label()} {self.policy}{knob} {self.sampler}-{self.steps}{cfg}"
+        return f"{self.model_label()} {self.policy}{knob} {self.sampler_label()}{cfg}"
 
 
 _EXITING = [name for name, cls in POLICIES.items() if cls.knob_name is not None]

@@ -34,6 +34,7 @@ from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
 from bench.store import load_records, os_error_line, pending, preflight, read_record, write_tables
 from models import MODELS
+from samplers import ENDS, SAMPLERS, SPACINGS, describe
 
 __all__ = ["default_cells", "load_config", "main", "quick_cells"]
 
@@ -186,6 +187,11 @@ def _list_choices() -> str:
     lines.append("Choices:")
     for name, reg in CELL_CHOICES.items():
         lines.append(f"  {name}: {', '.join(reg)}")
+    lines.append(f"  spacing: {', '.join(SPACINGS)}")
+    lines.append(f"  end: {', '.join(ENDS)}")
+    lines.append("Samplers (defaults; order / spacing / end are cell fields):")
+    for name in SAMPLERS:
+        lines.append(f"  {name}: {describe(name)}")
     lines.append("Policy knobs:")
     depths = ", ".join(f"{m} {cfg['depth'] - 1}" for m, cfg in MODELS.items())
     for name, cls in POLICIES.items():

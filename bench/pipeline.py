@@ -112,6 +112,7 @@ class Pipeline:
                 cond=self.labels(n),
                 device=self.device,
                 timings=timings,
+                **self.cell.sampler_options,
             )
 
     def evaluate(self, images: Tensor, cache: ArtifactCache) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def build_pipeline(
             steps=cell.steps,
             n=CALIBRATION_SAMPLES,
             options=cell.options,
-            sampler_kw=image_sampler_options(cell.sampler),
+            sampler_kw={**image_sampler_options(cell.sampler), **cell.sampler_options},
             guidance=cell.guidance,
             paired=cell.cfg_exit_together,
             autocast=AUTOCAST[cell.autocast],

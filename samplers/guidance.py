@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from samplers.core import Denoiser
+from samplers.base import Denoiser
 
 __all__ = ["ClassifierFreeGuidance"]
 

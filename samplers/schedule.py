@@ -102,6 +102,14 @@ class VPSchedule:
         """log alpha(t), piecewise-linear in t between the discrete grid points."""
         return _interp(t, self._t_grid, self._log_alpha_grid)
 
+    def log_alpha_slope(self, t: float) -> float:
+        """``d log alpha / dt`` at continuous ``t`` (the VP drift ``f(t)``; ``beta(t) = -2 f(t)``):
+        the slope of the grid segment that ends at or after ``t``."""
+        tt = torch.tensor([float(t)], dtype=torch.float64)
+        i = int(torch.searchsorted(self._t_grid, tt).clamp(1, self.T - 1))
+        dt = (self._t_grid[i] - self._t_grid[i - 1]).item()
+        return (self._log_alpha_grid[i] - self._log_alpha_grid[i - 1]).item() / dt
+
     def marginal_alpha(self, t: Tensor) -> Tensor:
         return torch.exp(self.marginal_log_mean_coeff(t))
 

@@ -212,8 +212,36 @@ def test_schedules_are_sane():
         ),
         (
             lambda s: samplers.sample("dpm-solver", _toy_eps, s, (2, 1, 4, 4), 5, order=4),
-            "one of 1, 2, 3",
+            "valid choices: 1, 2, 3",
         ),
+        (
+            lambda s: samplers.sample("dpm-solver++", _toy_eps, s, (2, 1, 4, 4), 2, order=3),
+            "order 3 needs at least 3 steps",
+        ),
+        (
+            lambda s: samplers.sample("ddim", _toy_eps, s, (2, 1, 4, 4), 5, spacing="karras"),
+            "valid choices: trailing, leading, linspace, logSNR",
+        ),
+        (
+            lambda s: samplers.sample("ddim", _toy_eps, s, (2, 1, 4, 4), 5, end="one"),
+            "valid choices: zero, eps",
+        ),
+        (
+            lambda s: samplers.sample(
+                "ddim", _toy_eps, s, (2, 1, 4, 4), 5, spacing="linspace", end="eps"
+            ),
+            "already ends at timestep 0",
+        ),
+        (
+            lambda s: samplers.sample("ddim", _toy_eps, s, (2, 1, 4, 4), 2, timesteps=[5, 9]),
+            "strictly descending",
+        ),
+        (
+            lambda s: samplers.sample("unipc-bh1", _toy_eps, s, (2, 1, 4, 4), 5, variant="bh3"),
+            "valid choices: bh1, bh2",
+        ),
+        (lambda s: samplers.check_options("ddim", 5, order=2), "has no order option"),
+        (lambda s: samplers.check_options("dpm-solver++-sde", 5, order=3), "valid choices: 1, 2"),
         (lambda s: samplers.sample("ddim", _toy_eps, s, (2, 1, 4, 4), 5, eta=-1.0), "eta"),
         (lambda s: make_schedule("sigmoid"), "valid choices: linear, cosine"),
     ],
