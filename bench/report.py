@@ -12,6 +12,10 @@ writes to ``results/grid/report/``:
 - ``exit_heatmap``: share of samples exiting at each block per timestep bin, one panel per
   exit policy (the cell with the most sampling steps of that policy);
 - ``fid_vs_guidance``: FID against the guidance scale (sweeps with two or more scales);
+- ``fid_vs_nfe``: FID against the number of denoiser calls, one line per solver (sampler,
+  order, spacing) of the full unpruned model, with DDPM at all T steps as the reference line;
+  left the samplers on their default grids, right those with a chosen spacing
+  (``bench/sweeps/samplers.toml``);
 - ``samples``: the saved sample grid of chosen cells (``--cells``: substrings of cell labels;
   default: the best FID of each policy).
 
@@ -49,10 +53,20 @@ def load_table(grid_dir: Path):
     if not recs:
         raise ValueError(f"no records under {grid_dir / 'records'}; run python -m bench.grid")
     df = pd.DataFrame(recs)
-    df["run"] = df.sampler + "-" + df.steps.astype(str)
+    for col in ("spacing", "end", "order"):  # records from before these cell fields
+        df[col] = df[col] if col in df else None
+    df["solver"] = [_solver(r) for r in df[["sampler", "order", "spacing", "end"]].itertuples()]
+    df["run"] = df.solver + "-" + df.steps.astype(str)
     # Records written before a Cell field existed hold that field's default.
     df["reference"] = df["reference"].fillna("train") if "reference" in df else "train"
     return df
+
+
+def _solver(r) -> str:
+    """``sampler[order][ spacing][ end]`` (unset options are the sampler's defaults)."""
+    order = "" if r.order is None or r.order != r.order else str(int(r.order))
+    grid = "".join(f" {v}" for v in (r.spacing, r.end) if isinstance(v, str))
+    return f"{r.sampler}{order}{grid}"
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -314,6 +328,47 @@ def plot_fid_vs_guidance(df, out: Path) -> list[Path]:
     return paths
 
 
+def plot_fid_vs_nfe(df, out: Path) -> list[Path]:
+    """FID against NFE per solver (full unpruned model, no guidance), log-log."""
+    import matplotlib.pyplot as plt
+
+    plain = (df.policy == "full") & (df.prune_ratio == 0) & (df.recipe == "full")
+    if "guidance" in df:
+        plain &= df.guidance.isna()
+    d = df[plain]
+    lines = [(name, sub) for name, sub in d.groupby("solver") if sub.nfe.nunique() >= 2]
+    if not lines:
+        return []
+    ref = d[d.steps == d.steps.max()].sort_values("fid").head(1)
+    panels = [
+        (title, [(n, sub) for n, sub in lines if sub.spacing.isna().all() == default])
+        for title, default in (("default grids", True), ("chosen spacing", False))
+    ]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
+    axes = axes[0]
+    cmap = plt.get_cmap("tab20")
+    for ax, (title, group) in zip(axes, panels, strict=True):
+        for i, (name, sub) in enumerate(group):
+            sub = sub.sort_values("nfe")
+            ax.plot(sub.nfe, sub.fid, "o-", ms=3.5, color=cmap(i % 20), label=name)
+        if len(ref):
+            r = ref.iloc[0]
+            ax.axhline(r.fid, color="k", ls="--", lw=1, label=f"{r.solver}-{r.steps}")
+            ax.axhline(1.05 * r.fid, color="k", ls=":", lw=0.8, label="1.05 x that")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("denoiser calls (NFE)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, ncol=2)
+    axes[0].set_ylabel("FID (lower is better)")
+    fig.suptitle(f"FID vs NFE ({d.dataset.iloc[0]}, {d.model.iloc[0]} model)", fontsize=10)
+    paths = _save(fig, out, "fid_vs_nfe")
+    plt.close(fig)
+    return paths
+
+
 def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> list[Path]:
     import matplotlib
 
@@ -328,6 +383,7 @@ def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> li
     paths += plot_wall_vs_flops(ok, out)
     paths += plot_exit_heatmaps(ok, out)
     paths += plot_fid_vs_guidance(ok, out)
+    paths += plot_fid_vs_nfe(ok, out)
     paths += plot_samples(df, grid_dir, out, cells)
     return paths
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import samplers
+import samplers.grid
 from samplers import make_schedule
 
 MU, STD = 0.7, 0.4
@@ -53,6 +54,13 @@ def run(name, steps, schedule, n=20000, **kw):
         ("dpm-solver", 60, {"order": 2}),
         ("dpm-solver", 30, {"order": 3}),
         ("dpm-solver++", 50, {}),
+        ("dpm-solver++", 30, {"order": 3, "spacing": "logSNR"}),
+        ("dpm-solver-multistep", 30, {"order": 3}),
+        ("dpm-solver++-singlestep", 30, {"order": 3}),
+        ("unipc-bh1", 20, {"order": 3}),
+        ("unipc-bh2", 20, {"order": 2}),
+        ("dpm-solver++-sde", 100, {}),
+        ("euler-maruyama", 1000, {}),
     ],
 )
 def test_samplers_recover_gaussian_data(schedule_name, name, steps, kw):
@@ -249,3 +257,140 @@ def test_schedules_are_sane():
 def test_bad_arguments_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call(make_schedule("linear"))
+
+
+# ----- cross-checks against diffusers at step counts that divide T and ones that do not -----
+COUNTS = [3, 7, 10, 13, 20]
+
+
+def _diffusers_loop(sch, x, timesteps=None, **step_kw):
+    ref = x.clone()
+    for t in sch.timesteps if timesteps is None else timesteps:
+        eps = _toy_eps(ref, torch.full((ref.shape[0],), float(t)), None)
+        ref = sch.step(eps, t, ref, **step_kw).prev_sample
+    return ref
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+@pytest.mark.parametrize("steps", COUNTS)
+def test_discrete_spacings_are_diffusers_ddim_grids(spacing, steps):
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+    sch.set_timesteps(steps)
+    ours = samplers.grid.discrete_timesteps(make_schedule("linear"), steps, spacing)
+    assert sch.timesteps.tolist() == ours
+
+
+@pytest.mark.parametrize(
+    ("spacing", "steps"),
+    # diffusers' DDIM steps from t to t - T // steps, which is the next grid point only on the
+    # leading grid, and on the trailing grid when steps divides T; on the others it lands off
+    # the grid (and ends at timestep 0, not at clean data). We step to the next grid point, as
+    # Song et al. 2021 and Lin et al. 2024 do, so those cases are not comparable.
+    [("leading", n) for n in COUNTS] + [("trailing", n) for n in (10, 20, 25)],
+)
+def test_ddim_matches_diffusers_on_each_spacing(spacing, steps):
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.DDIMScheduler(
+        num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=True, timestep_spacing=spacing
+    )
+    sch.set_timesteps(steps)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ours = samplers.sample(
+        "ddim", _toy_eps, make_schedule("linear"), x.clone(), steps, spacing=spacing
+    )
+    ref = _diffusers_loop(sch, x, eta=0.0)
+    assert (ours.samples - ref).abs().max().item() <= 1e-4
+
+
+def _dpm_scheduler(diffusers, algorithm, order, lower_order_final, spacing="trailing"):
+    # diffusers refuses to end noise prediction at sigma = 0; it stops at timestep 0 ("eps").
+    final = "zero" if algorithm.endswith("++") else "sigma_min"
+    return diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        algorithm_type=algorithm,
+        solver_order=order,
+        solver_type="midpoint",
+        timestep_spacing=spacing,
+        final_sigmas_type=final,
+        lower_order_final=lower_order_final,
+    )
+
+
+@pytest.mark.parametrize("steps", COUNTS)
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize(
+    ("algorithm", "name"), [("dpmsolver++", "dpm-solver++"), ("dpmsolver", "dpm-solver-multistep")]
+)
+def test_dpm_solver_multistep_matches_diffusers(algorithm, name, order, lower_order_final, steps):
+    diffusers = pytest.importorskip("diffusers")
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    # diffusers' multistep "linspace" grid (n + 1 points, the last dropped) is not Lin et al.'s;
+    # it is passed explicitly. Its trailing grid is ours.
+    for spacing in ("trailing", "linspace"):
+        sch = _dpm_scheduler(diffusers, algorithm, order, lower_order_final, spacing)
+        sch.set_timesteps(steps)
+        grid = {"spacing": "trailing"} if spacing == "trailing" else {}
+        kw = {"timesteps": sch.timesteps.tolist()} if spacing == "linspace" else grid
+        ours = samplers.sample(
+            name, _toy_eps, make_schedule("linear"), x.clone(), steps,
+            order=order, lower_order_final=lower_order_final,
+            end="zero" if algorithm.endswith("++") else "eps", **kw,
+        )  # fmt: skip
+        ref = _diffusers_loop(sch, x)
+        assert (ours.samples - ref).abs().max().item() <= 1e-4, spacing
+
+
+@pytest.mark.parametrize("steps", [7, 20])
+def test_sde_dpm_solver_pp_matches_diffusers(steps):
+    """Same generator, same draw order: the noise of every step matches too (diffusers draws it
+    in float32, so the comparison runs in float32)."""
+    diffusers = pytest.importorskip("diffusers")
+    sch = _dpm_scheduler(diffusers, "sde-dpmsolver++", 2, True)
+    sch.set_timesteps(steps)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    ours = samplers.sample(
+        "dpm-solver++-sde", _toy_eps, make_schedule("linear"), x.clone(), steps,
+        spacing="trailing", generator=torch.Generator().manual_seed(9),
+    )  # fmt: skip
+    ref = _diffusers_loop(sch, x, generator=torch.Generator().manual_seed(9))
+    assert (ours.samples - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("steps", COUNTS)
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize(("variant", "end"), [("bh1", "eps"), ("bh2", "eps"), ("bh2", "zero")])
+def test_unipc_matches_diffusers(variant, end, order, steps):
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=1000,
+        solver_order=order,
+        solver_type=variant,
+        predict_x0=True,
+        timestep_spacing="trailing",
+        final_sigmas_type="zero" if end == "zero" else "sigma_min",
+        lower_order_final=True,
+    )
+    sch.set_timesteps(steps)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours = samplers.sample(
+        f"unipc-{variant}", _toy_eps, make_schedule("linear"), x.clone(), steps,
+        order=order, spacing="trailing", end=end,
+    )  # fmt: skip
+    ref = _diffusers_loop(sch, x)
+    assert (ours.samples - ref).abs().max().item() <= 1e-4
+
+
+def test_unipc_bh1_to_clean_data_stays_finite():
+    """diffusers' bh1 with final_sigmas_type="zero" returns NaN: on the last step B(h) = h is
+    infinite and multiplies a zero correction. The step to clean data is the x0 jump here."""
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=1000, solver_type="bh1", timestep_spacing="trailing"
+    )
+    sch.set_timesteps(5)
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert _diffusers_loop(sch, x).isnan().all()  # the quirk this suite does not reproduce
+    ours = samplers.sample("unipc-bh1", _toy_eps, make_schedule("linear"), x, 5, spacing="trailing")
+    assert ours.samples.isfinite().all()
