@@ -38,6 +38,11 @@ def _files(tmp: Path) -> dict[str, str]:
             "cfg_exit_together = true\n"
         ),
         "variant": '[[cell]]\nrecipe = "uem-official"\n',
+        "order_ddim": '[[cell]]\nsampler = "ddim"\norder = 2\n',
+        "order_high": '[[sweep]]\nsampler = "dpm-solver++"\norder = [2, 4]\n',
+        "order_steps": '[[cell]]\nsampler = "unipc-bh2"\norder = 3\nsteps = 2\n',
+        "spacing": '[[cell]]\nspacing = "karras"\n',
+        "end": '[[cell]]\nspacing = "linspace"\nend = "eps"\n',
     }
     paths = {}
     for name, body in bad.items():
@@ -68,6 +73,11 @@ CASES = [
     ("bench.grid", "--config {knob_and_target} --out {out}", "not both"),
     ("bench.grid", "--config {official_cfg} --out {out}", "decides once per batch"),
     ("bench.grid", "--config {variant} --out {out}", "valid choices: full, full-ft"),
+    ("bench.grid", "--config {order_ddim} --out {out}", "'ddim' has no order option"),
+    ("bench.grid", "--config {order_high} --out {out}", "no order 4; valid choices: 1, 2, 3"),
+    ("bench.grid", "--config {order_steps} --out {out}", "order 3 needs at least 3 steps"),
+    ("bench.grid", "--config {spacing} --out {out}", "valid choices: trailing, leading"),
+    ("bench.grid", "--config {end} --out {out}", "already ends at timestep 0"),
     ("bench.grid", "--quick --config {steps_str} --out {out}", "--quick and --config"),
     ("bench.grid", "--quick --workers 0 --out {out}", "--workers must be >= 1"),
     ("bench.grid", "--quick --samples many --out {out}", "invalid int value: 'many'"),

@@ -60,3 +60,32 @@ def test_a_bf16_cell_runs_end_to_end_with_exits(tmp_path):
     rec = run_cell(_cell(target_flop_ratio=0.7, autocast="bf16"), ArtifactCache(tmp_path))
     assert rec["nonfinite"] is False and rec["fid"] > 0
     assert 0 < rec["flop_ratio_per_call"] < 1
+
+
+def test_the_cells_sampler_options_reach_calibration_and_sampling(tmp_path, monkeypatch):
+    """order / spacing / end of a cell drive every sampler call (calibration and the run); the
+    label names them and unset ones keep the key of a cell without them."""
+    seen = []
+    real = calibrate_mod.samplers.sample
+
+    def spy(name, *a, **k):
+        seen.append((name, k.get("order"), k.get("spacing"), k.get("end")))
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(calibrate_mod.samplers, "sample", spy)
+    opts = {"sampler": "dpm-solver++", "order": 3, "spacing": "logSNR", "end": "eps"}
+    cell = _cell(target_flop_ratio=0.7, **opts)
+    pipe = build_pipeline(cell, ArtifactCache(tmp_path), progress=False)
+    assert seen and all(s == ("dpm-solver++", 3, "logSNR", "eps") for s in seen)
+    seen.clear()
+    real_get = calibrate_mod.samplers.get_sampler  # what bench.sampling.generate looks up
+
+    def get(name):
+        fn = real_get(name)
+        return lambda *a, **k: spy(name, *a, **k) if fn else None
+
+    monkeypatch.setattr(calibrate_mod.samplers, "get_sampler", get)
+    pipe.sample(4, seed=0)
+    assert seen == [("dpm-solver++", 3, "logSNR", "eps")]
+    assert "dpm-solver++3-3 logSNR eps" in cell.label()
+    assert _cell(order=None, spacing=None).key == _cell().key
