@@ -99,10 +99,11 @@ class Cell:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         self._check_policy()
         self._check_training()
-        T = cell_train_config(self).T  # validates the training fields (steps, loss weights)
+        tcfg = cell_train_config(self)  # validates the training fields (steps, loss weights)
+        T = tcfg.T
         if self.steps > T:
             raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
-        check_options(self.sampler, self.steps, T=T, **self.sampler_options)
+        check_options(self.sampler, self.steps, T=T, schedule=tcfg.schedule, **self.sampler_options)
         if self.guidance is not None and not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
         if self.cfg_exit_together and self.guidance is None:

@@ -23,7 +23,7 @@ from samplers.dpm import (
 )
 from samplers.grid import ENDS, SPACINGS, time_grid
 from samplers.schedule import VPSchedule, make_schedule
-from samplers.sde import euler_maruyama
+from samplers.sde import check_stable, euler_maruyama
 from samplers.unipc import unipc
 
 __all__ = [
@@ -84,8 +84,8 @@ def describe(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _check_schedule(T: int) -> VPSchedule:
-    return make_schedule("linear", T)
+def _check_schedule(name: str, T: int) -> VPSchedule:
+    return make_schedule(name, T)
 
 
 def check_options(
@@ -96,9 +96,10 @@ def check_options(
     spacing: str | None = None,
     end: str | None = None,
     T: int = 1000,
+    schedule: str = "linear",
 ) -> None:
     """Raise ``ValueError`` (naming the valid choices) unless ``name`` runs ``steps`` steps with
-    these options on a ``T``-step schedule; ``None`` means the sampler's default."""
+    these options on the named ``T``-step schedule; ``None`` means the sampler's default."""
     d = defaults(name)
     if order is not None and name not in ORDERS:
         raise ValueError(
@@ -108,11 +109,13 @@ def check_options(
         raise ValueError(f"unknown spacing {spacing!r}; valid choices: {', '.join(SPACINGS)}")
     if end is not None and end not in ENDS:
         raise ValueError(f"unknown end {end!r}; valid choices: {', '.join(ENDS)}")
-    schedule = _check_schedule(T)
-    schedule.check_steps(steps)
+    sch = _check_schedule(schedule, T)
+    sch.check_steps(steps)
     if name in ORDERS:
         check_order(name, d["order"] if order is None else order, ORDERS[name], steps)
-    time_grid(schedule, steps, spacing or d["spacing"], end or d["end"])
+    grid = time_grid(sch, steps, spacing or d["spacing"], end or d["end"])
+    if name == "euler-maruyama":
+        check_stable(sch, grid)
 
 
 def sample(

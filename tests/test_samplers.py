@@ -65,6 +65,11 @@ def run(name, steps, schedule, n=20000, **kw):
 )
 def test_samplers_recover_gaussian_data(schedule_name, name, steps, kw):
     schedule = make_schedule(schedule_name)
+    if name == "euler-maruyama" and schedule_name == "cosine":
+        # beta(t) near t = 1 is about 7,000 on the cosine table: refused, not diverged.
+        with pytest.raises(ValueError, match="euler-maruyama is unstable"):
+            run(name, steps, schedule, **kw)
+        return
     out, _ = run(name, steps, schedule, **kw)
     x = out.samples
     # Stated tolerance: mean within 0.02, std within 5%. With 20k draws the standard error of the
