@@ -65,6 +65,8 @@ class Cell:
     spacing: str | None = None
     end: str | None = None
     order: int | None = None
+    lower_order_final: bool | None = None  # multistep solvers' final-step rule
+    taylor_3m: bool | None = None  # DPM-Solver 3M with the Taylor-consistent D2 (samplers.dpm)
     # Classifier-free guidance scale; None = unconditional model. A number selects the
     # class-conditional model (labels cycle through the classes) and guides with that scale.
     guidance: float | None = None
@@ -150,13 +152,17 @@ class Cell:
     @property
     def sampler_options(self) -> dict[str, Any]:
         """The sampler's grid / order options the cell sets (unset ones keep its defaults)."""
-        names = ("spacing", "end", "order")
+        names = ("spacing", "end", "order", "lower_order_final", "taylor_3m")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def sampler_label(self) -> str:
         """``sampler[order]-steps[ spacing][ end]``, e.g. ``dpm-solver++3-10 logSNR``."""
         order = "" if self.order is None else str(self.order)
         grid = "".join(f" {getattr(self, n)}" for n in ("spacing", "end") if getattr(self, n))
+        if self.taylor_3m:
+            grid += " taylor"
+        if self.lower_order_final is not None:
+            grid += f" lof={self.lower_order_final}"
         return f"{self.sampler}{order}-{self.steps}{grid}"
 
     @property

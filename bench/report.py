@@ -53,9 +53,10 @@ def load_table(grid_dir: Path):
     if not recs:
         raise ValueError(f"no records under {grid_dir / 'records'}; run python -m bench.grid")
     df = pd.DataFrame(recs)
-    for col in ("spacing", "end", "order"):  # records from before these cell fields
+    cols = ["sampler", "order", "spacing", "end", "taylor_3m", "lower_order_final"]
+    for col in cols[1:]:  # records from before these cell fields
         df[col] = df[col] if col in df else None
-    df["solver"] = [_solver(r) for r in df[["sampler", "order", "spacing", "end"]].itertuples()]
+    df["solver"] = [_solver(r) for r in df[cols].itertuples()]
     df["run"] = df.solver + "-" + df.steps.astype(str)
     # Records written before a Cell field existed hold that field's default.
     df["reference"] = df["reference"].fillna("train") if "reference" in df else "train"
@@ -66,6 +67,8 @@ def _solver(r) -> str:
     """``sampler[order][ spacing][ end]`` (unset options are the sampler's defaults)."""
     order = "" if r.order is None or r.order != r.order else str(int(r.order))
     grid = "".join(f" {v}" for v in (r.spacing, r.end) if isinstance(v, str))
+    grid += " taylor" if r.taylor_3m is True else ""
+    grid += f" lof={r.lower_order_final}" if isinstance(r.lower_order_final, bool) else ""
     return f"{r.sampler}{order}{grid}"
 
 

@@ -97,10 +97,19 @@ def check_options(
     end: str | None = None,
     T: int = 1000,
     schedule: str = "linear",
+    **flags: bool,
 ) -> None:
     """Raise ``ValueError`` (naming the valid choices) unless ``name`` runs ``steps`` steps with
-    these options on the named ``T``-step schedule; ``None`` means the sampler's default."""
+    these options on the named ``T``-step schedule; ``None`` means the sampler's default.
+    ``flags`` are boolean options (``lower_order_final``, ``taylor_3m``) the sampler must take."""
     d = defaults(name)
+    params = inspect.signature(get_sampler(name)).parameters
+    for flag in flags:
+        if flag not in params:
+            takes = [n for n in SAMPLERS if flag in inspect.signature(SAMPLERS[n]).parameters]
+            raise ValueError(
+                f"sampler {name!r} has no {flag} option; samplers with one: {', '.join(takes)}"
+            )
     if order is not None and name not in ORDERS:
         raise ValueError(
             f"sampler {name!r} has no order option; samplers with one: {', '.join(ORDERS)}"

@@ -254,6 +254,10 @@ def test_schedules_are_sane():
             "valid choices: bh1, bh2",
         ),
         (lambda s: samplers.check_options("ddim", 5, order=2), "has no order option"),
+        (
+            lambda s: samplers.check_options("unipc-bh2", 5, taylor_3m=True),
+            "no taylor_3m option; samplers with one: dpm-solver\\+\\+, dpm-solver-multistep",
+        ),
         (lambda s: samplers.check_options("dpm-solver++-sde", 5, order=3), "valid choices: 1, 2"),
         (lambda s: samplers.sample("ddim", _toy_eps, s, (2, 1, 4, 4), 5, eta=-1.0), "eta"),
         (lambda s: make_schedule("sigmoid"), "valid choices: linear, cosine"),
