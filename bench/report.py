@@ -339,12 +339,21 @@ def plot_fid_vs_nfe(df, out: Path) -> list[Path]:
     if "guidance" in df:
         plain &= df.guidance.isna()
     d = df[plain]
+    # Seeds of one solver and NFE are averaged (the legend says how many points are means).
+    d = d.assign(spacing=d.spacing.fillna("")).groupby(["solver", "nfe", "spacing"], as_index=False)
+    d = d.agg(
+        fid=("fid", "mean"),
+        seeds=("seed", "nunique"),
+        dataset=("dataset", "first"),
+        model=("model", "first"),
+        steps=("steps", "first"),
+    )
     lines = [(name, sub) for name, sub in d.groupby("solver") if sub.nfe.nunique() >= 2]
     if not lines:
         return []
-    ref = d[d.steps == d.steps.max()].sort_values("fid").head(1)
+    ref = d[d.steps == d.steps.max()].head(1)
     panels = [
-        (title, [(n, sub) for n, sub in lines if sub.spacing.isna().all() == default])
+        (title, [(n, sub) for n, sub in lines if (sub.spacing == "").all() == default])
         for title, default in (("default grids", True), ("chosen spacing", False))
     ]
     panels = [p for p in panels if p[1]]
@@ -354,10 +363,12 @@ def plot_fid_vs_nfe(df, out: Path) -> list[Path]:
     for ax, (title, group) in zip(axes, panels, strict=True):
         for i, (name, sub) in enumerate(group):
             sub = sub.sort_values("nfe")
-            ax.plot(sub.nfe, sub.fid, "o-", ms=3.5, color=cmap(i % 20), label=name)
+            seeds = f" ({sub.seeds.max()} seeds)" if sub.seeds.max() > 1 else ""
+            ax.plot(sub.nfe, sub.fid, "o-", ms=3.5, color=cmap(i % 20), label=name + seeds)
         if len(ref):
             r = ref.iloc[0]
-            ax.axhline(r.fid, color="k", ls="--", lw=1, label=f"{r.solver}-{r.steps}")
+            n = f", mean of {r.seeds} seeds" if r.seeds > 1 else ""
+            ax.axhline(r.fid, color="k", ls="--", lw=1, label=f"{r.solver}-{r.steps}{n}")
             ax.axhline(1.05 * r.fid, color="k", ls=":", lw=0.8, label="1.05 x that")
         ax.set_xscale("log")
         ax.set_yscale("log")
