@@ -101,3 +101,43 @@ def test_guidance_figure_needs_two_scales(tmp_path):
     assert plot_fid_vs_guidance(pd.DataFrame(rows[:1]), tmp_path) == []
     paths = plot_fid_vs_guidance(pd.DataFrame(rows), tmp_path)
     assert [p.name for p in paths] == ["fid_vs_guidance.png", "fid_vs_guidance.svg"]
+
+
+def test_fid_vs_nfe_averages_seeds_and_needs_two_step_counts(tmp_path):
+    import matplotlib
+    import pandas as pd
+
+    from bench.report import plot_fid_vs_nfe
+
+    matplotlib.use("Agg")
+    base = dict(policy="full", prune_ratio=0.0, recipe="full", dataset="digits", model="tiny")
+
+    def row(solver, steps, seed, fid, spacing=None):
+        return {**base, "solver": solver, "steps": steps, "nfe": steps, "seed": seed,
+                "fid": fid, "spacing": spacing}  # fmt: skip
+
+    one = pd.DataFrame([row("ddim", 10, 0, 9.0), row("ddim", 10, 1, 11.0)])
+    assert plot_fid_vs_nfe(one, tmp_path) == []  # one step count: no line to draw
+    df = pd.DataFrame(
+        [
+            row("ddim", 10, 0, 9.0),
+            row("ddim", 10, 1, 11.0),
+            row("ddim", 20, 0, 8.0),
+            row("dpm-solver++ logSNR", 10, 0, 12.0, "logSNR"),
+            row("dpm-solver++ logSNR", 20, 0, 9.0, "logSNR"),
+            row("ddpm", 1000, 0, 5.0),
+            row("ddpm", 1000, 1, 7.0),
+        ]
+    )
+    import matplotlib.pyplot as plt
+
+    made = []
+    real = plt.Axes.plot
+    plt.Axes.plot = lambda ax, x, y, *a, **k: made.append((list(x), list(y), k.get("label")))
+    try:
+        paths = plot_fid_vs_nfe(df, tmp_path)
+    finally:
+        plt.Axes.plot = real
+    assert [p.name for p in paths] == ["fid_vs_nfe.png", "fid_vs_nfe.svg"]
+    assert ([10, 20], [10.0, 8.0], "ddim (2 seeds)") in made  # seeds averaged per NFE
+    assert ([10, 20], [12.0, 9.0], "dpm-solver++ logSNR") in made  # the chosen-spacing panel
