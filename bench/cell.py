@@ -29,7 +29,7 @@ from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS, check_options
 
-__all__ = ["CELL_CHOICES", "Cell", "cell_prune_config", "cell_train_config"]
+__all__ = ["CELL_CHOICES", "Cell", "cell_prune_config", "cell_train_config", "solver_label"]
 
 
 # The registry behind each named axis of a cell (validation and --list share it).
@@ -157,13 +157,7 @@ class Cell:
 
     def sampler_label(self) -> str:
         """``sampler[order]-steps[ spacing][ end]``, e.g. ``dpm-solver++3-10 logSNR``."""
-        order = "" if self.order is None else str(self.order)
-        grid = "".join(f" {getattr(self, n)}" for n in ("spacing", "end") if getattr(self, n))
-        if self.taylor_3m:
-            grid += " taylor"
-        if self.lower_order_final is not None:
-            grid += f" lof={self.lower_order_final}"
-        return f"{self.sampler}{order}-{self.steps}{grid}"
+        return solver_label(self.sampler, self.steps, **self.sampler_options)
 
     @property
     def key(self) -> str:
@@ -205,6 +199,25 @@ class Cell:
 
 
 _EXITING = [name for name, cls in POLICIES.items() if cls.knob_name is not None]
+
+
+def solver_label(
+    sampler: str,
+    steps: int | None = None,
+    *,
+    order: int | None = None,
+    spacing: str | None = None,
+    end: str | None = None,
+    lower_order_final: bool | None = None,
+    taylor_3m: bool | None = None,
+) -> str:
+    """``sampler[order][-steps][ spacing][ end][ taylor][ lof=...]``: the options a cell sets
+    (``None``: the sampler's default, left out). Cell labels and the report's lines share it."""
+    label = sampler + ("" if order is None else str(int(order)))
+    label += "" if steps is None else f"-{steps}"
+    label += "".join(f" {v}" for v in (spacing, end) if v)
+    label += " taylor" if taylor_3m else ""
+    return label + ("" if lower_order_final is None else f" lof={bool(lower_order_final)}")
 
 
 def _check_types(cell: Cell) -> None:

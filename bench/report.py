@@ -53,23 +53,19 @@ def load_table(grid_dir: Path):
     if not recs:
         raise ValueError(f"no records under {grid_dir / 'records'}; run python -m bench.grid")
     df = pd.DataFrame(recs)
-    cols = ["sampler", "order", "spacing", "end", "taylor_3m", "lower_order_final"]
-    for col in cols[1:]:  # records from before these cell fields
+    from bench.cell import solver_label
+
+    opts = ["order", "spacing", "end", "taylor_3m", "lower_order_final"]
+    for col in opts:  # records from before these cell fields
         df[col] = df[col] if col in df else None
-    df["solver"] = [_solver(r) for r in df[cols].itertuples()]
+    df["solver"] = [
+        solver_label(r["sampler"], **{k: None if pd.isna(r[k]) else r[k] for k in opts})
+        for _, r in df.iterrows()
+    ]
     df["run"] = df.solver + "-" + df.steps.astype(str)
     # Records written before a Cell field existed hold that field's default.
     df["reference"] = df["reference"].fillna("train") if "reference" in df else "train"
     return df
-
-
-def _solver(r) -> str:
-    """``sampler[order][ spacing][ end]`` (unset options are the sampler's defaults)."""
-    order = "" if r.order is None or r.order != r.order else str(int(r.order))
-    grid = "".join(f" {v}" for v in (r.spacing, r.end) if isinstance(v, str))
-    grid += " taylor" if r.taylor_3m is True else ""
-    grid += f" lof={r.lower_order_final}" if isinstance(r.lower_order_final, bool) else ""
-    return f"{r.sampler}{order}{grid}"
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -60,12 +60,21 @@ class SamplerOutput:
 
 
 class Eval:
-    """Calls the denoiser with a batched time tensor, checks its output and counts NFE."""
+    """Calls the denoiser with a batched time tensor, checks its output, counts NFE and reports
+    each finished step to the sampler's ``callback``."""
 
-    def __init__(self, denoiser: Denoiser, cond: Tensor | None) -> None:
+    def __init__(
+        self, denoiser: Denoiser, cond: Tensor | None, callback: Callback | None = None
+    ) -> None:
         self.denoiser = denoiser
         self.cond = cond
+        self.callback = callback
         self.nfe = 0
+
+    def step_done(self, step: int, t: float, x: Tensor, denoised: Tensor) -> None:
+        """Call ``callback`` (if any) with the step's index, model time, result and x0 estimate."""
+        if self.callback is not None:
+            self.callback({"step": step, "t": t, "x": x, "denoised": denoised, "nfe": self.nfe})
 
     def __call__(self, x: Tensor, t: float) -> Tensor:
         # float64 inputs get float64 times (exactness tests); models see float32 otherwise.

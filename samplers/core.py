@@ -21,7 +21,7 @@ from samplers.dpm import (
     dpm_solver_pp_sde,
     dpm_solver_pp_singlestep,
 )
-from samplers.grid import ENDS, SPACINGS, time_grid
+from samplers.grid import time_grid
 from samplers.schedule import VPSchedule, make_schedule
 from samplers.sde import check_stable, euler_maruyama
 from samplers.unipc import unipc
@@ -104,24 +104,18 @@ def check_options(
     ``flags`` are boolean options (``lower_order_final``, ``taylor_3m``) the sampler must take."""
     d = defaults(name)
     params = inspect.signature(get_sampler(name)).parameters
-    for flag in flags:
-        if flag not in params:
-            takes = [n for n in SAMPLERS if flag in inspect.signature(SAMPLERS[n]).parameters]
+    takes = {**flags, **({} if order is None else {"order": order})}  # options it must have
+    for option in takes:
+        if option not in params:
+            have = [n for n in SAMPLERS if option in inspect.signature(SAMPLERS[n]).parameters]
             raise ValueError(
-                f"sampler {name!r} has no {flag} option; samplers with one: {', '.join(takes)}"
+                f"sampler {name!r} has no {option} option; samplers with one: {', '.join(have)}"
             )
-    if order is not None and name not in ORDERS:
-        raise ValueError(
-            f"sampler {name!r} has no order option; samplers with one: {', '.join(ORDERS)}"
-        )
-    if spacing is not None and spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; valid choices: {', '.join(SPACINGS)}")
-    if end is not None and end not in ENDS:
-        raise ValueError(f"unknown end {end!r}; valid choices: {', '.join(ENDS)}")
     sch = _check_schedule(schedule, T)
     sch.check_steps(steps)
     if name in ORDERS:
         check_order(name, d["order"] if order is None else order, ORDERS[name], steps)
+    # time_grid names the valid spacings / ends of a bad one
     grid = time_grid(sch, steps, spacing or d["spacing"], end or d["end"])
     if name == "euler-maruyama":
         check_stable(sch, grid)

@@ -49,7 +49,7 @@ def ddpm(
     check_nonneg("clip_denoised", clip_denoised)
     xt = initial_noise(schedule, x, steps, generator, cond)
     grid = make_grid(schedule, steps, spacing, end, timesteps)
-    model = Eval(denoiser, cond)
+    model = Eval(denoiser, cond, callback)
     for i, (s, t) in enumerate(itertools.pairwise(grid)):
         ab_t, ab_prev = s.alpha_bar, t.alpha_bar
         beta = 1.0 - ab_t / ab_prev
@@ -60,8 +60,7 @@ def ddpm(
         ) * xt
         var = beta * (1.0 - ab_prev) / (1.0 - ab_t)
         xt = mean if t.clean else mean + math.sqrt(var) * noise_like(xt, generator)
-        if callback is not None:
-            callback({"step": i, "t": s.model_t, "x": xt, "denoised": x0, "nfe": model.nfe})
+        model.step_done(i, s.model_t, xt, x0)
     return SamplerOutput(xt, model.nfe)
 
 
@@ -91,7 +90,7 @@ def ddim(
     check_nonneg("clip_denoised", clip_denoised)
     xt = initial_noise(schedule, x, steps, generator, cond)
     grid = make_grid(schedule, steps, spacing, end, timesteps)
-    model = Eval(denoiser, cond)
+    model = Eval(denoiser, cond, callback)
     for i, (s, t) in enumerate(itertools.pairwise(grid)):
         ab_t, ab_prev = s.alpha_bar, t.alpha_bar
         eps = model(xt, s.model_t)
@@ -102,6 +101,5 @@ def ddim(
         xt = math.sqrt(ab_prev) * x0 + math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
             xt = xt + sigma * noise_like(xt, generator)
-        if callback is not None:
-            callback({"step": i, "t": s.model_t, "x": xt, "denoised": x0, "nfe": model.nfe})
+        model.step_done(i, s.model_t, xt, x0)
     return SamplerOutput(xt, model.nfe)

@@ -150,12 +150,11 @@ def _singlestep(
     xt = initial_noise(schedule, x, steps, generator, cond)
     orders = singlestep_orders(steps, order, to_clean=end == "zero")
     grid = singlestep_grid(schedule, orders, steps, spacing, end)
-    model = Eval(denoiser, cond)
+    model = Eval(denoiser, cond, callback)
     for i, k in enumerate(orders):
         s = grid[i]
         xt, x0 = step_fn(model, schedule, xt, s, grid[i + 1], k)
-        if callback is not None:
-            callback({"step": i, "t": s.model_t, "x": xt, "denoised": x0, "nfe": model.nfe})
+        model.step_done(i, s.model_t, xt, x0)
     return SamplerOutput(xt, model.nfe)
 
 
@@ -290,7 +289,7 @@ def _multistep(
     check_nonneg("clip_denoised", opts.get("clip_denoised"))
     xt = initial_noise(schedule, x, steps, opts["generator"], opts["cond"])
     grid = make_grid(schedule, steps, opts["spacing"], opts["end"], opts.get("timesteps"))
-    model = Eval(denoiser, opts["cond"])
+    model = Eval(denoiser, opts["cond"], opts["callback"])
     hist: History = []
     for i, (s, t) in enumerate(itertools.pairwise(grid)):
         eps = model(xt, s.model_t)
@@ -298,8 +297,7 @@ def _multistep(
         hist = [*hist[-2:], (s.lam, x0 if data else eps)]
         k = multistep_order(i, steps, opts["order"], opts["lower_order_final"], t.clean)
         xt = x0 if t.clean else update(xt, s, t, hist, k, opts.get("taylor_3m", False))
-        if opts["callback"] is not None:
-            opts["callback"]({"step": i, "t": s.model_t, "x": xt, "denoised": x0, "nfe": model.nfe})
+        model.step_done(i, s.model_t, xt, x0)
     return SamplerOutput(xt, model.nfe)
 
 

@@ -75,7 +75,7 @@ def euler_maruyama(
     xt = initial_noise(schedule, x, steps, generator, cond)
     grid = make_grid(schedule, steps, spacing, end, timesteps)
     check_stable(schedule, grid)
-    model = Eval(denoiser, cond)
+    model = Eval(denoiser, cond, callback)
     for i, (s, t) in enumerate(itertools.pairwise(grid)):
         eps = model(xt, s.model_t)
         x0 = clip((xt - s.sigma * eps) / s.alpha, clip_denoised)
@@ -87,6 +87,5 @@ def euler_maruyama(
             g2 = -2.0 * f
             drift = f * xt + (g2 / s.sigma) * eps
             xt = xt - dt * drift + math.sqrt(g2 * dt) * noise_like(xt, generator)
-        if callback is not None:
-            callback({"step": i, "t": s.model_t, "x": xt, "denoised": x0, "nfe": model.nfe})
+        model.step_done(i, s.model_t, xt, x0)
     return SamplerOutput(xt, model.nfe)

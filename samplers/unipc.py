@@ -132,7 +132,7 @@ def unipc(
     check_nonneg("clip_denoised", clip_denoised)
     xt = initial_noise(schedule, x, steps, generator, cond)
     grid = make_grid(schedule, steps, spacing, end, timesteps)
-    model = Eval(denoiser, cond)
+    model = Eval(denoiser, cond, callback)
     hist: History = []
     x_prev, k_prev = xt, 0
     for i, (s, t) in enumerate(itertools.pairwise(grid)):
@@ -143,6 +143,5 @@ def unipc(
         k = multistep_order(i, steps, order, lower_order_final, t.clean, below=math.inf)
         x_prev, k_prev = xt, k
         xt = m if t.clean else _predict(xt, s, t, hist, k, variant)
-        if callback is not None:
-            callback({"step": i, "t": s.model_t, "x": xt, "denoised": m, "nfe": model.nfe})
+        model.step_done(i, s.model_t, xt, m)
     return SamplerOutput(xt, model.nfe)
