@@ -12,6 +12,10 @@ once per row with :func:`adaptive.flops.flop_counter` (all are linear in the row
 executor adds ``cost x rows`` for what it actually ran, exit-head overhead included. A test
 cross-checks the sum against a FlopCounterMode run of the whole executor. The trace records, for
 every sample and call, the exit block, the timestep and the policy's score.
+
+A step-level cache (:mod:`caching`, ``cache=``) plugs into the same block loop: it may serve
+whole rows from its cache (exit block -1 in the trace), and runs, reuses or skips each block of
+the others, reporting the FLOPs it executed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import Tensor
 
 from adaptive.flops import count_flops
 from adaptive.policies import ExitPolicy
+from caching.policies import CACHES, CachePolicy
 from models import UViT, UViTState
 
 __all__ = ["CostModel", "EarlyExitDenoiser", "ExitContext", "ExitTrace", "FlopMeter"]
@@ -41,9 +46,19 @@ class CostModel:
         with torch.inference_mode():
             self.embed, state = count_flops(model.embed, x, t, cond)
             self.blocks = []
+            # A block's parts, for step-level caches that reuse some of them: the long-skip
+            # fusion (out-blocks), the attention branch and the MLP branch.
+            self.fuse, self.attn, self.mlp = [], [], []
+            one = torch.arange(1, device=dev)
             for i in range(model.depth):
+                a, m = model.block_parts(i, state.select(one))
+                fuse = count_flops(model.block_parts, i, state.select(one), a, m)[0]
+                attn = count_flops(model.block_parts, i, state.select(one), None, m)[0] - fuse
                 f, state = count_flops(model.run_block, i, state)
                 self.blocks.append(f)
+                self.fuse.append(fuse)
+                self.attn.append(attn)
+                self.mlp.append(f - fuse - attn)
             self.readout, _ = count_flops(model.readout, state.h)
             self.uem = (
                 [count_flops(model.uncertainty, i, state)[0] for i in range(model.depth)]
@@ -150,6 +165,7 @@ class EarlyExitDenoiser:
         T: int,
         paired: bool = False,
         costs: CostModel | None = None,
+        cache: CachePolicy | None = None,
     ) -> None:
         policy.check_model(model.cfg.exit_heads, model.depth)
         if paired and policy.batch_mean:
@@ -157,17 +173,35 @@ class EarlyExitDenoiser:
                 f"policy {policy.name!r} decides once for the whole batch; paired (CFG) exits "
                 "have no meaning with it"
             )
+        if cache is not None and policy.knob_name is not None and not cache.per_row:
+            per_row = [name for name, c in CACHES.items() if c.per_row]
+            raise ValueError(
+                f"cache policy {cache.name!r} reuses blocks that an exit leaves uncomputed, so it "
+                f"does not compose with exit policy {policy.name!r}; use policy 'full' with it, "
+                f"or a per-row cache ({', '.join(per_row)})"
+            )
+        if cache is not None and cache.per_row and paired:
+            raise ValueError(
+                f"cache policy {cache.name!r} decides per row; paired (CFG) exits need the "
+                "cond/uncond halves aligned, which its compaction breaks"
+            )
         self.model = model
         self.policy = policy
         self.T = T
         self.paired = paired
         self.costs = CostModel(model, T) if costs is None else costs
+        self.cache = cache
+        if cache is not None:
+            cache.bind(model, self.costs)
         self.reset()
 
     def reset(self) -> None:
+        """Clear the trace and counters (and the cache's state: a new sampling run)."""
         self.trace = ExitTrace()
         self.executed_flops = 0.0
         self.rows = 0  # (sample, call) pairs processed
+        if self.cache is not None:
+            self.cache.reset()
 
     # ----- results -----
     @property
@@ -201,14 +235,30 @@ class EarlyExitDenoiser:
         state = model.embed(x, t, cond)
         rows = torch.arange(B, device=x.device)
         t_run, memory = t, {}
+        cache, h0 = self.cache, state.h
+        if cache is not None:
+            served = cache.begin(t, state)
+            if served is not None and bool(served.any()):
+                idx = served.nonzero().squeeze(1)
+                out[idx] = model.readout(cache.reused_hidden(idx, state)).to(out.dtype)
+                meter.add(self.costs.readout * idx.shape[0])
+                exit_block[idx] = -1  # no block ran
+                rows = (~served).nonzero().squeeze(1)
+                state, t_run, h0 = state.select(rows), t[rows], h0[rows]
         ctx = ExitContext(model, -1, state, t_run, self.T, memory, self.costs, meter)
-        self.policy.begin(ctx)
-        for i in range(depth):
-            model.run_block(i, state)
-            meter.add(self.costs.blocks[i] * rows.shape[0])
+        if rows.shape[0]:
+            self.policy.begin(ctx)
+        for i in range(depth if rows.shape[0] else 0):
+            if cache is None:
+                model.run_block(i, state)
+                meter.add(self.costs.blocks[i] * rows.shape[0])
+            else:
+                meter.add(cache.run_block(i, state))
             if i == depth - 1:
                 out[rows] = model.readout(state.h).to(out.dtype)
                 meter.add(self.costs.readout * rows.shape[0])
+                if cache is not None:
+                    cache.finish(rows, state.h, h0)
                 break
             ctx = ExitContext(model, i, state, t_run, self.T, memory, self.costs, meter)
             mask, s = self.policy.decide(ctx)
@@ -231,6 +281,9 @@ class EarlyExitDenoiser:
                 meter.add(self.costs.readout * n_exit)
             exit_block[done] = i
             score[done] = s[leaving].float()
+            if cache is not None:
+                cache.finish(done, state.h[leaving], h0[leaving])
+                h0 = h0[keep]
             if n_keep == 0:
                 break
             state = state.select(keep)
@@ -244,6 +297,10 @@ class EarlyExitDenoiser:
         self.trace.flops.append(meter.total)
         return out
 
-    def with_policy(self, policy: ExitPolicy) -> EarlyExitDenoiser:
+    def with_policy(
+        self, policy: ExitPolicy, cache: CachePolicy | None = None
+    ) -> EarlyExitDenoiser:
         """A fresh executor for the same model and cost model (no re-measurement)."""
-        return EarlyExitDenoiser(self.model, policy, self.T, self.paired, costs=self.costs)
+        return EarlyExitDenoiser(
+            self.model, policy, self.T, self.paired, costs=self.costs, cache=cache
+        )

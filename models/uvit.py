@@ -150,6 +150,24 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
+    def forward_parts(
+        self,
+        x: Tensor,
+        skip: Tensor | None = None,
+        attn: Tensor | None = None,
+        mlp: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` with its two residual branches exposed for step-level caching:
+        returns (output, attention branch, MLP branch), each (B, N, D). A branch given as
+        ``attn`` / ``mlp`` is reused instead of computed (FORA, Learning-to-Cache); with
+        neither given the output equals :meth:`forward` bitwise."""
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, N, D)
+        a = self.attn(self.norm1(x)) if attn is None else attn
+        x = x + a
+        m = self.mlp(self.norm2(x)) if mlp is None else mlp
+        return x + m, a, m
+
 
 @dataclass
 class UViTState:
@@ -242,6 +260,26 @@ class UViT(nn.Module):
         else:
             raise ValueError(f"block index {i} out of range [0, {self.cfg.depth})")
         return state
+
+    def block_parts(
+        self, i: int, state: UViTState, attn: Tensor | None = None, mlp: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Run block ``i`` in place on ``state`` like :meth:`run_block`, reusing the residual
+        branches given (see :meth:`Block.forward_parts`); returns the (attention, MLP) branches
+        it used."""
+        half = self.cfg.depth // 2
+        if not 0 <= i < self.cfg.depth:
+            raise ValueError(f"block index {i} out of range [0, {self.cfg.depth})")
+        if i < half:
+            block, skip = self.in_blocks[i], None
+        elif i == half:
+            block, skip = self.mid_block, None
+        else:
+            block, skip = self.out_blocks[i - half - 1], state.skips.pop()
+        state.h, a, m = block.forward_parts(state.h, skip, attn, mlp)
+        if i < half:
+            state.skips.append(state.h)
+        return a, m
 
     def _unpatchify(self, x: Tensor) -> Tensor:
         """(B, L, p*p*C) -> (B, C, H, W)"""

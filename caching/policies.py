@@ -1,0 +1,363 @@
+"""Step-level feature caches: reuse block outputs of the previous denoiser call instead of
+recomputing them.
+
+A cache policy plugs into the layer-wise executor (:class:`adaptive.executor.EarlyExitDenoiser`,
+``cache=``), which stays the one block loop of the suite: per denoiser call the executor calls
+
+- :meth:`CachePolicy.begin` after embedding: it starts a new sampling run when the time did not
+  decrease or the batch changed (the state resets between runs), plans the call, and may return
+  a mask of rows served entirely from the cache (their final hidden state is
+  :meth:`CachePolicy.reused_hidden`, read out by the executor);
+- :meth:`CachePolicy.run_block` for block ``i`` of the running rows: run it, reuse parts of it,
+  or skip it; returns the FLOPs it executed (reused parts cost zero, the cache's own matmuls
+  count; its element-wise work counts zero, as everywhere in the suite);
+- :meth:`CachePolicy.finish` when rows leave (an exit or the last block).
+
+"Step" means denoiser call: a singlestep solver's intermediate evaluations are calls too, so an
+interval counts calls (NFE), not solver steps. Under classifier-free guidance the conditional and
+unconditional rows are cached separately (they are different rows).
+
+Every policy has one knob the calibrator bisects (``knob_name``, ``knob_range``,
+``knob_direction = -1``: a larger knob reuses more). Composition: with every sampler, with
+pruning (the cache wraps whatever model runs), and with exits only where ``per_row`` (a row's
+cached state is its own; :class:`TeaCache`): the static policies need every block computed on
+their full calls, which an exit removes, so the executor refuses them with an exit policy.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from adaptive.executor import CostModel
+    from models import UViT, UViTState
+
+__all__ = [
+    "CACHES",
+    "CachePolicy",
+    "DeepCache",
+    "Fora",
+    "LearningToCache",
+    "TeaCache",
+    "make_cache",
+]
+
+
+class CachePolicy(ABC):
+    """The contract between a step-level cache and the executor (see the module docstring).
+
+    Per-run state lives on the policy object (one object per executor); :meth:`reset` clears it.
+    Knob and options are validated in ``__init__`` (a ``ValueError`` naming the valid range).
+    Bump ``revision`` when a rule's meaning changes (records made under it get new keys).
+    """
+
+    name: ClassVar[str]
+    knob_name: ClassVar[str]
+    knob_range: ClassVar[tuple[float, float]]
+    knob_default: ClassVar[float]
+    knob_direction: ClassVar[int] = -1  # a larger knob reuses more (fewer FLOPs)
+    integer_knob: ClassVar[bool] = False
+    per_row: ClassVar[bool] = False  # decides per row: composes with exits
+    needs_router: ClassVar[bool] = False  # a learned router (Learning-to-Cache)
+    revision: ClassVar[int] = 0
+
+    def __init__(self, knob: float | None = None) -> None:
+        knob = self.knob_default if knob is None else knob
+        lo, hi = self.knob_range
+        ok = isinstance(knob, (int, float)) and not isinstance(knob, bool)
+        if not (ok and math.isfinite(knob) and lo <= knob <= hi):
+            raise ValueError(f"{self.name}: {self.knob_name} must be in [{lo}, {hi}], got {knob!r}")
+        self.knob = float(knob)
+        self.model: UViT | None = None
+        self.costs: CostModel | None = None
+        self.peak_bytes = 0  # the most bytes the cache held at once, over every run
+        self.reused = 0.0  # reused (row x block) FLOPs-weighted units, over every run
+        self.total = 0.0
+        self.reset()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.knob_name}={self.knob:g})"
+
+    def bind(self, model: UViT, costs: CostModel) -> None:
+        """Attach the model the executor runs and its cost model (called by the executor)."""
+        self.check_model(model.depth)
+        self.model, self.costs = model, costs
+
+    def check_model(self, depth: int) -> None:  # noqa: B027  (optional hook)
+        """Raise ``ValueError`` if a model with ``depth`` blocks cannot run this policy."""
+
+    def reset(self) -> None:
+        """Forget every cached tensor: the next call starts a new sampling run."""
+        self.call = -1
+        self._last_t = math.inf
+        self._batch = -1
+        self.store: dict[str, Any] = {}
+
+    @property
+    def reuse_ratio(self) -> float:
+        """Block FLOPs reused instead of computed / block FLOPs of every call, over all runs."""
+        return self.reused / self.total if self.total else float("nan")
+
+    def begin(self, t: Tensor, state: UViTState) -> Tensor | None:
+        """Start a call on a batch (after embedding). Returns a bool mask of the rows served
+        wholly from the cache, or None."""
+        t_now = float(t.max())
+        if t_now >= self._last_t or state.h.shape[0] != self._batch:
+            self.reset()
+            self._batch = state.h.shape[0]
+        self._last_t = t_now
+        self.call += 1
+        return self.plan(state)
+
+    @abstractmethod
+    def plan(self, state: UViTState) -> Tensor | None:
+        """Decide this call (``self.call``, 0 = the first of the run)."""
+
+    def reused_hidden(self, idx: Tensor, state: UViTState) -> Tensor:
+        """The final hidden state of the rows ``idx`` served from the cache."""
+        raise NotImplementedError(f"{self.name} never serves whole rows from its cache")
+
+    @abstractmethod
+    def run_block(self, i: int, state: UViTState) -> float:
+        """Run (or reuse, or skip) block ``i`` in place on ``state``; the FLOPs executed."""
+
+    def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:  # noqa: B027
+        """Rows ``rows`` (indices into the call's batch) left with hidden state ``h``;
+        ``h0`` is their embedded input."""
+
+    def _held(self) -> None:
+        nbytes = 0
+        for v in self.store.values():
+            for x in v if isinstance(v, list) else [v]:
+                if isinstance(x, Tensor):
+                    nbytes += x.numel() * x.element_size()
+        self.peak_bytes = max(self.peak_bytes, nbytes)
+
+    def _account(self, i: int, rows: int, executed: float) -> float:
+        self.total += self.costs.blocks[i] * rows
+        self.reused += self.costs.blocks[i] * rows - executed
+        return executed
+
+
+def _is_full_call(call: int, interval: float) -> bool:
+    """Full calls of a (possibly fractional) interval N: call 0, then wherever floor(call / N)
+    steps up. Integer N is the papers' "every N-th step"; a fractional N spreads
+    ceil(calls / N) full calls evenly, so the calibrator can bisect it."""
+    return call == 0 or math.floor(call / interval) > math.floor((call - 1) / interval)
+
+
+class _BranchCache(CachePolicy):
+    """Reuses blocks' attention and MLP branches (B, N, D) from the last call that computed
+    them; the long-skip fusion of out-blocks is always recomputed (it mixes the fresh skip)."""
+
+    def reuse(self, i: int) -> tuple[bool, bool]:
+        """(reuse attention, reuse MLP) of block ``i`` on this call."""
+        raise NotImplementedError
+
+    def run_block(self, i: int, state: UViTState) -> float:
+        attn, mlp = self.store.setdefault("attn", {}), self.store.setdefault("mlp", {})
+        ra, rm = self.reuse(i) if self.call > 0 else (False, False)
+        a, m = self.model.block_parts(
+            i, state, attn.get(i) if ra else None, mlp.get(i) if rm else None
+        )
+        attn[i], mlp[i] = a, m
+        c = self.costs
+        executed = c.fuse[i] + (0 if ra else c.attn[i]) + (0 if rm else c.mlp[i])
+        if i == self.model.depth - 1:
+            self._held()
+        return self._account(i, state.h.shape[0], executed * state.h.shape[0])
+
+    def _held(self) -> None:
+        self.peak_bytes = max(
+            self.peak_bytes,
+            sum(
+                x.numel() * x.element_size()
+                for d in (self.store.get("attn", {}), self.store.get("mlp", {}))
+                for x in d.values()
+            ),
+        )
+
+
+class Fora(_BranchCache):
+    """FORA (Selvaraju et al. 2024, "Fast-Forward Caching in Diffusion Transformer
+    Acceleration", Sec. 3): every block's attention and MLP outputs are computed and cached on
+    full calls (call 0, then every ``interval``-th) and reused on the calls between. A
+    fractional interval spreads ceil(calls / N) full calls evenly (integer N is the paper's)."""
+
+    name = "fora"
+    knob_name = "interval"
+    knob_range = (1.0, 100.0)
+    knob_default = 2.0
+
+    def plan(self, state: UViTState) -> None:
+        self._full = _is_full_call(self.call, self.knob)
+
+    def reuse(self, i: int) -> tuple[bool, bool]:
+        return (not self._full, not self._full)
+
+
+class LearningToCache(_BranchCache):
+    """Learning-to-Cache (Ma et al., NeurIPS 2024, Sec. 3): a router ``beta[call, block, part]``
+    in [0, 1], learned for one sampler and call count (:mod:`caching.l2c`), decides which
+    attention (part 0) and MLP (part 1) branches are reused: part p of block i is reused on
+    call c > 0 when ``beta < threshold``. Threshold 0 computes everything."""
+
+    name = "l2c"
+    knob_name = "threshold"
+    knob_range = (0.0, 1.0)
+    knob_default = 0.5
+    needs_router = True
+
+    def __init__(self, knob: float | None = None, router: Tensor | None = None) -> None:
+        if router is None:
+            raise ValueError("l2c needs a learned router (caching.l2c.train_router)")
+        if router.ndim != 3 or router.shape[2] != 2:
+            raise ValueError(f"l2c router must be (calls, blocks, 2), got {tuple(router.shape)}")
+        self.router = router.detach().float().cpu()
+        super().__init__(knob)
+
+    def check_model(self, depth: int) -> None:
+        if self.router.shape[1] != depth:
+            raise ValueError(
+                f"l2c router was learned for {self.router.shape[1]} blocks, model has {depth}"
+            )
+
+    def plan(self, state: UViTState) -> None:
+        if self.call >= self.router.shape[0]:
+            raise ValueError(
+                f"l2c router was learned for {self.router.shape[0]} denoiser calls; this run "
+                f"makes more (learn one for this sampler and step count)"
+            )
+        self._reuse = (self.router[self.call] < self.knob).tolist()
+
+    def reuse(self, i: int) -> tuple[bool, bool]:
+        return tuple(self._reuse[i])
+
+
+class DeepCache(CachePolicy):
+    """DeepCache (Ma et al., CVPR 2024, Sec. 3.2) on U-ViT's long skips: on full calls (call 0,
+    then every ``interval``-th) the whole network runs and the hidden state entering out-block
+    ``depth - branch`` (the deep path's output) is cached; on the calls between, only the first
+    ``branch`` in-blocks and their ``branch`` matching out-blocks run, the deep path replaced by
+    the cached state. ``branch = 0`` reuses the final hidden state (only embed and readout run);
+    ``branch = depth // 2`` skips only the mid block."""
+
+    name = "deepcache"
+    knob_name = "interval"
+    knob_range = (1.0, 100.0)
+    knob_default = 2.0
+
+    def __init__(self, knob: float | None = None, branch: int = 1) -> None:
+        if isinstance(branch, bool) or not isinstance(branch, int) or branch < 0:
+            raise ValueError(f"deepcache: branch must be an integer >= 0, got {branch!r}")
+        self.branch = branch
+        super().__init__(knob)
+
+    def __repr__(self) -> str:
+        return f"DeepCache(interval={self.knob:g}, branch={self.branch})"
+
+    def check_model(self, depth: int) -> None:
+        if self.branch > depth // 2:
+            raise ValueError(
+                f"deepcache: branch must be in [0, {depth // 2}] for a {depth}-block model "
+                f"(its in-blocks), got {self.branch}"
+            )
+
+    def plan(self, state: UViTState) -> None:
+        self._full = _is_full_call(self.call, self.knob)
+
+    def run_block(self, i: int, state: UViTState) -> float:
+        depth, k, n = self.model.depth, self.branch, state.h.shape[0]
+        enter = depth - k  # the out-block the deep path feeds
+        if self._full or k <= i < enter:
+            if not self._full:  # inside the deep path: skipped, the cache stands in for it
+                if i == enter - 1:
+                    state.h = self.store["h"]
+                return self._account(i, n, 0.0)
+            self.model.run_block(i, state)
+            if i == enter - 1:
+                self.store["h"] = state.h
+                self._held()
+            return self._account(i, n, self.costs.blocks[i] * n)
+        self.model.run_block(i, state)
+        return self._account(i, n, self.costs.blocks[i] * n)
+
+
+class TeaCache(CachePolicy):
+    """An adaptive per-row rule in the spirit of TeaCache (Liu et al. 2024, "Timestep Embedding
+    Tells: It's Time to Cache for Video Diffusion Model", Sec. 3.3): each row accumulates the
+    relative L1 change of its embedded input (patch tokens + U-ViT's time token: the
+    timestep-modulated input) since its last computed call; while the sum stays below
+    ``threshold`` the row reuses its cached residual (final hidden state - embedded input) and
+    only embedding and readout run; otherwise it runs the network, refreshes the residual and
+    resets its sum. Differences from TeaCache: no polynomial rescaling of the change (the
+    paper fits one per model); U-ViT has no adaLN, so its embedded input stands for the
+    modulated one. Decided per row, so it composes with exits (the residual of an exited row is
+    taken at its exit block) and needs the executor's compaction to become wall-clock."""
+
+    name = "teacache"
+    knob_name = "threshold"
+    knob_range = (0.0, 10.0)
+    knob_default = 0.1
+    per_row = True
+
+    def plan(self, state: UViTState) -> Tensor | None:
+        h0 = state.h
+        prev = self.store.get("prev")
+        self.store["prev"] = h0
+        if prev is None:
+            b = h0.shape[0]
+            self.store["acc"] = torch.zeros(b, device=h0.device)
+            self.store["residual"] = torch.zeros_like(h0)
+            self.store["valid"] = torch.zeros(b, dtype=torch.bool, device=h0.device)
+            return None
+        dims = tuple(range(1, h0.ndim))
+        rel = (h0 - prev).abs().float().mean(dims) / prev.abs().float().mean(dims).clamp_min(1e-12)
+        acc = self.store["acc"] + rel
+        served = (acc < self.knob) & self.store["valid"]
+        self.store["acc"] = torch.where(served, acc, torch.zeros_like(acc))
+        return served
+
+    def reused_hidden(self, idx: Tensor, state: UViTState) -> Tensor:
+        h = state.h[idx] + self.store["residual"][idx]
+        # Served rows skip every block: their work is reused.
+        self.total += sum(self.costs.blocks) * idx.shape[0]
+        self.reused += sum(self.costs.blocks) * idx.shape[0]
+        return h
+
+    def run_block(self, i: int, state: UViTState) -> float:
+        self.model.run_block(i, state)
+        n = state.h.shape[0]
+        return self._account(i, n, self.costs.blocks[i] * n)
+
+    def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:
+        residual = self.store["residual"]
+        residual[rows] = (h - h0).to(residual.dtype)
+        self.store["valid"][rows] = True
+        self._held()
+
+
+CACHES: dict[str, type[CachePolicy]] = {
+    c.name: c for c in (DeepCache, Fora, TeaCache, LearningToCache)
+}
+# Options a policy takes besides its knob (what a cell may set).
+CACHE_OPTIONS: dict[str, tuple[str, ...]] = {"deepcache": ("branch",), "l2c": ("router",)}
+
+
+def make_cache(name: str, knob: float | None = None, **options: Any) -> CachePolicy:
+    """The cache policy registered as ``name`` with its knob and options."""
+    if name not in CACHES:
+        raise ValueError(f"unknown cache policy {name!r}; valid choices: {', '.join(CACHES)}")
+    allowed = CACHE_OPTIONS.get(name, ())
+    extra = sorted(set(options) - set(allowed))
+    if extra:
+        raise ValueError(
+            f"cache policy {name!r} takes no option {', '.join(extra)}"
+            + (f" (it takes: {', '.join(allowed)})" if allowed else "")
+        )
+    return CACHES[name](knob, **options)
