@@ -18,6 +18,7 @@ import torch
 import samplers
 from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import POLICIES, make_policy
+from caching import CACHES, make_cache
 from models import UViT
 from samplers import ClassifierFreeGuidance, VPSchedule
 
@@ -65,6 +66,9 @@ def measure(
     paired: bool = False,
     autocast: torch.dtype | None = None,
     executor: EarlyExitDenoiser | None = None,
+    cache: str | None = None,
+    cache_knob: float | None = None,
+    cache_options: dict | None = None,
 ) -> EarlyExitDenoiser:
     """Run one sampling pass with the policy; the returned executor holds its ratios.
 
@@ -74,12 +78,14 @@ def measure(
     (class-conditional models) the batch cycles through the classes and is sampled with
     classifier-free guidance; ``paired`` makes cond/uncond rows exit together. ``executor``: an
     executor of this model whose cost model is reused (calibration runs many passes).
+    ``cache``: a step-level cache policy (:mod:`caching`) with its knob and options.
     """
     policy = make_policy(policy_name, knob, **(options or {}))
+    cp = None if cache is None else make_cache(cache, cache_knob, **(cache_options or {}))
     if executor is None:
-        ex = EarlyExitDenoiser(model, policy, schedule.T, paired=paired)
+        ex = EarlyExitDenoiser(model, policy, schedule.T, paired=paired, cache=cp)
     else:
-        ex = executor.with_policy(policy)
+        ex = executor.with_policy(policy, cache=cp)
     cfg = model.cfg
     shape = (n, cfg.in_chans, cfg.img_size, cfg.img_size)
     dev = next(model.parameters()).device
@@ -106,7 +112,7 @@ def measure(
 
 
 def search_knob(
-    policy_name: str,
+    policy_name: str | type,
     target: float,
     run: Callable[[float | None], tuple[float, float]],
     depth: int,
@@ -118,13 +124,17 @@ def search_knob(
     to ``target``: bisection over the knob's declared range in its declared direction (stopping
     within ``tol``), or every block index for an integer knob (below ``depth``). ``run`` is any
     measurement: a sampling pass (:func:`calibrate`) or one batched call (the throughput
-    script)."""
-    if policy_name not in POLICIES:
-        raise ValueError(
-            f"unknown exit policy {policy_name!r}; valid choices: {', '.join(POLICIES)}"
-        )
+    script). ``policy_name`` may also be a class declaring the same knob attributes (a cache
+    policy of :mod:`caching`)."""
+    if isinstance(policy_name, str):
+        if policy_name not in POLICIES:
+            raise ValueError(
+                f"unknown exit policy {policy_name!r}; valid choices: {', '.join(POLICIES)}"
+            )
+        cls = POLICIES[policy_name]
+    else:
+        cls, policy_name = policy_name, policy_name.name
     check_target(target)
-    cls = POLICIES[policy_name]
     history: list[tuple[float | None, float, float]] = []
 
     def ratio(knob: float | None) -> float:
@@ -182,19 +192,37 @@ def calibrate(
     guidance: float | None = None,
     paired: bool = False,
     autocast: torch.dtype | None = None,
+    knob: float | None = None,
+    cache: str | None = None,
+    cache_knob: float | None = None,
+    cache_options: dict | None = None,
 ) -> Calibration:
     """Find the knob whose FLOP ratio on a calibration batch is closest to ``target``.
 
     The calibration batch uses a seed distinct from evaluation seeds by default; ``sampler_kw``
     and ``autocast`` must be the evaluation's. The model's cost model is measured once.
     (:func:`search_knob` checks the policy name and the target before any pass runs.)
+
+    With a step-level ``cache`` whose ``cache_knob`` is None, the cache's knob is calibrated
+    (the exit policy runs with ``knob``); otherwise the exit policy's knob is (the cache keeps
+    ``cache_knob``). The ratio is that of the whole denoiser, exits and cache together.
     """
     base = EarlyExitDenoiser(model, make_policy("full"), schedule.T, paired=paired)
     kw = dict(sampler=sampler, steps=steps, n=n, seed=seed, options=options)
     kw.update(sampler_kw=sampler_kw, guidance=guidance, paired=paired, autocast=autocast)
+    kw.update(cache=cache, cache_options=cache_options)
+    if cache is not None and cache_knob is None:
+        if cache not in CACHES:
+            raise ValueError(f"unknown cache policy {cache!r}; valid choices: {', '.join(CACHES)}")
 
-    def run(knob: float | None) -> tuple[float, float]:
-        ex = measure(model, schedule, policy_name, knob, executor=base, **kw)
+        def run_cache(k: float | None) -> tuple[float, float]:
+            ex = measure(model, schedule, policy_name, knob, executor=base, cache_knob=k, **kw)
+            return ex.flop_ratio, ex.layer_ratio
+
+        return search_knob(CACHES[cache], target, run_cache, model.depth, iters=iters, tol=tol)
+
+    def run(k: float | None) -> tuple[float, float]:
+        ex = measure(model, schedule, policy_name, k, executor=base, cache_knob=cache_knob, **kw)
         return ex.flop_ratio, ex.layer_ratio
 
     return search_knob(policy_name, target, run, model.depth, iters=iters, tol=tol)

@@ -25,6 +25,7 @@ from bench.devices import AUTOCAST
 from bench.metrics import EXTRACTORS
 from bench.prune import PruneConfig
 from bench.train import BUDGETS, TrainConfig
+from caching import CACHES, make_cache
 from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS, check_options
@@ -43,6 +44,7 @@ CELL_CHOICES = {
     "extractor": EXTRACTORS,
     "reference": SPLITS,
     "autocast": AUTOCAST,
+    "cache": {"none": None, **CACHES},
 }
 
 
@@ -71,6 +73,11 @@ class Cell:
     # class-conditional model (labels cycle through the classes) and guides with that scale.
     guidance: float | None = None
     cfg_exit_together: bool = False  # a sample's cond/uncond rows exit at the same block
+    # Step-level caching (caching.CACHES): the policy, its knob (None: its default, or
+    # calibrated to target_flop_ratio) and DeepCache's branch depth (None: its default).
+    cache: str = "none"
+    cache_knob: float | None = None
+    cache_branch: int | None = None
     samples: int = 1000
     seed: int = 0
     device: str = "cpu"
@@ -93,6 +100,7 @@ class Cell:
         check_prune(self.prune_ratio, self.prune_importance)
         if self.target_flop_ratio is not None:
             check_target(self.target_flop_ratio)
+        self._check_cache()
         if self.samples < 2 or self.steps < 1:
             raise ValueError(
                 f"samples must be >= 2 and steps >= 1, got {self.samples}, {self.steps}"
@@ -117,18 +125,60 @@ class Cell:
         if self.device != "cpu" and not self.device.startswith(("cuda", "mps")):
             raise ValueError(f"unknown device {self.device!r}; valid choices: cpu, cuda, cuda:N")
 
+    @property
+    def calibrates_cache(self) -> bool:
+        """``target_flop_ratio`` calibrates the cache's knob (a cache without ``cache_knob``),
+        not the exit policy's."""
+        return (
+            self.target_flop_ratio is not None and self.cache != "none" and self.cache_knob is None
+        )
+
+    def _check_cache(self) -> None:
+        """The cache policy's knob and branch, and its composition with the exit policy."""
+        if self.cache == "none":
+            if self.cache_knob is not None or self.cache_branch is not None:
+                raise ValueError("cache_knob / cache_branch need a cache policy (field 'cache')")
+            return
+        if self.cache_branch is not None and self.cache != "deepcache":
+            raise ValueError(f"cache_branch applies to cache 'deepcache', not {self.cache!r}")
+        cls = CACHES[self.cache]
+        cls.check_knob(self.cache_knob)
+        if not cls.needs_router:  # (the l2c router is learned by the pipeline)
+            policy = make_cache(self.cache, self.cache_knob, **self.cache_options)
+            policy.check_model(MODELS[self.model]["depth"])
+        exits = POLICIES[self.policy].knob_name is not None
+        if exits and not cls.per_row:
+            per_row = [n for n, c in CACHES.items() if c.per_row]
+            raise ValueError(
+                f"cache {self.cache!r} reuses blocks that an exit leaves uncomputed, so it does "
+                f"not compose with policy {self.policy!r}; use policy 'full' with it, or a "
+                f"per-row cache ({', '.join(per_row)})"
+            )
+        if cls.per_row and self.cfg_exit_together:
+            raise ValueError(
+                f"cfg_exit_together cannot apply with cache {self.cache!r}, which decides per row"
+            )
+
+    @property
+    def cache_options(self) -> dict[str, Any]:
+        """Keyword options of the cache policy (those the cell sets; the l2c router is the
+        pipeline's)."""
+        return {} if self.cache_branch is None else {"branch": self.cache_branch}
+
     def _check_policy(self) -> None:
         """The exit policy's knob, options, heads and block range (each checked by its owner)."""
         cls = POLICIES[self.policy]
-        if self.knob is not None and self.target_flop_ratio is not None:
+        exit_target = self.target_flop_ratio is not None and not self.calibrates_cache
+        if self.knob is not None and exit_target:
             raise ValueError("set a policy's knob or a target_flop_ratio to calibrate it, not both")
-        if self.target_flop_ratio is not None and cls.knob_name is None:
+        if exit_target and cls.knob_name is None:
             raise ValueError(
                 f"policy {self.policy!r} never exits, so it has no FLOP ratio to calibrate; "
                 f"drop target_flop_ratio or pick an exit policy ({', '.join(_EXITING)})"
+                + (" (or leave cache_knob unset to calibrate the cache)" if self.cache_knob else "")
             )
         check_pairing(cls, self.recipe)
-        knob = self.knob if self.target_flop_ratio is None else None
+        knob = None if exit_target else self.knob
         policy = make_policy(self.policy, knob, **self.options)  # the knob's range, the options
         policy.check_model(RECIPES[self.recipe].heads, MODELS[self.model]["depth"], self.model)
 
@@ -184,8 +234,20 @@ class Cell:
         model = "" if self.model == "tiny" else f"{self.model} "
         return f"{model}{self.recipe}{train}{prune}"
 
+    def cache_label(self) -> str:
+        """``cache[branch](@target|=knob)``, e.g. ``deepcache1@0.65``; empty without a cache."""
+        if self.cache == "none":
+            return ""
+        branch = "" if self.cache_branch is None else str(self.cache_branch)
+        if self.calibrates_cache:
+            knob = f"@{self.target_flop_ratio}"
+        else:
+            knob = "" if self.cache_knob is None else f"={self.cache_knob:g}"
+        return f"{self.cache}{branch}{knob}"
+
     def label(self) -> str:
-        if self.target_flop_ratio is not None:
+        cache = f" {self.cache_label()}" if self.cache != "none" else ""
+        if self.target_flop_ratio is not None and not self.calibrates_cache:
             knob = f"@{self.target_flop_ratio}"
         elif self.knob is not None:
             knob = f"={self.knob:g}"
@@ -195,7 +257,7 @@ class Cell:
             knob += f" p{self.patience}"
         cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
         cfg += "+together" if self.cfg_exit_together else ""
-        return f"{self.model_label()} {self.policy}{knob} {self.sampler_label()}{cfg}"
+        return f"{self.model_label()} {self.policy}{knob}{cache} {self.sampler_label()}{cfg}"
 
 
 _EXITING = [name for name, cls in POLICIES.items() if cls.knob_name is not None]

@@ -33,6 +33,7 @@ from bench.data import DataSource
 from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
 from bench.store import load_records, os_error_line, pending, preflight, read_record, write_tables
+from caching import CACHES
 from models import MODELS
 from samplers import ENDS, SAMPLERS, SPACINGS, describe
 
@@ -204,6 +205,13 @@ def _list_choices() -> str:
         lines.append(f"  {name}: {knob} (recipe {cls.recipe})")
     takes = [n for n, c in POLICIES.items() if "patience" in inspect.signature(c).parameters]
     lines.append(f"Policy options (cell fields): patience (an integer >= 1) for {', '.join(takes)}")
+    lines.append("Cache knobs (cell field cache_knob; target_flop_ratio calibrates it when unset):")
+    for name, cls in CACHES.items():
+        extra = " (per row: composes with exit policies)" if cls.per_row else ""
+        extra += " (a router learned per sampler and steps)" if cls.needs_router else ""
+        knob = f"{cls.knob_name} in {list(cls.knob_range)}, default {cls.knob_default:g}"
+        lines.append(f"  {name}: {knob}{extra}")
+    lines.append("Cache options (cell fields): cache_branch (in [0, depth // 2]) for deepcache")
     return "\n".join(lines)
 
 

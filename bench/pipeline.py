@@ -1,9 +1,12 @@
-"""One cell, one runnable pipeline: model -> pruning -> exits -> sampler -> evaluation.
+"""One cell, one runnable pipeline: model -> pruning -> exits / cache -> sampler -> evaluation.
 
 :func:`build_pipeline` is the only place that turns a :class:`~bench.cell.Cell` into something
 that samples: the grid (:mod:`bench.run`), the figure scripts and the asv suite all go through
 it, so a knob means the same thing everywhere. The exit knob is calibrated on the cell's own
 sampler, guidance, device and autocast (calibrated knobs do not transfer across numerics).
+A step-level cache (:mod:`caching`) runs inside the same executor; Learning-to-Cache's router is
+learned for the cell's model, sampler and step count and cached as an artifact
+(:func:`load_or_learn_router`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import Tensor
 from adaptive.calibrate import Calibration, calibrate
 from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import make_policy
-from bench.cache import ArtifactCache
+from bench.cache import ArtifactCache, config_hash
 from bench.cell import Cell, cell_prune_config, cell_train_config
 from bench.data import DatasetInfo, DataSource, dataset_info
 from bench.devices import AUTOCAST, autocast, resolve_device
@@ -27,10 +30,19 @@ from bench.metrics import evaluate, get_extractor
 from bench.prune import load_or_prune
 from bench.sampling import generate, image_sampler_options
 from bench.train import TrainedModel, load_or_train
+from caching import CACHES, make_cache
+from caching.l2c import train_router
 from models import UViT
 from samplers import ClassifierFreeGuidance, Denoiser, VPSchedule
 
-__all__ = ["CALIBRATION_SAMPLES", "TIMING_BATCH", "Pipeline", "build_pipeline"]
+__all__ = [
+    "CALIBRATION_SAMPLES",
+    "L2C_TRAINING",
+    "TIMING_BATCH",
+    "Pipeline",
+    "build_pipeline",
+    "load_or_learn_router",
+]
 
 # Samples are generated in batches of this size (the wall-clock unit of a cell).
 TIMING_BATCH = 250
@@ -56,7 +68,15 @@ class Pipeline:
 
     @property
     def knob(self) -> float | None:
-        return self.cell.knob if self.calibration is None else self.calibration.knob
+        """The exit policy's knob as run (calibrated, set, or None for its default)."""
+        if self.calibration is None or self.cell.calibrates_cache:
+            return self.cell.knob
+        return self.calibration.knob
+
+    @property
+    def cache_knob(self) -> float | None:
+        """The cache policy's knob as run (None without a cache)."""
+        return None if self.executor.cache is None else self.executor.cache.knob
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -140,10 +160,17 @@ def build_pipeline(
     device = resolve_device(cell.device) if device is None else device
     tcfg = cell_train_config(cell)
     base = load_or_train(tcfg, cache, device, data, progress=progress)
-    model = base.model
+    model, model_key = base.model, tcfg.key
     if cell.prune_ratio > 0:
         pcfg = cell_prune_config(cell, tcfg)
         model = load_or_prune(pcfg, cache, device, progress=progress, data=data).model
+        model_key = pcfg.key
+    sampler_kw = {**image_sampler_options(cell.sampler), **cell.sampler_options}
+    cache_options = dict(cell.cache_options)
+    if cell.cache != "none" and CACHES[cell.cache].needs_router:
+        cache_options["router"] = load_or_learn_router(
+            model, model_key, base.schedule, cell, sampler_kw, cache, progress=progress
+        )
     calibration = None
     if cell.target_flop_ratio is not None:
         calibration = calibrate(
@@ -155,13 +182,74 @@ def build_pipeline(
             steps=cell.steps,
             n=CALIBRATION_SAMPLES,
             options=cell.options,
-            sampler_kw={**image_sampler_options(cell.sampler), **cell.sampler_options},
+            sampler_kw=sampler_kw,
             guidance=cell.guidance,
             paired=cell.cfg_exit_together,
             autocast=AUTOCAST[cell.autocast],
+            knob=cell.knob if cell.calibrates_cache else None,
+            cache=None if cell.cache == "none" else cell.cache,
+            cache_knob=cell.cache_knob,
+            cache_options=cache_options,
         )
-    knob = cell.knob if calibration is None else calibration.knob
+    knob, cache_knob = cell.knob, cell.cache_knob
+    if calibration is not None:
+        if cell.calibrates_cache:
+            cache_knob = calibration.knob
+        else:
+            knob = calibration.knob
     policy = make_policy(cell.policy, knob, **cell.options)
-    executor = EarlyExitDenoiser(model, policy, base.schedule.T, paired=cell.cfg_exit_together)
+    cache_policy = None
+    if cell.cache != "none":
+        cache_policy = make_cache(cell.cache, cache_knob, **cache_options)
+    executor = EarlyExitDenoiser(
+        model, policy, base.schedule.T, paired=cell.cfg_exit_together, cache=cache_policy
+    )
     info = dataset_info(cell.dataset)
     return Pipeline(cell, device, base, model, executor, calibration, info, data)
+
+
+# Learning-to-Cache's router training (caching.l2c.train_router): trajectories of this many
+# samples, iterations, batch and sparsity weight. Part of the router's artifact key.
+L2C_TRAINING = dict(n=256, iters=400, batch=64, lam=1e-3, lr=0.05, seed=0)
+
+
+def load_or_learn_router(
+    model: UViT,
+    model_key: str,
+    schedule: VPSchedule,
+    cell: Cell,
+    sampler_kw: dict[str, Any],
+    cache: ArtifactCache,
+    *,
+    progress: bool = True,
+) -> Tensor:
+    """The Learning-to-Cache router of ``model`` (artifact key ``model_key``) for the cell's
+    sampler, steps, options and guidance: from the cache, or learned and cached."""
+    key = config_hash(
+        {
+            "model": model_key,
+            "sampler": cell.sampler,
+            "steps": cell.steps,
+            "sampler_kw": sampler_kw,
+            "guidance": cell.guidance,
+            "autocast": cell.autocast,
+            **L2C_TRAINING,
+        },
+        kind="l2c",
+    )
+
+    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        router, info = train_router(
+            model,
+            schedule,
+            cell.sampler,
+            cell.steps,
+            sampler_kw=sampler_kw,
+            guidance=cell.guidance,
+            progress=progress,
+            **L2C_TRAINING,
+        )
+        return {"router": router}, info
+
+    tensors, _, _ = cache.get_or_build("l2c", key, build)
+    return tensors["router"]

@@ -65,7 +65,17 @@ def load_table(grid_dir: Path):
     df["run"] = df.solver + "-" + df.steps.astype(str)
     # Records written before a Cell field existed hold that field's default.
     df["reference"] = df["reference"].fillna("train") if "reference" in df else "train"
+    df["cache"] = df["cache"].fillna("none") if "cache" in df else "none"
+    df["method"] = [_method(r) for _, r in df.iterrows()]
     return df
+
+
+def _method(r) -> str:
+    """The acceleration a cell combines: pruning, an exit policy, a cache (or "full")."""
+    parts = [f"prune{r.prune_ratio:g}"] if r.prune_ratio else []
+    parts += [] if r.policy == "full" else [r.policy]
+    parts += [] if r.cache == "none" else [r.cache]
+    return "+".join(parts) or "full"
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -115,9 +125,9 @@ def plot_fid_vs_flops(df, out: Path) -> list[Path]:
     _scatter_with_front(a, df, "flop_ratio_vs_reference", "run", logx=True)
     a.set_xlabel("total FLOPs / DDPM (all T steps, full model)")
     a.set_title("per sampler and steps")
-    _scatter_with_front(b, df, "flop_ratio_per_call", "policy", logx=False)
+    _scatter_with_front(b, df, "flop_ratio_per_call", "method", logx=False)
     b.set_xlabel("FLOPs per denoiser call / full unpruned model")
-    b.set_title("per exit policy")
+    b.set_title("per method (pruning + exit policy + cache)")
     ext = ", ".join(sorted(df.extractor.dropna().unique()))
     fig.suptitle(f"FID vs FLOPs ({len(df)} cells; features: {ext})", fontsize=10)
     paths = _save(fig, out, "fid_vs_flops")
@@ -128,7 +138,7 @@ def plot_fid_vs_flops(df, out: Path) -> list[Path]:
 def wall_ratios(df):
     """Each cell's seconds per image over the matching full-depth, unpruned cell's (same
     model, sampler, steps, guidance, device); cells without such a reference are dropped."""
-    ref = df[(df.policy == "full") & (df.prune_ratio == 0) & (df.recipe == "full")]
+    ref = df[(df.method == "full") & (df.recipe == "full")]
     keys = ["dataset", "model", "sampler", "steps", "device"]
     ref = ref[[*keys, "seconds_per_image"]].rename(columns={"seconds_per_image": "ref_s"})
     ref = ref.groupby(keys, as_index=False).ref_s.median()
@@ -173,7 +183,7 @@ def plot_wall_vs_flops(df, out: Path) -> list[Path]:
     if len(m):
         cmap = plt.get_cmap("tab10")
         steady = m[~flagged]
-        for i, (pol, sub) in enumerate(sorted(steady.groupby("policy"), key=lambda kv: kv[0])):
+        for i, (pol, sub) in enumerate(sorted(steady.groupby("method"), key=lambda kv: kv[0])):
             lo, hi = _repeat_range(sub)
             ax.errorbar(
                 sub.flop_ratio_per_call,
@@ -331,7 +341,7 @@ def plot_fid_vs_nfe(df, out: Path) -> list[Path]:
     """FID against NFE per solver (full unpruned model, no guidance), log-log."""
     import matplotlib.pyplot as plt
 
-    plain = (df.policy == "full") & (df.prune_ratio == 0) & (df.recipe == "full")
+    plain = (df.method == "full") & (df.recipe == "full")
     if "guidance" in df:
         plain &= df.guidance.isna()
     d = df[plain]
@@ -379,6 +389,44 @@ def plot_fid_vs_nfe(df, out: Path) -> list[Path]:
     return paths
 
 
+def plot_fid_vs_total_flops(df, out: Path) -> list[Path]:
+    """Every method on one axis: FID against total FLOPs (vs DDPM with all T steps), so fewer
+    steps, exits, caching, pruning and their combinations meet at equal cost. Colour: the
+    method; marker: the sampler run; the black line: the Pareto front over all of them.
+    Drawn when the grid mixes at least two methods."""
+    import matplotlib.pyplot as plt
+
+    if df.method.nunique() < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    cmap = plt.get_cmap("tab20")
+    markers = "os^Dv<>pPX*h"
+    runs = sorted(df.run.unique())
+    for i, (method, sub) in enumerate(sorted(df.groupby("method"), key=lambda kv: kv[0])):
+        for run, r in sub.groupby("run"):
+            ax.scatter(
+                r.flop_ratio_vs_reference,
+                r.fid,
+                s=30,
+                color=cmap(i % 20),
+                marker=markers[runs.index(run) % len(markers)],
+                label=f"{method} ({run})",
+                alpha=0.85,
+            )
+    front = pareto_front(df.flop_ratio_vs_reference.to_numpy(float), df.fid.to_numpy(float))
+    f = df.iloc[front]
+    ax.step(f.flop_ratio_vs_reference, f.fid, where="post", color="k", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("total FLOPs / DDPM (all T steps, full model)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(f"Every method at its total cost ({len(df)} cells)", fontsize=10)
+    paths = _save(fig, out, "fid_vs_total_flops")
+    plt.close(fig)
+    return paths
+
+
 def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> list[Path]:
     import matplotlib
 
@@ -394,6 +442,7 @@ def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> li
     paths += plot_exit_heatmaps(ok, out)
     paths += plot_fid_vs_guidance(ok, out)
     paths += plot_fid_vs_nfe(ok, out)
+    paths += plot_fid_vs_total_flops(ok, out)
     paths += plot_samples(df, grid_dir, out, cells)
     return paths
 

@@ -85,6 +85,8 @@ EXIT_T_BINS = 20  # timestep bins of the exit-block histogram in each record
 def _exit_histogram(ex: EarlyExitDenoiser, T: int) -> dict[str, Any]:
     """Counts of (timestep bin, exit block) over every (sample, call) of the run."""
     arr = ex.trace.arrays()
+    ran = arr["exit_block"] >= 0  # rows a cache served wholly (exit block -1) ran no block
+    arr = {k: v[ran] for k, v in arr.items()}
     t_bin = np.minimum((arr["t"] / T * EXIT_T_BINS).astype(int), EXIT_T_BINS - 1)
     counts = np.zeros((EXIT_T_BINS, ex.model.depth), dtype=np.int64)
     np.add.at(counts, (t_bin, arr["exit_block"].astype(int)), 1)
@@ -97,15 +99,25 @@ WALL_REPEATS = 5
 
 class _Capture:
     """Passes calls through to ``inner`` and keeps a copy of every ``every``-th input among the
-    first ``first`` calls (the first generation batch)."""
+    first ``first`` calls; ``first=None`` keeps every call of the first sampling run (until the
+    time stops decreasing: the next batch)."""
 
-    def __init__(self, inner: Any, first: int, every: int) -> None:
+    def __init__(self, inner: Any, first: int | None, every: int = 1) -> None:
         self.inner, self.first, self.every = inner, first, every
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.n = 0
+        self._last_t = float("inf")
+        self._open = True
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
-        if self.n < self.first and self.n % self.every == 0:
+        if self.first is None:
+            t_now = float(t.max())
+            self._open = self._open and t_now < self._last_t
+            self._last_t = t_now
+            keep = self._open
+        else:
+            keep = self.n < self.first and self.n % self.every == 0
+        if keep:
             self.calls.append((x.clone(), t.clone(), None if cond is None else cond.clone()))
         self.n += 1
         return self.inner(x, t, cond)
@@ -119,12 +131,19 @@ UNSTABLE_SPREAD = 0.25
 def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any]:
     """Wall-clock of the executor over the captured calls / the unpruned model's plain forward
     over the same calls, as the ratio of interleaved medians (DESIGN "Wall-clock"), with the
-    per-repeat ratios and whether the reference itself was unstable (a busy machine)."""
+    per-repeat ratios and whether the reference itself was unstable (a busy machine). With a
+    step-level cache the calls are a whole sampling run, replayed in order from a reset cache
+    (its reuse depends on the sequence)."""
     if not calls:
         return {"wall_ratio_per_call": None, "wall_ratio_repeats": [], "timing_unstable": None}
 
     def run(fn):
-        return lambda: [fn(x, t, c) for x, t, c in calls]
+        def replay():
+            if getattr(fn, "cache", None) is not None:
+                fn.cache.reset()
+            return [fn(x, t, c) for x, t, c in calls]
+
+        return replay
 
     for repeats in (WALL_REPEATS, 2 * WALL_REPEATS):
         with autocast(device, amp):
@@ -140,6 +159,16 @@ def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any
         "wall_ratio_per_call": statistics.median(times["cell"]) / statistics.median(times["plain"]),
         "wall_ratio_repeats": ratios,
         "timing_unstable": unstable,
+    }
+
+
+def _cache_stats(ex: EarlyExitDenoiser) -> dict[str, Any]:
+    """The cache's share of block FLOPs reused and the most memory it held (MiB)."""
+    if ex.cache is None:
+        return {"cache_reuse_ratio": None, "cache_peak_mb": None}
+    return {
+        "cache_reuse_ratio": ex.cache.reuse_ratio,
+        "cache_peak_mb": ex.cache.peak_bytes / 2**20,
     }
 
 
@@ -188,12 +217,16 @@ def run_cell(
     ``sample_grid``: write the first 100 samples there as a PNG grid."""
     pipe = build_pipeline(cell, cache, device, data=data)
     ex = pipe.executor
-    capture = _Capture(ex, first=cell.steps, every=max(1, cell.steps // WALL_CALLS))
+    if ex.cache is None:
+        capture = _Capture(ex, first=cell.steps, every=max(1, cell.steps // WALL_CALLS))
+    else:  # a cache is timed over a whole run: keep every call of the first batch
+        capture = _Capture(ex, first=None)
     batch_seconds: list[float] = []
     imgs, nfe = pipe.sample(
         cell.samples, cell.seed, denoiser=pipe.denoiser(capture), timings=batch_seconds
     )
     executed_flops, rows, layer_ratio = ex.executed_flops, ex.rows, ex.layer_ratio
+    cache_stats = _cache_stats(ex)
     exit_hist = _exit_histogram(ex, pipe.schedule.T)
     if sample_grid is not None:
         save_grid(imgs[:100], sample_grid, nrow=10)
@@ -209,6 +242,8 @@ def run_cell(
         "key": cell.key,
         "label": cell.label(),
         "knob_used": pipe.knob,
+        "cache_knob_used": pipe.cache_knob,
+        **cache_stats,
         "calibration_flop_ratio": None if pipe.calibration is None else pipe.calibration.achieved,
         "fid": metrics["fid"],
         "kid": metrics["kid"],

@@ -67,12 +67,7 @@ class CachePolicy(ABC):
     revision: ClassVar[int] = 0
 
     def __init__(self, knob: float | None = None) -> None:
-        knob = self.knob_default if knob is None else knob
-        lo, hi = self.knob_range
-        ok = isinstance(knob, (int, float)) and not isinstance(knob, bool)
-        if not (ok and math.isfinite(knob) and lo <= knob <= hi):
-            raise ValueError(f"{self.name}: {self.knob_name} must be in [{lo}, {hi}], got {knob!r}")
-        self.knob = float(knob)
+        self.knob = self.check_knob(knob)
         self.model: UViT | None = None
         self.costs: CostModel | None = None
         self.peak_bytes = 0  # the most bytes the cache held at once, over every run
@@ -82,6 +77,17 @@ class CachePolicy(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.knob_name}={self.knob:g})"
+
+    @classmethod
+    def check_knob(cls, knob: float | None) -> float:
+        """The knob (its default for None) if it is a number in ``knob_range``, else a
+        ``ValueError`` naming the range."""
+        knob = cls.knob_default if knob is None else knob
+        lo, hi = cls.knob_range
+        ok = isinstance(knob, (int, float)) and not isinstance(knob, bool)
+        if not (ok and math.isfinite(knob) and lo <= knob <= hi):
+            raise ValueError(f"{cls.name}: {cls.knob_name} must be in [{lo}, {hi}], got {knob!r}")
+        return float(knob)
 
     def bind(self, model: UViT, costs: CostModel) -> None:
         """Attach the model the executor runs and its cost model (called by the executor)."""

@@ -19,6 +19,7 @@ The layer-wise interface is what the early-exit executor drives::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -156,16 +157,21 @@ class Block(nn.Module):
         skip: Tensor | None = None,
         attn: Tensor | None = None,
         mlp: Tensor | None = None,
+        mix: Callable[[int, Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`forward` with its two residual branches exposed for step-level caching:
         returns (output, attention branch, MLP branch), each (B, N, D). A branch given as
-        ``attn`` / ``mlp`` is reused instead of computed (FORA, Learning-to-Cache); with
-        neither given the output equals :meth:`forward` bitwise."""
+        ``attn`` / ``mlp`` is reused instead of computed (FORA, Learning-to-Cache); ``mix(part,
+        fresh)`` (part 0 = attention, 1 = MLP) replaces a computed branch by what it returns
+        (Learning-to-Cache's training interpolates it with a cached one). With none given the
+        output equals :meth:`forward` bitwise."""
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, N, D)
         a = self.attn(self.norm1(x)) if attn is None else attn
+        a = a if mix is None or attn is not None else mix(0, a)
         x = x + a
         m = self.mlp(self.norm2(x)) if mlp is None else mlp
+        m = m if mix is None or mlp is not None else mix(1, m)
         return x + m, a, m
 
 
@@ -262,7 +268,12 @@ class UViT(nn.Module):
         return state
 
     def block_parts(
-        self, i: int, state: UViTState, attn: Tensor | None = None, mlp: Tensor | None = None
+        self,
+        i: int,
+        state: UViTState,
+        attn: Tensor | None = None,
+        mlp: Tensor | None = None,
+        mix: Callable[[int, Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run block ``i`` in place on ``state`` like :meth:`run_block`, reusing the residual
         branches given (see :meth:`Block.forward_parts`); returns the (attention, MLP) branches
@@ -276,7 +287,7 @@ class UViT(nn.Module):
             block, skip = self.mid_block, None
         else:
             block, skip = self.out_blocks[i - half - 1], state.skips.pop()
-        state.h, a, m = block.forward_parts(state.h, skip, attn, mlp)
+        state.h, a, m = block.forward_parts(state.h, skip, attn, mlp, mix)
         if i < half:
             state.skips.append(state.h)
         return a, m

@@ -1,0 +1,151 @@
+"""Learning-to-Cache's router, learned for one model, sampler and call count (Ma et al., NeurIPS
+2024, "Learning-to-Cache: Accelerating Diffusion Transformer via Layer Caching", Sec. 3.2).
+
+The router is one score ``beta[c, i, p] = sigmoid(s[c, i, p])`` per denoiser call ``c``, block
+``i`` and branch ``p`` (0 attention, 1 MLP). Training interpolates each branch of call ``c``
+between its fresh value and the value cached at call ``c - 1``,
+``beta * fresh + (1 - beta) * cached``, along trajectories of the full model (its inputs and its
+cached branches: teacher forcing), and minimises
+
+    || eps_mixed(c) - eps_full(c) ||^2 + lam * mean(beta)
+
+so a branch keeps a high score only where reusing it moves the output. At inference
+(:class:`caching.policies.LearningToCache`) a branch is reused where ``beta < threshold``; the
+threshold is the knob the calibrator bisects. Only the router trains (the model is frozen).
+Differences from the paper: scores are per (call, block, branch) for U-ViT's blocks, the loss
+is on the noise prediction, and trajectories come from the suite's sampler of the cell.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import samplers
+from models import UViT
+from samplers import ClassifierFreeGuidance, VPSchedule
+
+__all__ = ["train_router"]
+
+log = logging.getLogger(__name__)
+
+
+class _Recorder:
+    """A denoiser that runs the plain model and keeps every call's inputs."""
+
+    def __init__(self, model: UViT) -> None:
+        self.model = model
+        self.calls: list[tuple[Tensor, Tensor, Tensor | None]] = []
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        self.calls.append((x.float(), t.float(), cond))
+        return self.model(x, t, cond)
+
+
+def _rows(call: tuple[Tensor, Tensor, Tensor | None], rows: Tensor) -> tuple:
+    x, t, cond = call
+    return x[rows], t[rows], None if cond is None else cond[rows]
+
+
+class _Mix:
+    """``beta[p] * fresh + (1 - beta[p]) * cached[p]`` for branch p of one block."""
+
+    def __init__(self, beta: Tensor, cached: list[Tensor]) -> None:
+        self.beta, self.cached = beta, cached
+
+    def __call__(self, part: int, fresh: Tensor) -> Tensor:
+        b = self.beta[part]
+        return b * fresh + (1 - b) * self.cached[part]
+
+
+def _branches(model: UViT, x: Tensor, t: Tensor, cond: Tensor | None) -> list[list[Tensor]]:
+    """Every block's (attention, MLP) branch of the plain forward pass."""
+    state = model.embed(x, t, cond)
+    out = []
+    for i in range(model.depth):
+        out.append(list(model.block_parts(i, state)))
+    return out
+
+
+def train_router(
+    model: UViT,
+    schedule: VPSchedule,
+    sampler: str,
+    steps: int,
+    *,
+    sampler_kw: dict[str, Any] | None = None,
+    guidance: float | None = None,
+    n: int = 256,
+    iters: int = 400,
+    batch: int = 64,
+    lam: float = 1e-3,
+    lr: float = 0.05,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Tensor, dict[str, Any]]:
+    """The router scores ``beta`` (calls, depth, 2) in [0, 1] for ``model`` sampled with
+    ``sampler`` / ``steps`` (and ``guidance``: rows are then cond and uncond halves), and a
+    summary of the training (final losses)."""
+    if iters < 1 or n < 2 or batch < 1 or not lam >= 0 or not lr > 0:
+        raise ValueError(
+            f"l2c training needs iters >= 1, n >= 2, batch >= 1, lam >= 0, lr > 0; got "
+            f"{iters}, {n}, {batch}, {lam}, {lr}"
+        )
+    model = model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    dev = next(model.parameters()).device
+    cfg = model.cfg
+    rec = _Recorder(model)
+    denoiser, cond = rec, None
+    if guidance is not None:
+        cond = torch.arange(n, device=dev) % cfg.num_classes
+        denoiser = ClassifierFreeGuidance(rec, guidance, cfg.num_classes)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    with torch.no_grad():
+        samplers.sample(
+            sampler,
+            denoiser,
+            schedule,
+            (n, cfg.in_chans, cfg.img_size, cfg.img_size),
+            steps,
+            generator=gen,
+            cond=cond,
+            **(sampler_kw or {}),
+        )
+    calls = len(rec.calls)
+    # Start near "compute everything" (beta ~ 0.95): the sparsity term lowers what is cheap.
+    logits = torch.full((calls, model.depth, 2), 3.0, device=dev, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=lr)
+    rng = torch.Generator().manual_seed(seed + 1)
+    rows_total = rec.calls[0][0].shape[0]
+    mse = reg = float("nan")
+    for _ in tqdm(range(iters), desc="l2c router", disable=not progress):
+        if calls < 2:
+            break
+        c = int(torch.randint(1, calls, (1,), generator=rng))
+        rows = torch.randperm(rows_total, generator=rng)[:batch].to(dev)
+
+        prev, now = _rows(rec.calls[c - 1], rows), _rows(rec.calls[c], rows)
+        with torch.no_grad():
+            cached = _branches(model, *prev)
+            target = model(*now)
+        beta = torch.sigmoid(logits[c])  # (depth, 2)
+        state = model.embed(*now)
+        for i in range(model.depth):
+            model.block_parts(i, state, mix=_Mix(beta[i], cached[i]))
+        loss_mse = (model.readout(state.h) - target).pow(2).mean()
+        loss_reg = beta.mean()
+        loss = loss_mse + lam * loss_reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        mse, reg = loss_mse.item(), loss_reg.item()
+    router = torch.sigmoid(logits.detach()).cpu()
+    router[0] = 1.0  # the first call has nothing cached: it always computes
+    log.info("l2c router: %d calls, final mse %.3g, mean beta %.3f", calls, mse, reg)
+    return router, {"calls": calls, "mse": mse, "mean_beta": float(router[1:].mean())}
