@@ -1,0 +1,249 @@
+"""Step-level caches (caching/): exactness at their "recompute everything" knob, FLOP
+accounting against FlopCounterMode, state reset between runs, composition rules, calibration,
+the Learning-to-Cache router, and cells / CLI with bad cache input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import samplers
+from adaptive.calibrate import calibrate
+from adaptive.executor import EarlyExitDenoiser
+from adaptive.flops import flop_counter
+from adaptive.policies import make_policy
+from bench.cell import Cell
+from bench.grid import main as grid_main
+from caching import CACHES, make_cache
+from caching.l2c import train_router
+from models import make_model
+
+T = 1000
+SCHEDULE = samplers.make_schedule("linear", T)
+STEPS = 8
+
+
+def _model(heads="none", seed=0):
+    torch.manual_seed(seed)
+    return make_model("micro", 8, 1, exit_heads=heads, depth=7).eval()
+
+
+def _router(calls=STEPS, depth=7, seed=0):
+    return torch.rand(calls, depth, 2, generator=torch.Generator().manual_seed(seed))
+
+
+def _cache(name, knob, **kw):
+    if name == "l2c":
+        kw.setdefault("router", _router())
+    return make_cache(name, knob, **kw)
+
+
+def _sample(model, cache=None, policy="full", knob=None, sampler="ddim", n=6, seed=3, **kw):
+    ex = EarlyExitDenoiser(model, make_policy(policy, knob), T, cache=cache)
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        out = samplers.sample(sampler, ex, SCHEDULE, (n, 1, 8, 8), STEPS, generator=g, **kw)
+    return out.samples, ex
+
+
+# (policy, knob that recomputes everything, a knob that reuses, options)
+POLICIES = [
+    ("fora", 1.0, 2.0, {}),
+    ("deepcache", 1.0, 2.0, {"branch": 1}),
+    ("deepcache", 1.0, 3.0, {"branch": 0}),
+    ("teacache", 0.0, 0.3, {}),
+    ("l2c", 0.0, 0.6, {}),
+]
+
+
+@pytest.mark.parametrize("name, exact, _, opts", POLICIES)
+@pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++", "unipc-bh2"])
+def test_cache_that_recomputes_every_call_equals_the_plain_model(name, exact, _, opts, sampler):
+    model = _model()
+    ref, _ = _sample(model, sampler=sampler)
+    out, ex = _sample(model, _cache(name, exact, **opts), sampler=sampler)
+    assert torch.equal(out, ref)
+    assert ex.flop_ratio == pytest.approx(1.0)
+    assert ex.cache.reuse_ratio == 0
+
+
+@pytest.mark.parametrize("name, _, knob, opts", POLICIES)
+def test_reuse_saves_flops_and_the_meter_matches_flop_counter(name, _, knob, opts):
+    model = _model()
+    ref, _ = _sample(model)
+    ex = EarlyExitDenoiser(model, make_policy("full"), T, cache=_cache(name, knob, **opts))
+    g = torch.Generator().manual_seed(3)
+    with torch.inference_mode(), flop_counter() as fc:
+        out = samplers.sample("ddim", ex, SCHEDULE, (6, 1, 8, 8), STEPS, generator=g).samples
+    assert fc.get_total_flops() == pytest.approx(ex.executed_flops, rel=1e-9)
+    assert ex.flop_ratio < 0.95
+    assert 0 < ex.cache.reuse_ratio < 1
+    assert ex.cache.peak_bytes > 0
+    assert not torch.equal(out, ref)  # it did reuse something
+    assert torch.isfinite(out).all()
+
+
+def test_fora_interval_two_computes_every_other_call():
+    model = _model()
+    _, ex = _sample(model, _cache("fora", 2.0))
+    c = ex.costs
+    per_reuse = c.embed + sum(c.fuse) + c.readout
+    expected = (STEPS // 2) * c.full + (STEPS // 2) * per_reuse
+    assert ex.executed_flops == pytest.approx(expected * 6)
+
+
+def test_deepcache_partial_calls_run_the_branch_blocks_only():
+    model = _model()
+    _, ex = _sample(model, _cache("deepcache", 2.0, branch=2))
+    c, d = ex.costs, model.depth
+    branch = sum(c.blocks[:2]) + sum(c.blocks[d - 2 :])
+    expected = (STEPS // 2) * c.full + (STEPS // 2) * (c.embed + branch + c.readout)
+    assert ex.executed_flops == pytest.approx(expected * 6)
+
+
+@pytest.mark.parametrize("name, _, knob, opts", POLICIES)
+def test_state_resets_between_sampling_runs(name, _, knob, opts):
+    model = _model()
+    cache = _cache(name, knob, **opts)
+    a, ex = _sample(model, cache, seed=5)
+    g = torch.Generator().manual_seed(5)
+    with torch.inference_mode():  # the same executor, a second run: no stale cache
+        b = samplers.sample("ddim", ex, SCHEDULE, (6, 1, 8, 8), STEPS, generator=g).samples
+    assert torch.equal(a, b)
+    g = torch.Generator().manual_seed(5)
+    with torch.inference_mode():  # a different batch size is a new run too
+        c = samplers.sample("ddim", ex, SCHEDULE, (4, 1, 8, 8), STEPS, generator=g).samples
+    assert c.shape[0] == 4 and torch.isfinite(c).all()
+
+
+def test_teacache_composes_with_exits_and_counts_flops():
+    model = _model("uem")
+    cache = _cache("teacache", 0.3)
+    ex = EarlyExitDenoiser(model, make_policy("uem", 1.0), T, cache=cache)
+    g = torch.Generator().manual_seed(3)
+    with torch.inference_mode(), flop_counter() as fc:
+        out = samplers.sample("ddim", ex, SCHEDULE, (6, 1, 8, 8), STEPS, generator=g).samples
+    assert torch.isfinite(out).all()
+    assert fc.get_total_flops() == pytest.approx(ex.executed_flops, rel=1e-9)
+    blocks = torch.cat(ex.trace.exit_block)
+    assert (blocks == -1).any()  # served wholly from the cache
+    assert ((blocks >= 0) & (blocks < model.depth - 1)).any()  # exited early
+
+
+@pytest.mark.parametrize("name", ["fora", "deepcache", "l2c"])
+def test_static_caches_refuse_exit_policies(name):
+    with pytest.raises(ValueError, match="does not compose with exit policy 'uem'"):
+        EarlyExitDenoiser(
+            _model("uem"),
+            make_policy("uem", 0.2),
+            T,
+            cache=_cache(name, 2.0 if name != "l2c" else 0.5),
+        )
+
+
+def test_per_row_cache_refuses_paired_cfg_exits():
+    with pytest.raises(ValueError, match="paired"):
+        EarlyExitDenoiser(
+            _model(), make_policy("full"), T, paired=True, cache=_cache("teacache", 0.1)
+        )
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: make_cache("nope"), "unknown cache policy 'nope'; valid choices: deepcache"),
+        (lambda: make_cache("fora", 0.5), r"interval must be in \[1.0, 100.0\]"),
+        (lambda: make_cache("teacache", -1), r"threshold must be in \[0.0, 10.0\]"),
+        (lambda: make_cache("teacache", float("nan")), "threshold must be in"),
+        (lambda: make_cache("fora", 2, branch=1), "takes no option branch"),
+        (lambda: make_cache("deepcache", 2, branch=-1), "branch must be an integer >= 0"),
+        (lambda: make_cache("l2c", 0.5), "needs a learned router"),
+        (lambda: make_cache("l2c", 0.5, router=torch.rand(3, 4)), "router must be"),
+    ],
+)
+def test_bad_cache_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_deepcache_branch_beyond_the_in_blocks_is_refused():
+    with pytest.raises(ValueError, match=r"branch must be in \[0, 3\] for a 7-block model"):
+        EarlyExitDenoiser(_model(), make_policy("full"), T, cache=_cache("deepcache", 2, branch=4))
+
+
+def test_l2c_router_for_fewer_calls_is_refused():
+    cache = _cache("l2c", 0.5, router=_router(calls=3))
+    with pytest.raises(ValueError, match="learned for 3 denoiser calls"):
+        _sample(_model(), cache)
+
+
+@pytest.mark.parametrize(
+    "name, opts", [("fora", {}), ("teacache", {}), ("deepcache", {"branch": 1})]
+)
+def test_calibration_lands_on_the_target(name, opts):
+    model = _model()
+    cal = calibrate(model, SCHEDULE, "full", 0.6, steps=STEPS, n=8, cache=name, cache_options=opts)
+    # fractional intervals reach a ratio per full call (1/8 of the way at 8 calls)
+    tol = 0.08 if name != "teacache" else 0.04
+    assert cal.achieved == pytest.approx(0.6, abs=tol)
+    assert cal.knob is not None and len(cal.history) >= 2
+    _, ex = _sample(model, _cache(name, cal.knob, **opts), n=8, seed=1234)
+    assert ex.flop_ratio == pytest.approx(cal.achieved)  # the same batch: the same ratio
+
+
+def test_l2c_router_learns_and_its_threshold_trades_flops():
+    model = _model()
+    router, info = train_router(model, SCHEDULE, "ddim", STEPS, n=16, iters=30, batch=8)
+    assert router.shape == (STEPS, model.depth, 2)
+    assert (router[0] == 1).all()  # the first call computes
+    assert 0 <= float(router.min()) and float(router.max()) <= 1
+    assert info["calls"] == STEPS
+    ratios = [
+        _sample(model, _cache("l2c", th, router=router))[1].flop_ratio for th in (0.0, 0.9, 1.0)
+    ]
+    assert ratios[0] == pytest.approx(1.0)
+    assert ratios[0] >= ratios[1] >= ratios[2]
+    assert ratios[2] < 0.5
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(cache="lru"), "unknown cache 'lru'; valid choices: none, deepcache"),
+        (dict(cache_knob=2.0), "need a cache policy"),
+        (dict(cache="fora", cache_branch=1), "cache_branch applies to cache 'deepcache'"),
+        (dict(cache="deepcache", cache_branch=5), r"branch must be in \[0, 4\]"),
+        (dict(cache="fora", cache_knob=0.2), "interval must be in"),
+        (dict(cache="l2c", cache_knob=2.0), "threshold must be in"),
+        (dict(recipe="uem", policy="uem", knob=0.2, cache="fora"), "does not compose"),
+        (
+            dict(policy="full", cache="fora", cache_knob=2.0, target_flop_ratio=0.5),
+            "never exits",
+        ),
+    ],
+)
+def test_bad_cache_cells(fields, match):
+    with pytest.raises(ValueError, match=match):
+        Cell(**fields)
+
+
+def test_cache_cells_keep_old_keys_and_label_what_is_calibrated():
+    assert Cell().key == Cell(cache="none").key
+    c = Cell(cache="deepcache", cache_branch=2, target_flop_ratio=0.5)
+    assert c.calibrates_cache and c.label() == "full full deepcache2@0.5 ddim-20"
+    c = Cell(recipe="uem", policy="uem", cache="teacache", cache_knob=0.1, target_flop_ratio=0.5)
+    assert not c.calibrates_cache and c.label() == "uem uem@0.5 teacache=0.1 ddim-20"
+
+
+def test_grid_cli_refuses_a_bad_cache_and_writes_nothing(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[[cell]]\ncache = "lru"\n')
+    with pytest.raises(SystemExit) as e:
+        grid_main(["--config", str(cfg), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert "valid choices: none, deepcache, fora, teacache, l2c" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_cache_is_listed():
+    assert set(CACHES) == {"deepcache", "fora", "teacache", "l2c"}
