@@ -57,6 +57,25 @@ class Sampling:
         self.run()
 
 
+class CachedSampling:
+    """Wall-clock of sampling 64 digits with each step-level cache calibrated to the same FLOP
+    ratio as the exits (DDIM 20; ``none`` is the plain model), side by side in one run."""
+
+    params = (["none", "deepcache", "fora", "teacache"],)
+    param_names = ("cache",)
+    timeout = 600
+    warmup_time = 0.5
+
+    def setup(self, cache: str) -> None:
+        target = None if cache == "none" else TARGET
+        cell = Cell(cache=cache, target_flop_ratio=target, samples=BATCH)
+        pipe = build_pipeline(cell, progress=False)
+        self.run = lambda: pipe.sample(BATCH, seed=0, batch_size=BATCH)
+
+    def time_sample_64_images(self, cache: str) -> None:
+        self.run()
+
+
 class Quality:
     """FID (offline CNN features, 500 samples), FLOP ratio per call, layer ratio and wall ratio
     per call of each cell, run once per ``asv run``."""
