@@ -70,6 +70,12 @@ def load_table(grid_dir: Path):
     return df
 
 
+def _plain(df):
+    """Rows of the plain model: full recipe, no pruning, no exits, no cache."""
+    no_cache = (df["cache"].fillna("none") == "none") if "cache" in df else True
+    return (df.policy == "full") & (df.prune_ratio == 0) & (df.recipe == "full") & no_cache
+
+
 def _method(r) -> str:
     """The acceleration a cell combines: pruning, an exit policy, a cache (or "full")."""
     parts = [f"prune{r.prune_ratio:g}"] if r.prune_ratio else []
@@ -138,7 +144,7 @@ def plot_fid_vs_flops(df, out: Path) -> list[Path]:
 def wall_ratios(df):
     """Each cell's seconds per image over the matching full-depth, unpruned cell's (same
     model, sampler, steps, guidance, device); cells without such a reference are dropped."""
-    ref = df[(df.method == "full") & (df.recipe == "full")]
+    ref = df[_plain(df)]
     keys = ["dataset", "model", "sampler", "steps", "device"]
     ref = ref[[*keys, "seconds_per_image"]].rename(columns={"seconds_per_image": "ref_s"})
     ref = ref.groupby(keys, as_index=False).ref_s.median()
@@ -341,7 +347,7 @@ def plot_fid_vs_nfe(df, out: Path) -> list[Path]:
     """FID against NFE per solver (full unpruned model, no guidance), log-log."""
     import matplotlib.pyplot as plt
 
-    plain = (df.method == "full") & (df.recipe == "full")
+    plain = _plain(df)
     if "guidance" in df:
         plain &= df.guidance.isna()
     d = df[plain]
