@@ -28,7 +28,7 @@ from torch import Tensor
 
 from adaptive.flops import count_flops
 from adaptive.policies import ExitPolicy
-from caching.policies import CACHES, CachePolicy
+from caching.policies import CachePolicy, check_composition
 from models import UViT, UViTState
 
 __all__ = ["CostModel", "EarlyExitDenoiser", "ExitContext", "ExitTrace", "FlopMeter"]
@@ -173,18 +173,8 @@ class EarlyExitDenoiser:
                 f"policy {policy.name!r} decides once for the whole batch; paired (CFG) exits "
                 "have no meaning with it"
             )
-        if cache is not None and policy.knob_name is not None and not cache.per_row:
-            per_row = [name for name, c in CACHES.items() if c.per_row]
-            raise ValueError(
-                f"cache policy {cache.name!r} reuses blocks that an exit leaves uncomputed, so it "
-                f"does not compose with exit policy {policy.name!r}; use policy 'full' with it, "
-                f"or a per-row cache ({', '.join(per_row)})"
-            )
-        if cache is not None and cache.per_row and paired:
-            raise ValueError(
-                f"cache policy {cache.name!r} decides per row; paired (CFG) exits need the "
-                "cond/uncond halves aligned, which its compaction breaks"
-            )
+        if cache is not None:
+            check_composition(cache.name, policy.name, policy.knob_name is not None, paired)
         self.model = model
         self.policy = policy
         self.T = T

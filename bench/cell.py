@@ -26,6 +26,7 @@ from bench.metrics import EXTRACTORS
 from bench.prune import PruneConfig
 from bench.train import BUDGETS, TrainConfig
 from caching import CACHES, make_cache
+from caching.policies import check_composition
 from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS, check_options
@@ -147,17 +148,7 @@ class Cell:
             policy = make_cache(self.cache, self.cache_knob, **self.cache_options)
             policy.check_model(MODELS[self.model]["depth"])
         exits = POLICIES[self.policy].knob_name is not None
-        if exits and not cls.per_row:
-            per_row = [n for n, c in CACHES.items() if c.per_row]
-            raise ValueError(
-                f"cache {self.cache!r} reuses blocks that an exit leaves uncomputed, so it does "
-                f"not compose with policy {self.policy!r}; use policy 'full' with it, or a "
-                f"per-row cache ({', '.join(per_row)})"
-            )
-        if cls.per_row and self.cfg_exit_together:
-            raise ValueError(
-                f"cfg_exit_together cannot apply with cache {self.cache!r}, which decides per row"
-            )
+        check_composition(self.cache, self.policy, exits, self.cfg_exit_together)
 
     @property
     def cache_options(self) -> dict[str, Any]:

@@ -137,9 +137,10 @@ class CachePolicy(ABC):
         ``h0`` is their embedded input."""
 
     def _held(self) -> None:
+        """Update ``peak_bytes`` with the tensors ``store`` holds now (values, or dicts of)."""
         nbytes = 0
         for v in self.store.values():
-            for x in v if isinstance(v, list) else [v]:
+            for x in v.values() if isinstance(v, dict) else [v]:
                 if isinstance(x, Tensor):
                     nbytes += x.numel() * x.element_size()
         self.peak_bytes = max(self.peak_bytes, nbytes)
@@ -177,16 +178,6 @@ class _BranchCache(CachePolicy):
         if i == self.model.depth - 1:
             self._held()
         return self._account(i, state.h.shape[0], executed * state.h.shape[0])
-
-    def _held(self) -> None:
-        self.peak_bytes = max(
-            self.peak_bytes,
-            sum(
-                x.numel() * x.element_size()
-                for d in (self.store.get("attn", {}), self.store.get("mlp", {}))
-                for x in d.values()
-            ),
-        )
 
 
 class Fora(_BranchCache):
@@ -280,17 +271,14 @@ class DeepCache(CachePolicy):
     def run_block(self, i: int, state: UViTState) -> float:
         depth, k, n = self.model.depth, self.branch, state.h.shape[0]
         enter = depth - k  # the out-block the deep path feeds
-        if self._full or k <= i < enter:
-            if not self._full:  # inside the deep path: skipped, the cache stands in for it
-                if i == enter - 1:
-                    state.h = self.store["h"]
-                return self._account(i, n, 0.0)
-            self.model.run_block(i, state)
+        if not self._full and k <= i < enter:  # the deep path: the cache stands in for it
             if i == enter - 1:
-                self.store["h"] = state.h
-                self._held()
-            return self._account(i, n, self.costs.blocks[i] * n)
+                state.h = self.store["h"]
+            return self._account(i, n, 0.0)
         self.model.run_block(i, state)
+        if self._full and i == enter - 1:
+            self.store["h"] = state.h
+            self._held()
         return self._account(i, n, self.costs.blocks[i] * n)
 
 
@@ -353,6 +341,25 @@ CACHES: dict[str, type[CachePolicy]] = {
 }
 # Options a policy takes besides its knob (what a cell may set).
 CACHE_OPTIONS: dict[str, tuple[str, ...]] = {"deepcache": ("branch",), "l2c": ("router",)}
+
+
+def check_composition(cache: str, policy: str, exits: bool, paired: bool = False) -> None:
+    """Raise ``ValueError`` unless cache policy ``cache`` composes with exit policy ``policy``
+    (``exits``: it has a knob, i.e. it can exit) and, if ``paired``, CFG rows exiting together.
+    The executor and a cell check the same rule here."""
+    cls = CACHES[cache]
+    if exits and not cls.per_row:
+        per_row = [name for name, c in CACHES.items() if c.per_row]
+        raise ValueError(
+            f"cache policy {cache!r} reuses blocks that an exit leaves uncomputed, so it does "
+            f"not compose with exit policy {policy!r}; use policy 'full' with it, or a per-row "
+            f"cache ({', '.join(per_row)})"
+        )
+    if cls.per_row and paired:
+        raise ValueError(
+            f"cache policy {cache!r} decides per row; paired (CFG) exits (cfg_exit_together) "
+            "need the cond/uncond halves aligned, which its compaction breaks"
+        )
 
 
 def make_cache(name: str, knob: float | None = None, **options: Any) -> CachePolicy:
