@@ -23,7 +23,7 @@ from bench.cache import config_hash
 from bench.data import DATASETS, SPLITS
 from bench.devices import AUTOCAST
 from bench.metrics import EXTRACTORS
-from bench.prune import PruneConfig
+from bench.prune import PRUNE_REVISION, PruneConfig
 from bench.train import BUDGETS, TrainConfig
 from caching import CACHES, make_cache
 from caching.policies import check_composition
@@ -58,6 +58,15 @@ class Cell:
     recipe: str = "full"
     prune_ratio: float = 0.0
     prune_importance: str = DEFAULT_IMPORTANCE
+    # The pruned model's fine-tune (bench.prune.PruneConfig; None: its default recipe): budget,
+    # learning rate, distillation weights (eps, block features), prune–fine-tune rounds, and
+    # the train-small control (the pruned shape trained from scratch with the same compute).
+    prune_finetune_steps: int | None = None
+    prune_lr: float | None = None
+    prune_distill: float | None = None
+    prune_distill_features: float | None = None
+    prune_rounds: int | None = None
+    prune_scratch: bool = False
     policy: str = "full"
     knob: float | None = None
     target_flop_ratio: float | None = None  # calibrate the knob to this (overrides knob)
@@ -99,6 +108,8 @@ class Cell:
                     f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(registry)}"
                 )
         check_prune(self.prune_ratio, self.prune_importance)
+        if self.prune_ratio == 0 and any(map(self._sets, PRUNE_FIELDS)):
+            raise ValueError(f"{', '.join(PRUNE_FIELDS)} need prune_ratio > 0")
         if self.target_flop_ratio is not None:
             check_target(self.target_flop_ratio)
         self._check_cache()
@@ -111,6 +122,8 @@ class Cell:
         self._check_policy()
         self._check_training()
         tcfg = cell_train_config(self)  # validates the training fields (steps, loss weights)
+        if self.prune_ratio > 0:
+            cell_prune_config(self, tcfg)  # validates the fine-tune fields
         T = tcfg.T
         if self.steps > T:
             raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
@@ -125,6 +138,11 @@ class Cell:
             )
         if self.device != "cpu" and not self.device.startswith(("cuda", "mps")):
             raise ValueError(f"unknown device {self.device!r}; valid choices: cpu, cuda, cuda:N")
+
+    def _sets(self, name: str) -> bool:
+        """Whether an optional field is set (not None; a flag: True)."""
+        value = getattr(self, name)
+        return value is not None and value is not False
 
     @property
     def calibrates_cache(self) -> bool:
@@ -213,6 +231,8 @@ class Cell:
         revisions = (RECIPES[self.recipe].revision, POLICIES[self.policy].revision)
         if any(revisions):
             changed["revisions"] = revisions
+        if self.prune_ratio > 0 and PRUNE_REVISION:
+            changed["prune_revision"] = PRUNE_REVISION
         return config_hash(changed, kind="cell")
 
     def model_label(self) -> str:
@@ -221,9 +241,24 @@ class Cell:
         for name, short in (("lambda_u", "lu"), ("lambda_ual", "lual")):
             if getattr(self, name) != 1.0:
                 train += f" {short}{getattr(self, name):g}"
-        prune = f" prune{self.prune_ratio:g}" if self.prune_ratio else ""
+        prune = f" prune{self.prune_ratio:g}{self.prune_label()}" if self.prune_ratio else ""
         model = "" if self.model == "tiny" else f"{self.model} "
         return f"{model}{self.recipe}{train}{prune}"
+
+    def prune_label(self) -> str:
+        """The pruning recipe's non-default parts, e.g. ``(magnitude,ft2000,kd1,r3)``."""
+        parts = [] if self.prune_importance == DEFAULT_IMPORTANCE else [self.prune_importance]
+        for name, short in (
+            ("prune_finetune_steps", "ft"),
+            ("prune_lr", "lr"),
+            ("prune_distill", "kd"),
+            ("prune_distill_features", "fkd"),
+            ("prune_rounds", "r"),
+        ):
+            if getattr(self, name) is not None:
+                parts.append(f"{short}{getattr(self, name):g}")
+        parts += ["scratch"] if self.prune_scratch else []
+        return f"({','.join(parts)})" if parts else ""
 
     def cache_label(self) -> str:
         """``cache[branch](@target|=knob)``, e.g. ``deepcache1@0.65``; empty without a cache."""
@@ -314,7 +349,21 @@ def cell_train_config(cell: Cell) -> TrainConfig:
     return TrainConfig(**kw).normalised()
 
 
+# The cell fields that set the pruned model's fine-tune, and their PruneConfig names.
+PRUNE_FIELDS = {
+    "prune_finetune_steps": "finetune_steps",
+    "prune_lr": "finetune_lr",
+    "prune_distill": "distill",
+    "prune_distill_features": "distill_features",
+    "prune_rounds": "rounds",
+    "prune_scratch": "scratch",
+}
+
+
 def cell_prune_config(cell: Cell, tcfg: TrainConfig) -> PruneConfig:
     budget = BUDGETS.get(cell.model)
-    ft = {} if budget is None else {"finetune_steps": budget.prune_finetune_steps}
-    return PruneConfig(base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, **ft)
+    kw: dict[str, Any] = {} if budget is None else {"finetune_steps": budget.prune_finetune_steps}
+    kw.update(
+        {field: getattr(cell, name) for name, field in PRUNE_FIELDS.items() if cell._sets(name)}
+    )
+    return PruneConfig(base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, **kw)

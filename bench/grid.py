@@ -169,7 +169,23 @@ def _check_fields(path: Path, where: str, what: str, table: dict[str, Any]) -> N
 
 
 def _expand(path: Path, where: str, sweep: dict[str, Any]) -> list[dict[str, Any]]:
-    """The cartesian product of a sweep table's axes (a value or a list of values each)."""
+    """The cartesian product of a sweep table's axes (a value or a list of values each). The
+    axis ``each``, a list of inline tables, varies several fields together: ``each =
+    [{sampler = "ddim", steps = 20}, {sampler = "dpm-solver++", steps = 10}]``."""
+    sweep = dict(sweep)
+    each = sweep.pop("each", [{}])
+    if not (
+        isinstance(each, list) and each and all(isinstance(e, dict) and e for e in each)
+    ) and each != [{}]:
+        raise ValueError(
+            f"{path}: {where}: 'each' must be a non-empty list of inline tables of cell fields, "
+            f"got {each!r}"
+        )
+    for group in each:
+        _check_fields(path, where, "field(s) in 'each'", group)
+        clash = set(group) & set(sweep)
+        if clash:
+            raise ValueError(f"{path}: {where}: {sorted(clash)} set both in 'each' and as axes")
     _check_fields(path, where, "sweep axis", sweep)
     axes = {k: v if isinstance(v, list) else [v] for k, v in sweep.items()}
     for name, values in axes.items():
@@ -178,7 +194,11 @@ def _expand(path: Path, where: str, sweep: dict[str, Any]) -> list[dict[str, Any
                 f"{path}: {where}: axis {name!r} must be a value or a non-empty list of "
                 f"values, got {sweep[name]!r}"
             )
-    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+    return [
+        {**dict(zip(axes, combo, strict=True)), **group}
+        for combo in itertools.product(*axes.values())
+        for group in each
+    ]
 
 
 def _list_choices() -> str:

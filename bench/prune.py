@@ -3,6 +3,14 @@
 ``python -m bench.prune --ratio 0.3 --importance diff-pruning [--recipe uem]`` builds (or finds
 in the cache) one pruned model; the grid does the same for every cell with ``prune_ratio > 0``.
 
+The fine-tune (:class:`PruneConfig`): a step budget and learning rate; knowledge distillation
+from the unpruned checkpoint (output and / or block features, :mod:`bench.distill`) beside the
+task loss; one-shot or iterative pruning (``rounds`` prune–fine-tune rounds sharing the
+budget); EMA as in training. The recipe's own loss is used, so a pruned exit model keeps and
+re-tunes its exit heads. ``scratch=True`` is the control every pruning paper is asked for: the
+pruned architecture, re-initialised, trained from scratch for the same total compute
+(:func:`scratch_steps`).
+
 The cached artifact holds the fine-tuned weights of the pruned model plus, in its metadata, the
 base checkpoint id, ratio, criterion, torch-pruning's pruning history and head counts. Loading
 rebuilds the architecture by replaying the history on a fresh base model, then loads the weights
@@ -14,40 +22,89 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from adaptive.executor import CostModel
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
 from bench.cli import add_run_options
 from bench.data import DataSource, as_tensors, data_source
 from bench.devices import resolve_device
+from bench.distill import Distiller
 from bench.train import TrainConfig, build_model, load_or_train, train
 from models import MODELS, UViT
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune, prune, replay
 
-__all__ = ["PruneConfig", "PrunedModel", "load_or_prune", "main", "pruned_before_finetune"]
+__all__ = [
+    "PRUNE_REVISION",
+    "PruneConfig",
+    "PrunedModel",
+    "load_or_prune",
+    "load_teacher",
+    "main",
+    "pruned_before_finetune",
+    "scratch_steps",
+]
 
 log = logging.getLogger(__name__)
+
+# Bumped when PruneConfig's defaults change what a pruned model is, so grid cells that prune
+# (and use the defaults) get new keys instead of reading records of the old recipe.
+PRUNE_REVISION = 1
 
 
 @dataclass(frozen=True)
 class PruneConfig:
+    """Everything that determines a pruned model (its cache key is a hash of this)."""
+
     base: TrainConfig = field(default_factory=TrainConfig)
     ratio: float = 0.3
     importance: str = DEFAULT_IMPORTANCE
     finetune_steps: int = 500
     finetune_lr: float = 5e-4
     seed: int = 0
+    distill: float = 0.0  # weight of eps distillation from the teacher (0: task loss alone)
+    distill_features: float = 0.0  # weight of block-feature distillation
+    rounds: int = 1  # prune–fine-tune rounds (1: one-shot); the budget is split between them
+    scratch: bool = False  # the train-small control: pruned shape, new weights, same compute
+    teacher: str = "base"  # the unpruned base checkpoint, or a cached checkpoint's key
 
     def __post_init__(self) -> None:
-        check_prune(self.ratio, self.importance)
-        if self.finetune_steps < 0:
-            raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
+        check_prune(self.ratio, self.importance, self.rounds)
+        if isinstance(self.finetune_steps, bool) or not isinstance(self.finetune_steps, int):
+            raise ValueError(f"finetune_steps must be an integer, got {self.finetune_steps!r}")
+        if self.finetune_steps < 1:
+            raise ValueError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
+        if self.finetune_steps < self.rounds:
+            raise ValueError(
+                f"finetune_steps ({self.finetune_steps}) must cover every round ({self.rounds})"
+            )
+        if not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
+            raise ValueError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr}")
+        for name in ("distill", "distill_features"):
+            w = getattr(self, name)
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        if self.scratch and self.rounds != 1:
+            raise ValueError("the scratch control builds the pruned shape once; rounds must be 1")
+        if self.teacher != "base":
+            if not re.fullmatch(r"[0-9a-f]{16}", self.teacher):
+                raise ValueError(
+                    f"teacher must be 'base' (the unpruned checkpoint) or a 16-hex checkpoint "
+                    f"key (python -m bench.train prints it), got {self.teacher!r}"
+                )
+            if not self.distills:
+                raise ValueError("a teacher is only used with distill > 0 or distill_features > 0")
+
+    @property
+    def distills(self) -> bool:
+        return self.distill > 0 or self.distill_features > 0
 
     @property
     def key(self) -> str:
@@ -78,13 +135,109 @@ def _base_model(
     return model.to(device)
 
 
-def _prune(pc: PruneConfig, cache: ArtifactCache, device, progress: bool, data: DataSource):
+def load_teacher(
+    pc: PruneConfig, cache: ArtifactCache, device, progress: bool, data: DataSource | None
+) -> UViT:
+    """The distillation teacher: the unpruned base checkpoint, or the cached checkpoint named by
+    ``pc.teacher`` (a ``ValueError`` naming the valid choices when it is not in the cache)."""
+    if pc.teacher == "base":
+        return _base_model(pc, cache, device, progress, data).eval()
+    hit = cache.load("checkpoint", pc.teacher)
+    if hit is None:
+        raise _no_teacher(pc, cache)
+    tensors, meta = hit
+    cfg = TrainConfig(**meta["config"])
+    if (cfg.dataset, cfg.class_cond) != (pc.base.dataset, pc.base.class_cond):
+        raise ValueError(
+            f"teacher {pc.teacher} was trained on {cfg.dataset} (class_cond={cfg.class_cond}); "
+            f"the pruned model on {pc.base.dataset} (class_cond={pc.base.class_cond})"
+        )
+    model = build_model(cfg)
+    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    return model.to(device).eval()
+
+
+def _no_teacher(pc: PruneConfig, cache: ArtifactCache) -> ValueError:
+    return ValueError(
+        f"distillation needs a teacher checkpoint: {pc.teacher!r} is not in the cache "
+        f"({cache.root}); use teacher 'base' (the unpruned model) or the key of a trained "
+        "checkpoint (python -m bench.train prints it)"
+    )
+
+
+def scratch_steps(pc: PruneConfig, full: UViT, pruned: UViT) -> int:
+    """Training steps of the train-small control: the compute of pre-training the unpruned
+    model plus the pruned model's fine-tune, in steps of the pruned model. A training step costs
+    a fixed multiple (about 3) of a forward pass, so the ratio of forward FLOPs converts; a
+    teacher's forward in distillation is left out on both sides."""
+    T = pc.base.T
+    ratio = CostModel(full, T).full / CostModel(pruned, T).full
+    return round(pc.base.steps * ratio) + pc.finetune_steps
+
+
+def _finetune(pc, model, steps, seed, device, data, progress, distiller, scratch=False):
+    """Train ``model`` in place (its EMA weights are loaded back) and return (tensors, meta)."""
+    cfg = dataclasses.replace(pc.base, finetune_steps=steps, finetune_lr=pc.finetune_lr, seed=seed)
+    if scratch:
+        cfg = dataclasses.replace(cfg, steps=steps)
+    tensors, meta = train(
+        cfg, device, data, progress=progress, model=model, distiller=distiller, scratch=scratch
+    )
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    model.load_state_dict(ema)
+    return ema, meta
+
+
+def _build(pc: PruneConfig, cache: ArtifactCache, device, progress: bool, data: DataSource):
+    """Prune (one-shot or in rounds, fine-tuning between), then fine-tune; or, for the scratch
+    control, re-initialise the pruned shape and train it. Returns (tensors, metadata)."""
+    distiller = None
+    if pc.distills:
+        teacher = load_teacher(pc, cache, device, progress, data)
+        distiller = Distiller(teacher, pc.distill, pc.distill_features)
     model = _base_model(pc, cache, device, progress, data)
     images, _ = as_tensors(data.load(pc.base.dataset, "train"))
     ab = pc.base.make_schedule().alphas_cumprod
-    return prune(
-        model, pc.ratio, pc.importance, data=images.to(device), alphas_cumprod=ab, seed=pc.seed
+    per_round = pc.finetune_steps // pc.rounds
+
+    def between(r: int, m: UViT) -> None:
+        log.info("pruning round %d/%d done; fine-tuning %d steps", r + 1, pc.rounds, per_round)
+        _finetune(pc, m, per_round, pc.base.seed + r + 1, device, data, progress, distiller)
+
+    res = prune(
+        model,
+        pc.ratio,
+        pc.importance,
+        data=images.to(device),
+        alphas_cumprod=ab,
+        seed=pc.seed,
+        rounds=pc.rounds,
+        between=between,
     )
+    extra: dict[str, Any] = {}
+    if pc.scratch:
+        torch.manual_seed(pc.seed)
+        fresh = build_model(pc.base).to(device)  # the architecture's own initialisation
+        small = replay(fresh, res.history, res.num_heads)
+        steps = scratch_steps(pc, _base_model(pc, cache, device, False, data), small)
+        log.info("train-small control: %d steps from scratch", steps)
+        tensors, meta = _finetune(
+            pc, small, steps, pc.base.seed, device, data, progress, distiller, scratch=True
+        )
+        extra["scratch_steps"] = steps
+    else:
+        last = pc.finetune_steps - per_round * (pc.rounds - 1)
+        tensors, meta = _finetune(
+            pc, res.model, last, pc.base.seed, device, data, progress, distiller
+        )
+    meta.update(
+        extra,
+        base=pc.base.key,
+        prune=dataclasses.asdict(pc),
+        history=res.history,
+        num_heads=res.num_heads,
+    )
+    return tensors, meta
 
 
 def load_or_prune(
@@ -97,26 +250,14 @@ def load_or_prune(
     """The pruned + fine-tuned model for ``pc``, from the cache or built (and cached)."""
     cache = cache or ArtifactCache()
     data = data_source(data)
-
-    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
-        res = _prune(pc, cache, device, progress, data)
-        ft_cfg = dataclasses.replace(
-            pc.base, finetune_steps=pc.finetune_steps, finetune_lr=pc.finetune_lr
-        )
-        if pc.finetune_steps > 0:
-            tensors, meta = train(ft_cfg, device, data, progress=progress, model=res.model)
-            tensors = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-        else:
-            tensors, meta = dict(res.model.state_dict()), {}
-        meta.update(
-            base=pc.base.key,
-            prune=dataclasses.asdict(pc),
-            history=res.history,
-            num_heads=res.num_heads,
-        )
-        return tensors, meta
-
-    tensors, meta, cached = cache.get_or_build("pruned", pc.key, build)
+    if pc.teacher != "base" and not any(
+        (root / "checkpoint" / f"{pc.teacher}.safetensors").exists()
+        for root in (cache.root, *cache.shipped)
+    ):  # checked before anything is built or locked
+        raise _no_teacher(pc, cache)
+    tensors, meta, cached = cache.get_or_build(
+        "pruned", pc.key, lambda: _build(pc, cache, device, progress, data)
+    )
     base = _base_model(pc, cache, device, progress, data)
     model = replay(base, meta["history"], meta["num_heads"])
     model.load_state_dict(tensors)
@@ -146,12 +287,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--importance", default=d.importance, choices=list(IMPORTANCES))
     p.add_argument("--recipe", default="full", choices=list(RECIPES), help="checkpoint to prune")
     p.add_argument("--model", default=TrainConfig().model, choices=list(MODELS))
-    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=d.finetune_steps,
+        help="fine-tune budget in steps (>= 1; split evenly between rounds)",
+    )
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="peak learning rate")
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=d.distill,
+        help="weight of eps distillation from the teacher beside the task loss (0: off)",
+    )
+    p.add_argument(
+        "--distill-features",
+        type=float,
+        default=d.distill_features,
+        help="weight of block-feature distillation (mean MSE of every block's hidden state)",
+    )
+    p.add_argument(
+        "--teacher",
+        default=d.teacher,
+        help="distillation teacher: 'base' (the unpruned checkpoint) or a cached checkpoint key",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=d.rounds,
+        help="prune-fine-tune rounds (1: one-shot; k: iterative, importance re-scored each round)",
+    )
+    p.add_argument(
+        "--scratch",
+        action="store_true",
+        help="the train-small control: the pruned shape trained from scratch with the same "
+        "total compute (pre-training + fine-tune)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="importance scoring seed")
     add_run_options(p)
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
     p.add_argument("--download", action="store_true", help="download the dataset (online)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -160,13 +336,19 @@ def main(argv: list[str] | None = None) -> int:
             ratio=a.ratio,
             importance=a.importance,
             finetune_steps=a.finetune_steps,
+            finetune_lr=a.finetune_lr,
+            distill=a.distill,
+            distill_features=a.distill_features,
+            teacher=a.teacher,
+            rounds=a.rounds,
+            scratch=a.scratch,
             seed=a.seed,
         )
         device = resolve_device(a.device)
-    except ValueError as e:
+        data = DataSource(a.data_root, a.download)
+        pm = load_or_prune(pc, ArtifactCache(a.cache_dir), device, not a.no_progress, data)
+    except ValueError as e:  # a bad value, or a teacher that is not in the cache
         p.error(str(e))
-    data = DataSource(a.data_root, a.download)
-    pm = load_or_prune(pc, ArtifactCache(a.cache_dir), device, not a.no_progress, data)
     params = sum(q.numel() for q in pm.model.parameters())
     state = "cache hit" if pm.cached else "pruned and fine-tuned"
     print(

@@ -16,6 +16,10 @@ writes to ``results/grid/report/``:
   order, spacing) of the full unpruned model, with DDPM at all T steps as the reference line;
   left the samplers on their default grids, right those with a chosen spacing
   (``bench/sweeps/samplers.toml``);
+- ``fid_vs_prune``: FID against the pruned model's FLOPs per call (vs unpruned), one line per
+  pruning recipe (criterion, fine-tune budget, distillation, rounds) through its ratios, the
+  train-small control hollow, with the unpruned model's FID and 1.15x / 1.5x of it
+  (``bench/sweeps/pruning.toml``); one panel per sampler run;
 - ``samples``: the saved sample grid of chosen cells (``--cells``: substrings of cell labels;
   default: the best FID of each policy).
 
@@ -433,6 +437,92 @@ def plot_fid_vs_total_flops(df, out: Path) -> list[Path]:
     return paths
 
 
+# The pruning recipe's cell fields and their short names in labels (bench.cell.Cell.prune_label).
+_PRUNE_RECIPE = (
+    ("prune_finetune_steps", "ft"),
+    ("prune_lr", "lr"),
+    ("prune_distill", "kd"),
+    ("prune_distill_features", "fkd"),
+    ("prune_rounds", "r"),
+)
+
+
+def _prune_recipe(r) -> str:
+    """A pruned cell's recipe without its ratio, e.g. ``magnitude ft2000 kd1`` (``default``
+    where every field is unset)."""
+    import pandas as pd
+
+    parts = (
+        []
+        if r.get("prune_importance", "diff-pruning") == "diff-pruning"
+        else [r["prune_importance"]]
+    )
+    for col, short in _PRUNE_RECIPE:
+        v = r.get(col)
+        if v is not None and not pd.isna(v):
+            parts.append(f"{short}{v:g}")
+    if bool(r.get("prune_scratch", False)) is True:
+        parts.append("scratch")
+    return " ".join(parts) or "default"
+
+
+def plot_fid_vs_prune(df, out: Path) -> list[Path]:
+    """Pruning recipes through their ratios: FID against FLOPs per call relative to the
+    unpruned model, per sampler run (pruned cells without exits or caches, and the plain
+    model). Drawn when the grid has pruned cells of two or more recipes or ratios."""
+    import matplotlib.pyplot as plt
+
+    plain = _plain(df)
+    pruned = df[(df.prune_ratio > 0) & (df.policy == "full") & (df.cache == "none")].copy()
+    if not len(pruned):
+        return []
+    pruned["recipe_label"] = [_prune_recipe(r) for _, r in pruned.iterrows()]
+    if pruned.recipe_label.nunique() < 2 and pruned.prune_ratio.nunique() < 2:
+        return []
+    runs = sorted(pruned.run.unique())
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.6), squeeze=False)
+    recipes = sorted(pruned.recipe_label.unique())
+    cmap = plt.get_cmap("tab10")
+    for ax, run in zip(axes[0], runs, strict=True):
+        ref = df[plain & (df.run == run)]
+        if len(ref):
+            fid0 = float(ref.fid.min())
+            ax.axhline(fid0, color="k", lw=1, label=f"unpruned ({fid0:.2f})")
+            for k, ls in ((1.15, "--"), (1.5, ":")):
+                ax.axhline(k * fid0, color="grey", lw=0.8, ls=ls, label=f"{k}x unpruned")
+        for i, rec in enumerate(recipes):
+            sub = pruned[(pruned.run == run) & (pruned.recipe_label == rec)]
+            sub = sub.sort_values("flop_ratio_per_call")
+            if not len(sub):
+                continue
+            scratch = "scratch" in rec
+            ax.plot(
+                sub.flop_ratio_per_call,
+                sub.fid,
+                marker="o",
+                ls=":" if scratch else "-",
+                color=cmap(i % 10),
+                mfc="none" if scratch else cmap(i % 10),
+                label=rec,
+            )
+            for _, r in sub.iterrows():
+                ax.annotate(
+                    f"{r.prune_ratio:g}",
+                    (r.flop_ratio_per_call, r.fid),
+                    textcoords="offset points",
+                    xytext=(4, 3),
+                    fontsize=6,
+                )
+        ax.set_xlabel("FLOPs per call / unpruned (labels: prune ratio)")
+        ax.set_ylabel("FID (lower is better)")
+        ax.set_title(run, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, title="recipe", loc="upper left", bbox_to_anchor=(1.02, 1))
+    paths = _save(fig, out, "fid_vs_prune")
+    plt.close(fig)
+    return paths
+
+
 def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> list[Path]:
     import matplotlib
 
@@ -449,6 +539,7 @@ def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> li
     paths += plot_fid_vs_guidance(ok, out)
     paths += plot_fid_vs_nfe(ok, out)
     paths += plot_fid_vs_total_flops(ok, out)
+    paths += plot_fid_vs_prune(ok, out)
     paths += plot_samples(df, grid_dir, out, cells)
     return paths
 

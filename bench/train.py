@@ -26,6 +26,7 @@ from bench.cache import ArtifactCache, config_hash
 from bench.data import DATASETS, DataSource, data_source, dataset_info
 from bench.devices import AUTOCAST, resolve_device
 from bench.devices import autocast as amp_context
+from bench.distill import Distiller
 from bench.steps import batches, ema_update, lr_at, noisy_batch
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
@@ -171,11 +172,16 @@ def build_model(cfg: TrainConfig) -> UViT:
 
 
 def _prepare(
-    cfg: TrainConfig, device: torch.device, init: dict[str, Tensor] | None, model: UViT | None
+    cfg: TrainConfig,
+    device: torch.device,
+    init: dict[str, Tensor] | None,
+    model: UViT | None,
+    scratch: bool = False,
 ) -> tuple[UViT, bool]:
     """The model to train on ``device`` (fresh, from ``init`` weights, or the given one) and
-    whether this is a fine-tune."""
-    finetune = init is not None or model is not None
+    whether this is a fine-tune (``scratch``: a given model trained with the pre-training
+    schedule)."""
+    finetune = (init is not None or model is not None) and not scratch
     if model is None:
         model = build_model(cfg)
         if init is not None:
@@ -218,18 +224,24 @@ def train(
     init: dict[str, Tensor] | None = None,
     model: UViT | None = None,
     autocast: torch.dtype | None = None,
+    distiller: Distiller | None = None,
+    scratch: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Train from scratch, or fine-tune (with ``cfg.finetune_steps`` and ``cfg.finetune_lr``)
     either ``init`` weights (exit recipes; heads absent from ``init`` start fresh) or a given
-    ``model`` (e.g. a pruned one, trained in place). ``autocast`` (bf16 / fp16) runs the
-    forward under ``torch.autocast`` (fp16 with a gradient scaler). Returns (tensors to cache,
-    metadata)."""
+    ``model`` (e.g. a pruned one, trained in place; ``scratch=True`` trains it with the
+    pre-training schedule and ``cfg.steps`` instead). ``distiller`` adds knowledge
+    distillation from a teacher (:class:`bench.distill.Distiller`). ``autocast`` (bf16 / fp16)
+    runs the forward under ``torch.autocast`` (fp16 with a gradient scaler). Returns (tensors
+    to cache, metadata)."""
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     ds = data_source(data).load(cfg.dataset, "train")
     info = dataset_info(cfg.dataset)
-    model, finetune = _prepare(cfg, device, init, model)
+    model, finetune = _prepare(cfg, device, init, model, scratch)
+    if distiller is not None:
+        distiller.attach(model)
     ema = copy.deepcopy(model).requires_grad_(False)
     ab = cfg.make_schedule().alphas_cumprod.to(device=device, dtype=torch.float32)
     recipe = get_recipe(cfg.recipe)
@@ -247,7 +259,12 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, min_lr, warmup)
         with amp_context(device, autocast):
+            if distiller is not None:
+                eps = distiller.target(x_t, t.float(), cond, eps)
             loss, logs = recipe.loss(model, x_t, t.float(), cond, eps, step, **weights)
+            if distiller is not None and (feat := distiller.feature_loss()) is not None:
+                loss = loss + feat
+                logs = {**logs, "loss": logs["loss"] + feat.item(), "feat": feat.item()}
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -260,6 +277,8 @@ def train(
             raise FloatingPointError(f"training diverged at step {step} (loss {logs['loss']})")
         if step % 25 == 0:
             bar.set_postfix(loss=f"{loss_ema:.4f}")
+    if distiller is not None:
+        distiller.detach()
     meta = _meta(cfg, model, device, autocast, steps, time.perf_counter() - t0, loss_ema)
     tensors = {f"ema.{k}": v for k, v in ema.state_dict().items()}
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})

@@ -10,6 +10,7 @@ from pruning.core import (
     Importance,
     PruneResult,
     check_prune,
+    head_schedule,
     prune,
     replay,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Importance",
     "PruneResult",
     "check_prune",
+    "head_schedule",
     "prune",
     "replay",
 ]

@@ -13,6 +13,14 @@ offered until that is solved.) Importance criteria by name (:data:`IMPORTANCES`,
   gradient is accumulated over a chosen set of timesteps, each contributing its own loss;
 - ``random``: a control.
 
+Heads: a ratio removes ``ceil(ratio * heads)`` whole heads per attention layer (torch-pruning's
+rule; 0.3 of 4 heads removes 2), MLP channels ``C - int(C * (1 - ratio))``.
+
+One-shot or iterative: ``rounds = k`` prunes in k steps (torch-pruning's ``iterative_steps``:
+ratio * r / k of the channels after round r; heads spread over the rounds so the last round
+ends at the one-shot count), re-scoring the importance on the current model before each round
+and calling ``between`` (e.g. a fine-tune) after every round but the last.
+
 A pruned model is saved as a *recipe*: base checkpoint id, ratio, criterion, torch-pruning's
 pruning history and the head counts, and rebuilt by :func:`replay` on a fresh base model
 (torch-pruning's ``load_pruning_history``), never as a pickled module.
@@ -21,7 +29,9 @@ pruning history and the head counts, and rebuilt by :func:`replay` on a fresh ba
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -39,6 +49,7 @@ __all__ = [
     "Importance",
     "PruneResult",
     "check_prune",
+    "head_schedule",
     "prune",
     "replay",
 ]
@@ -121,14 +132,17 @@ IMPORTANCES: dict[str, type[Importance]] = {
 DEFAULT_IMPORTANCE = "diff-pruning"
 
 
-def check_prune(ratio: float, importance: str) -> None:
-    """The one check of a pruning request: ``ratio`` in [0, 1), a registered criterion."""
+def check_prune(ratio: float, importance: str, rounds: int = 1) -> None:
+    """The one check of a pruning request: ``ratio`` in [0, 1), a registered criterion,
+    ``rounds`` (prune–fine-tune rounds; 1 = one-shot) an integer >= 1."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise ValueError(f"prune ratio must be in [0, 1), got {ratio!r}")
     if importance not in IMPORTANCES:
         raise ValueError(
             f"unknown importance {importance!r}; valid choices: {', '.join(IMPORTANCES)}"
         )
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"prune rounds must be an integer >= 1 (1 = one-shot), got {rounds!r}")
 
 
 @dataclass
@@ -178,9 +192,26 @@ def _ignored_layers(model: UViT) -> list[nn.Module]:
     ]
 
 
-def _pruner(model: UViT, importance, ratio: float) -> tp.pruner.BasePruner:
+def head_schedule(heads: int, ratio: float, rounds: int) -> list[float]:
+    """torch-pruning's per-step head ratios (index = step, 0 unused) that remove, in ``rounds``
+    steps, the heads one-shot pruning removes (``ceil(ratio * heads)``), spread evenly.
+
+    torch-pruning removes ``ceil(r * current heads)`` at each step, where its linear schedule
+    means ``r`` of the *initial* count: with 4 heads, 3 rounds of 0.3 would remove 3 heads, not
+    2. Each entry here is (heads to remove now − 0.5) / heads left, which ``ceil`` maps back to
+    the intended whole number."""
+    total = math.ceil(ratio * heads)
+    done = [math.ceil(total * r / rounds - 1e-9) for r in range(rounds + 1)]
+    sched = [0.0]
+    for r in range(1, rounds + 1):
+        now = done[r] - done[r - 1]
+        sched.append((now - 0.5) / (heads - done[r - 1]) if now > 0 else 0.0)
+    return sched
+
+
+def _pruner(model: UViT, importance, ratio: float, rounds: int = 1) -> tp.pruner.BasePruner:
     attn = {m.qkv: m.num_heads for m in model.modules() if isinstance(m, Attention)}
-    return tp.pruner.BasePruner(
+    pruner = tp.pruner.BasePruner(
         model,
         _example_inputs(model),
         importance=importance,
@@ -193,7 +224,13 @@ def _pruner(model: UViT, importance, ratio: float) -> tp.pruner.BasePruner:
         unwrapped_parameters=[(model.pos_embed, 2)],
         forward_fn=_forward,
         round_to=None,
+        iterative_steps=rounds,
     )
+    heads = set(attn.values())
+    if len(heads) != 1:
+        raise ValueError(f"pruning needs one head count across blocks, got {sorted(heads)}")
+    pruner.per_step_head_pruning_ratio = head_schedule(heads.pop(), ratio, rounds)
+    return pruner
 
 
 def _write_back_heads(model: UViT) -> dict[str, int]:
@@ -249,31 +286,51 @@ def prune(
     timesteps: list[int] | None = None,
     batches: int = 4,
     seed: int = 0,
+    rounds: int = 1,
+    between: Callable[[int, UViT], None] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place: attention heads and MLP channels, each by ``ratio``.
 
     ``data`` (real images in [-1, 1]) and ``alphas_cumprod`` are needed by the gradient-based
     criteria. ``timesteps`` are Diff-Pruning's (default: 10 evenly spaced over [0, T)).
+    ``rounds > 1`` prunes iteratively: importance re-scored before each round, and
+    ``between(round, model)`` (a fine-tune that must update ``model``'s weights in place) run
+    after every round but the last.
     """
-    check_prune(ratio, importance)
+    check_prune(ratio, importance, rounds)
     torch.manual_seed(seed)
     with torch.enable_grad():  # torch-pruning traces the graph through autograd
         return _prune_with_grad(
-            model, ratio, importance, data, alphas_cumprod, timesteps, batches, seed
+            model,
+            ratio,
+            importance,
+            data,
+            alphas_cumprod,
+            timesteps,
+            batches,
+            seed,
+            rounds,
+            between,
         )
 
 
-def _prune_with_grad(model, ratio, importance, data, alphas_cumprod, timesteps, batches, seed):
+def _prune_with_grad(
+    model, ratio, importance, data, alphas_cumprod, timesteps, batches, seed, rounds, between
+):
     criterion = IMPORTANCES[importance](timesteps)
-    pruner = _pruner(model, criterion.scorer(), ratio)
-    if criterion.needs_gradients:
-        if data is None or alphas_cumprod is None:
-            raise ValueError(f"importance {importance!r} needs data and the noise schedule")
-        model.train()
-        criterion.prepare(model, data, alphas_cumprod, batches, torch.Generator().manual_seed(seed))
-    pruner.step()
-    model.zero_grad(set_to_none=True)
-    heads = _write_back_heads(model)
+    if criterion.needs_gradients and (data is None or alphas_cumprod is None):
+        raise ValueError(f"importance {importance!r} needs data and the noise schedule")
+    pruner = _pruner(model, criterion.scorer(), ratio, rounds)
+    gen = torch.Generator().manual_seed(seed)
+    for r in range(rounds):
+        if criterion.needs_gradients:
+            model.train()
+            criterion.prepare(model, data, alphas_cumprod, batches, gen)
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        heads = _write_back_heads(model)
+        if between is not None and r < rounds - 1:
+            between(r, model)
     history = _jsonable(pruner.pruning_history())
     return PruneResult(model.eval(), history, heads)
 

@@ -38,6 +38,16 @@ def test_config_sweep_expands_axes(tmp_path):
     assert len(cells) == 4 and {c.sampler for c in cells} == {"ddim", "dpm-solver++"}
 
 
+def test_each_varies_fields_together(tmp_path):
+    body = (
+        "[[sweep]]\nprune_ratio = [0.15, 0.3]\n"
+        'each = [{ sampler = "ddim", steps = 20 }, { sampler = "dpm-solver++", steps = 10 }]\n'
+    )
+    cells = load_config(_cfg(tmp_path, body))
+    got = {(c.prune_ratio, c.sampler, c.steps) for c in cells}
+    assert got == {(r, s, n) for r in (0.15, 0.3) for s, n in (("ddim", 20), ("dpm-solver++", 10))}
+
+
 @pytest.mark.parametrize(
     ("body", "match"),
     [
@@ -65,6 +75,11 @@ def test_config_sweep_expands_axes(tmp_path):
         ("cell = { steps = 3 }\n", "'cell' must be \\[\\[cell\\]\\] tables"),
         ("[sweep]\nsteps = [[1, 2]]\n", "axis 'steps' must be a value or a non-empty list"),
         ("[sweep]\nsteps = []\n", "axis 'steps' must be a value or a non-empty list"),
+        ("[sweep]\neach = [1, 2]\n", "'each' must be a non-empty list of inline tables"),
+        ("[sweep]\neach = [{ colour = 1 }]\n", "unknown field\\(s\\) in 'each'"),
+        ("[sweep]\nsteps = 3\neach = [{ steps = 4 }]\n", "set both in 'each' and as axes"),
+        ("[[cell]]\nprune_distill = 1.0\n", "need prune_ratio > 0"),
+        ("[[cell]]\nprune_ratio = 0.3\nprune_finetune_steps = 0\n", "finetune_steps must be >= 1"),
         ("[sweep]\nsteps = 3\n[extra]\nx = 1\n", r"unknown section\(s\) \['extra'\]"),
         ("[[sweep]]\nsteps = 3\n[[sweep]]\nsteps = 0\n", "sweep #2: samples must be >= 2"),
         ('[[cell]]\ndevice = "tpu"\n', "valid choices: cpu, cuda"),
@@ -177,7 +192,9 @@ def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
     assert abs(rec["flop_ratio_per_call"] - rec["calibration_flop_ratio"]) < 0.1, rec
 
 
-@pytest.mark.parametrize("name", ["guidance", "exits", "paper", "deediff"])
+@pytest.mark.parametrize(
+    "name", ["guidance", "exits", "paper", "deediff", "caching", "samplers", "pruning"]
+)
 def test_shipped_sweep_files_are_valid(name):
     from pathlib import Path
 
