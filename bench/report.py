@@ -461,7 +461,8 @@ def _prune_recipe(r) -> str:
         v = r.get(col)
         if v is not None and not pd.isna(v):
             parts.append(f"{short}{v:g}")
-    if bool(r.get("prune_scratch", False)) is True:
+    scratch = r.get("prune_scratch", False)  # NaN in records from before the field
+    if isinstance(scratch, (bool, np.bool_)) and scratch:
         parts.append("scratch")
     return " ".join(parts) or "default"
 
@@ -471,6 +472,7 @@ def plot_fid_vs_prune(df, out: Path) -> list[Path]:
     unpruned model, per sampler run (pruned cells without exits or caches, and the plain
     model). Drawn when the grid has pruned cells of two or more recipes or ratios."""
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     plain = _plain(df)
     pruned = df[(df.prune_ratio > 0) & (df.policy == "full") & (df.cache == "none")].copy()
@@ -483,13 +485,21 @@ def plot_fid_vs_prune(df, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.6), squeeze=False)
     recipes = sorted(pruned.recipe_label.unique())
     cmap = plt.get_cmap("tab10")
+    # The unpruned model fine-tuned as long as the pruned ones (`full-ft`): the extra training.
+    longer = df[(df.recipe == "full-ft") & (df.policy == "full") & (df.prune_ratio == 0)]
+    longer = longer[longer.cache == "none"]
     for ax, run in zip(axes[0], runs, strict=True):
         ref = df[plain & (df.run == run)]
+        title = run
         if len(ref):
             fid0 = float(ref.fid.min())
-            ax.axhline(fid0, color="k", lw=1, label=f"unpruned ({fid0:.2f})")
-            for k, ls in ((1.15, "--"), (1.5, ":")):
+            title += f" (unpruned: {fid0:.2f})"
+            ax.plot([1.0], [fid0], "k*", ms=10, label="unpruned")
+            for k, ls in ((1.0, "-"), (1.15, "--"), (1.5, ":")):
                 ax.axhline(k * fid0, color="grey", lw=0.8, ls=ls, label=f"{k}x unpruned")
+        for _, r in longer[longer.run == run].iterrows():
+            ft = "" if pd.isna(r.get("finetune_steps")) else f" {r.finetune_steps:g} steps"
+            ax.plot([1.0], [r.fid], "k*", mfc="none", ms=10, label=f"unpruned, fine-tuned{ft}")
         for i, rec in enumerate(recipes):
             sub = pruned[(pruned.run == run) & (pruned.recipe_label == rec)]
             sub = sub.sort_values("flop_ratio_per_call")
@@ -515,9 +525,20 @@ def plot_fid_vs_prune(df, out: Path) -> list[Path]:
                 )
         ax.set_xlabel("FLOPs per call / unpruned (labels: prune ratio)")
         ax.set_ylabel("FID (lower is better)")
-        ax.set_title(run, fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, title="recipe", loc="upper left", bbox_to_anchor=(1.02, 1))
+    handles = {}
+    for ax in axes[0]:  # one legend for every panel, outside the data
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    axes[0][-1].legend(
+        handles.values(),
+        handles.keys(),
+        fontsize=7,
+        title="recipe",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+    )
     paths = _save(fig, out, "fid_vs_prune")
     plt.close(fig)
     return paths

@@ -141,3 +141,34 @@ def test_fid_vs_nfe_averages_seeds_and_needs_two_step_counts(tmp_path):
     assert [p.name for p in paths] == ["fid_vs_nfe.png", "fid_vs_nfe.svg"]
     assert ([10, 20], [10.0, 8.0], "ddim (2 seeds)") in made  # seeds averaged per NFE
     assert ([10, 20], [12.0, 9.0], "dpm-solver++ logSNR") in made  # the chosen-spacing panel
+
+
+def test_fid_vs_prune_draws_one_line_per_recipe_through_its_ratios(tmp_path):
+    import matplotlib
+    import pandas as pd
+
+    from bench.report import _prune_recipe, plot_fid_vs_prune
+
+    matplotlib.use("Agg")
+    base = dict(policy="full", recipe="full", cache="none", run="ddim-20",
+                prune_importance="diff-pruning")  # fmt: skip
+
+    def row(ratio, fid, flops, **kw):
+        return {**base, "prune_ratio": ratio, "fid": fid, "flop_ratio_per_call": flops, **kw}
+
+    one = pd.DataFrame([row(0.0, 10.0, 1.0), row(0.3, 11.0, 0.66)])
+    assert plot_fid_vs_prune(one, tmp_path) == []  # one recipe at one ratio: nothing to compare
+    df = pd.DataFrame(
+        [
+            row(0.0, 10.0, 1.0),
+            row(0.3, 11.0, 0.66, prune_finetune_steps=2000.0),
+            row(0.5, 14.0, 0.45, prune_finetune_steps=2000.0),
+            row(0.5, 16.0, 0.45, prune_finetune_steps=2000.0, prune_scratch=True),
+            row(0.3, 12.0, 0.66, prune_importance="magnitude", prune_distill=1.0),
+        ]
+    )
+    labels = [_prune_recipe(r) for _, r in df.iterrows()]
+    assert labels[1:] == ["ft2000", "ft2000", "ft2000 scratch", "magnitude kd1"]
+    paths = plot_fid_vs_prune(df, tmp_path)
+    assert [p.name for p in paths] == ["fid_vs_prune.png", "fid_vs_prune.svg"]
+    assert paths[0].stat().st_size > 1000
