@@ -67,6 +67,7 @@ class Cell:
     prune_distill_features: float | None = None
     prune_rounds: int | None = None
     prune_scratch: bool = False
+    prune_teacher: str | None = None  # distillation teacher: "base" or a checkpoint key
     policy: str = "full"
     knob: float | None = None
     target_flop_ratio: float | None = None  # calibrate the knob to this (overrides knob)
@@ -258,6 +259,7 @@ class Cell:
             if getattr(self, name) is not None:
                 parts.append(f"{short}{getattr(self, name):g}")
         parts += ["scratch"] if self.prune_scratch else []
+        parts += [f"T{self.prune_teacher[:8]}"] if self.prune_teacher is not None else []
         return f"({','.join(parts)})" if parts else ""
 
     def cache_label(self) -> str:
@@ -357,6 +359,7 @@ PRUNE_FIELDS = {
     "prune_distill_features": "distill_features",
     "prune_rounds": "rounds",
     "prune_scratch": "scratch",
+    "prune_teacher": "teacher",
 }
 
 

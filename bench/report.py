@@ -464,6 +464,9 @@ def _prune_recipe(r) -> str:
     scratch = r.get("prune_scratch", False)  # NaN in records from before the field
     if isinstance(scratch, (bool, np.bool_)) and scratch:
         parts.append("scratch")
+    teacher = r.get("prune_teacher")
+    if isinstance(teacher, str):
+        parts.append(f"T{teacher[:8]}")
     return " ".join(parts) or "default"
 
 

@@ -235,3 +235,8 @@ def test_cell_fine_tune_fields_map_to_the_prune_config_and_keys():
         Cell(prune_ratio=0.3, prune_finetune_steps=0)
     with pytest.raises(ValueError, match="must be a boolean"):
         Cell(prune_ratio=0.3, prune_scratch=1)
+    kd = Cell(prune_ratio=0.3, prune_distill=1.0, prune_teacher="0123456789abcdef")
+    assert cell_prune_config(kd, cell_train_config(kd)).teacher == "0123456789abcdef"
+    assert "kd1,T01234567)" in kd.label()
+    with pytest.raises(ValueError, match="teacher must be 'base'"):
+        Cell(prune_ratio=0.3, prune_distill=1.0, prune_teacher="best")
