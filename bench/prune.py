@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # Bumped when PruneConfig's defaults change what a pruned model is, so grid cells that prune
 # (and use the defaults) get new keys instead of reading records of the old recipe. 1: the
-# default fine-tune went from 500 steps of the task loss to 2,000.
+# default fine-tune went from 500 steps of the task loss to 4,000.
 PRUNE_REVISION = 1
 
 
@@ -68,9 +68,9 @@ class PruneConfig:
     ratio: float = 0.3
     importance: str = DEFAULT_IMPORTANCE
     # The default recipe is the best the pruning sweep found on digits (bench/sweeps/
-    # pruning.toml): 2,000 steps of the task loss, one-shot (distilling from the unpruned
-    # model did worse: it copies the teacher's errors).
-    finetune_steps: int = 2000
+    # pruning.toml): 4,000 steps (the pre-training length) of the task loss, one-shot
+    # (distilling from the unpruned model did worse: it copies the teacher's errors).
+    finetune_steps: int = 4000
     finetune_lr: float = 5e-4
     seed: int = 0
     distill: float = 0.0  # weight of eps distillation from the teacher (0: task loss alone)
