@@ -285,41 +285,69 @@ def main(argv: list[str] | None = None) -> int:
         description="Structured pruning (attention heads + MLP channels) of a cached U-ViT "
         "checkpoint with torch-pruning, then fine-tuning with the checkpoint's own recipe. The "
         "result is cached as base id + pruning history and rebuilt by replaying it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--ratio", type=float, default=d.ratio, help="fraction removed, in [0, 1)")
-    p.add_argument("--importance", default=d.importance, choices=list(IMPORTANCES))
-    p.add_argument("--recipe", default="full", choices=list(RECIPES), help="checkpoint to prune")
-    p.add_argument("--model", default=TrainConfig().model, choices=list(MODELS))
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=d.ratio,
+        help="fraction removed, in [0, 1) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--importance",
+        default=d.importance,
+        choices=list(IMPORTANCES),
+        help="importance criterion (default: %(default)s)",
+    )
+    p.add_argument(
+        "--recipe",
+        default="full",
+        choices=list(RECIPES),
+        help="checkpoint to prune (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        default=TrainConfig().model,
+        choices=list(MODELS),
+        help="size (default: %(default)s)",
+    )
     p.add_argument(
         "--finetune-steps",
         type=int,
         default=d.finetune_steps,
-        help="fine-tune budget in steps (>= 1; split evenly between rounds)",
+        help="fine-tune budget in steps (>= 1; split evenly between rounds) (default: %(default)s)",
     )
-    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="peak learning rate")
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=d.finetune_lr,
+        help="peak learning rate (default: %(default)s)",
+    )
     p.add_argument(
         "--distill",
         type=float,
         default=d.distill,
-        help="weight of eps distillation from the teacher beside the task loss (0: off)",
+        help="weight of eps distillation from the teacher beside the task loss (0: off) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--distill-features",
         type=float,
         default=d.distill_features,
-        help="weight of block-feature distillation (mean MSE of every block's hidden state)",
+        help="weight of block-feature distillation (mean MSE of every block's hidden state) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--teacher",
         default=d.teacher,
-        help="distillation teacher: 'base' (the unpruned checkpoint) or a cached checkpoint key",
+        help="distillation teacher: 'base' (the unpruned checkpoint) or a cached checkpoint key "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--rounds",
         type=int,
         default=d.rounds,
-        help="prune-fine-tune rounds (1: one-shot; k: iterative, importance re-scored each round)",
+        help="prune-fine-tune rounds (1: one-shot; k: iterative, importance re-scored each round) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--scratch",
@@ -327,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the train-small control: the pruned shape trained from scratch with the same "
         "total compute (pre-training + fine-tune)",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help="importance scoring seed")
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="importance scoring seed (default: %(default)s)"
+    )
     add_run_options(p)
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
     p.add_argument("--download", action="store_true", help="download the dataset (online)")
