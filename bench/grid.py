@@ -49,7 +49,8 @@ def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
       full-depth reference, x {DDPM 100, DDIM 20, DPM-Solver++ 10};
     - the step axis for `full` and `uem`: DDIM 50 and DPM-Solver++ 20 as well;
     - pruning: `full` and `uem` with 30% of heads / MLP channels pruned (diff-pruning, then
-      fine-tuned), x {DDIM 20, DPM-Solver++ 10};
+      fine-tuned with :class:`bench.prune.PruneConfig`'s default recipe), x {DDIM 20,
+      DPM-Solver++ 10};
     - every fine-tuned recipe's model at full depth (DDIM 20; `full-ft` is the equally-trained
       control): what its training costs the full model.
     """
