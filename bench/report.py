@@ -449,8 +449,14 @@ _PRUNE_RECIPE = (
 
 def _prune_recipe(r) -> str:
     """A pruned cell's recipe without its ratio, e.g. ``magnitude ft2000 kd1`` (``default``
-    where every field is unset)."""
+    where every field is unset). A field set to ``PruneConfig``'s default is left out: it
+    names the same model as leaving it unset."""
     import pandas as pd
+
+    from bench.cell import PRUNE_FIELDS
+    from bench.prune import PruneConfig
+
+    defaults = PruneConfig()
 
     parts = (
         []
@@ -459,7 +465,7 @@ def _prune_recipe(r) -> str:
     )
     for col, short in _PRUNE_RECIPE:
         v = r.get(col)
-        if v is not None and not pd.isna(v):
+        if v is not None and not pd.isna(v) and v != getattr(defaults, PRUNE_FIELDS[col]):
             parts.append(f"{short}{v:g}")
     scratch = r.get("prune_scratch", False)  # NaN in records from before the field
     if isinstance(scratch, (bool, np.bool_)) and scratch:
@@ -467,7 +473,7 @@ def _prune_recipe(r) -> str:
     teacher = r.get("prune_teacher")
     if isinstance(teacher, str):
         parts.append(f"T{teacher[:8]}")
-    return " ".join(parts) or "default"
+    return " ".join(parts) or f"default (ft{defaults.finetune_steps})"
 
 
 def plot_fid_vs_prune(df, out: Path) -> list[Path]:
@@ -501,8 +507,16 @@ def plot_fid_vs_prune(df, out: Path) -> list[Path]:
             for k, ls in ((1.0, "-"), (1.15, "--"), (1.5, ":")):
                 ax.axhline(k * fid0, color="grey", lw=0.8, ls=ls, label=f"{k}x unpruned")
         for _, r in longer[longer.run == run].iterrows():
-            ft = "" if pd.isna(r.get("finetune_steps")) else f" {r.finetune_steps:g} steps"
-            ax.plot([1.0], [r.fid], "k*", mfc="none", ms=10, label=f"unpruned, fine-tuned{ft}")
+            ax.plot([1.0], [r.fid], "k*", mfc="none", ms=10, label="unpruned, trained longer")
+            if not pd.isna(r.get("finetune_steps")):
+                ax.annotate(
+                    f"+{r.finetune_steps:g}",
+                    (1.0, r.fid),
+                    textcoords="offset points",
+                    xytext=(-8, 5),
+                    ha="right",
+                    fontsize=6,
+                )
         for i, rec in enumerate(recipes):
             sub = pruned[(pruned.run == run) & (pruned.recipe_label == rec)]
             sub = sub.sort_values("flop_ratio_per_call")
