@@ -170,7 +170,9 @@ def test_fid_vs_prune_draws_one_line_per_recipe_through_its_ratios(tmp_path):
     labels = [_prune_recipe(r) for _, r in df.iterrows()]
     assert labels[1:] == ["ft2000", "ft2000", "ft2000 scratch", "magnitude kd1"]
     # A field at PruneConfig's default names the same model as leaving it unset.
-    assert _prune_recipe(row(0.3, 11.0, 0.66, prune_distill=0.0, prune_rounds=1.0)).startswith("default")
+    assert _prune_recipe(row(0.3, 11.0, 0.66, prune_distill=0.0, prune_rounds=1.0)).startswith(
+        "default"
+    )
     paths = plot_fid_vs_prune(df, tmp_path)
     assert [p.name for p in paths] == ["fid_vs_prune.png", "fid_vs_prune.svg"]
     assert paths[0].stat().st_size > 1000
