@@ -487,13 +487,16 @@ def plot_fid_vs_prune(df, out: Path) -> list[Path]:
     pruned = df[(df.prune_ratio > 0) & (df.policy == "full") & (df.cache == "none")].copy()
     if not len(pruned):
         return []
-    pruned["recipe_label"] = [_prune_recipe(r) for _, r in pruned.iterrows()]
+    pruned["recipe_label"] = [
+        ("" if r.recipe == "full" else f"{r.recipe}: ") + _prune_recipe(r)
+        for _, r in pruned.iterrows()
+    ]
     if pruned.recipe_label.nunique() < 2 and pruned.prune_ratio.nunique() < 2:
         return []
     runs = sorted(pruned.run.unique())
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.6), squeeze=False)
     recipes = sorted(pruned.recipe_label.unique())
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20")
     # The unpruned model fine-tuned as long as the pruned ones (`full-ft`): the extra training.
     longer = df[(df.recipe == "full-ft") & (df.policy == "full") & (df.prune_ratio == 0)]
     longer = longer[longer.cache == "none"]
@@ -528,8 +531,8 @@ def plot_fid_vs_prune(df, out: Path) -> list[Path]:
                 sub.fid,
                 marker="o",
                 ls=":" if scratch else "-",
-                color=cmap(i % 10),
-                mfc="none" if scratch else cmap(i % 10),
+                color=cmap(i % 20),
+                mfc="none" if scratch else cmap(i % 20),
                 label=rec,
             )
             for _, r in sub.iterrows():
