@@ -23,7 +23,6 @@ and records are reused; an interrupted run resumes) and writes, under ``--out``
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from bench.ablation_figures import plot_ablation, plot_composition, plot_uem_heatmaps
 from bench.ablation_tables import ablation_table
 from bench.cache import ArtifactCache, atomic_write_bytes
+from bench.cli import make_parser
 from bench.report import load_table, make_report
 
 __all__ = ["layer_mse", "main", "write_ablation"]
@@ -136,13 +136,11 @@ def write_ablation(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.ablation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("bench.ablation", __doc__)
     p.add_argument("--config", type=Path, default=SWEEP, help="the ablation's sweep file")
-    p.add_argument("--out", type=Path, default=Path("results/deediff"), help="records, tables")
+    p.add_argument(
+        "--out", type=Path, default=Path("results/deediff"), help="records, tables and figures"
+    )
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: each cell's)")
     p.add_argument("--report-only", action="store_true", help="draw from existing records")

@@ -1,15 +1,57 @@
-"""Options every command shares, worded once."""
+"""What every command line shares: one parser factory, one help format, options worded once.
+
+Every ``python -m bench.*`` command builds its parser with :func:`make_parser`, so ``--help``
+reads the same everywhere: the module docstring as plain text (reStructuredText roles and
+double back-quotes stripped), and every option with its help and its default.
+``tests/test_cli_help.py`` holds every command to that.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 
-__all__ = ["add_run_options"]
+__all__ = ["HelpFormatter", "add_run_options", "make_parser", "plain_text"]
+
+_ROLE = re.compile(r":(?:func|mod|class|meth|attr|data|obj|ref|doc):`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_text(doc: str | None) -> str:
+    """A docstring as a terminal shows it: ``:func:`x``` and double back-quoted literals
+    become plain ``x``; everything else (line breaks, lists) is kept."""
+    if not doc:
+        return ""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", doc)).strip()
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written (line breaks kept) and each option's default appended
+    once, unless its help already states it as ``(default: ...)``. Flags (``store_true``) are off by default and
+    say nothing more."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.nargs == 0
+            or action.default is argparse.SUPPRESS
+            or "(default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m <prog>``, described by its module docstring ``doc``."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {prog}", description=plain_text(doc), formatter_class=HelpFormatter
+    )
 
 
 def add_run_options(p: argparse.ArgumentParser, out: str | None = None) -> None:
     """``--out`` (when the command writes a folder), ``--cache-dir`` and ``--device``."""
     if out is not None:
-        p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+        p.add_argument("--out", default=out, help="output folder")
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

@@ -9,7 +9,6 @@ held-out split), the FID of an untrained model, and the trained model's FID/KID 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.cache import ArtifactCache
-from bench.cli import add_run_options
+from bench.cli import add_run_options, make_parser
 from bench.data import as_tensors, dataset_info, load_dataset
 from bench.devices import resolve_device
 from bench.measure import write_figures
@@ -38,11 +37,7 @@ DEFAULT_RUNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.fig_backbone",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("bench.fig_backbone", __doc__)
     p.add_argument("--samples", type=int, default=1000, help="generated samples per FID")
     p.add_argument("--steps", type=int, default=TrainConfig().steps, help="training steps")
     add_run_options(p, out="results/backbone")

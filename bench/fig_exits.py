@@ -17,7 +17,6 @@ Results go to ``<out>/figures.{md,json}`` and ``<out>/uem_exit_by_t.png``, writt
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import logging
@@ -31,7 +30,7 @@ import torch
 from adaptive.policies import make_policy
 from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.cell import Cell
-from bench.cli import add_run_options
+from bench.cli import add_run_options, make_parser
 from bench.data import as_tensors, load_dataset
 from bench.devices import resolve_device
 from bench.executors import RunOptions, run_inprocess
@@ -46,13 +45,14 @@ SWEEP = Path(__file__).parent / "sweeps" / "fig_exits.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.fig_exits",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = make_parser("bench.fig_exits", __doc__)
+    p.add_argument("--config", type=Path, default=SWEEP, help="the sweep file")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="override every cell's samples (default: each cell's)",
     )
-    p.add_argument("--config", type=Path, default=SWEEP, help=f"the sweep (default: {SWEEP})")
-    p.add_argument("--samples", type=int, default=None, help="override every cell's samples")
     p.add_argument("--batch", type=int, default=256, help="batch for the wall-clock figure")
     p.add_argument("--repeats", type=int, default=7, help="interleaved wall-clock repeats")
     add_run_options(p, out="results/exits")

@@ -24,7 +24,7 @@ import torch_pruning as tp
 from adaptive.executor import CostModel
 from bench.cache import ArtifactCache
 from bench.cell import Cell
-from bench.cli import add_run_options
+from bench.cli import add_run_options, make_parser
 from bench.data import dataset_info
 from bench.devices import resolve_device
 from bench.measure import interleaved_medians, write_figures
@@ -39,17 +39,26 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.fig_pruning",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = make_parser("bench.fig_pruning", __doc__)
+    p.add_argument(
+        "--ratios", nargs="+", type=float, default=[0.2, 0.3, 0.5], help="prune ratios in [0, 1)"
     )
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.2, 0.3, 0.5])
-    p.add_argument("--importances", nargs="+", default=list(IMPORTANCES), choices=list(IMPORTANCES))
-    p.add_argument("--finetune-steps", type=int, default=PruneConfig().finetune_steps)
-    p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument(
+        "--importances",
+        nargs="+",
+        default=list(IMPORTANCES),
+        choices=list(IMPORTANCES),
+        help="importance criteria to compare",
+    )
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=PruneConfig().finetune_steps,
+        help="fine-tune budget of each pruned model (>= 1)",
+    )
+    p.add_argument("--samples", type=int, default=1000, help="generated samples per FID")
+    p.add_argument("--batch", type=int, default=256, help="batch for the wall-clock figure")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved wall-clock repeats")
     add_run_options(p, out="results/pruning")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

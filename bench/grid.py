@@ -29,6 +29,7 @@ from adaptive.policies import POLICIES
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
 from bench.cell import CELL_CHOICES, Cell
+from bench.cli import make_parser
 from bench.data import DataSource
 from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
@@ -237,17 +238,21 @@ def _list_choices() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.grid",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = make_parser("bench.grid", __doc__)
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file with [[cell]] tables or a [sweep] (default: the default sweep)",
     )
-    p.add_argument("--config", type=Path, help="TOML file with [[cell]] tables or a [sweep]")
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (micro model)")
     p.add_argument("--list", action="store_true", help="print every axis and choice, then exit")
     p.add_argument("--dry-run", action="store_true", help="print the cells, run nothing")
-    p.add_argument("--samples", type=int, default=1000, help="samples per cell (default sweep)")
-    p.add_argument("--out", type=Path, default=Path("results/grid"), help="records and tables")
+    p.add_argument(
+        "--samples", type=int, default=1000, help="samples per cell of the default sweep"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("results/grid"), help="records, tables and sample grids"
+    )
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N (default: each cell's, else cpu)"
@@ -262,7 +267,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download datasets (online)")
     p.add_argument("--workers", type=int, default=2, help="local processes / LocalCluster size")
     p.add_argument(
-        "--scheduler", default=None, help="dask: address of a running scheduler (tcp://host:port)"
+        "--scheduler",
+        default=None,
+        help="dask: address of a running scheduler, tcp://host:port "
+        "(default: start a LocalCluster)",
     )
     p.add_argument(
         "--retries", type=int, default=2, help="dask: reruns of a cell whose worker died"

@@ -19,7 +19,6 @@ rebuilds the architecture by replaying the history on a fresh base model, then l
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -33,7 +32,7 @@ import torch
 from adaptive.executor import CostModel
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
-from bench.cli import add_run_options
+from bench.cli import add_run_options, make_parser
 from bench.data import DataSource, as_tensors, data_source
 from bench.devices import resolve_device
 from bench.distill import Distiller
@@ -280,74 +279,65 @@ def pruned_before_finetune(
 
 def main(argv: list[str] | None = None) -> int:
     d = PruneConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m bench.prune",
-        description="Structured pruning (attention heads + MLP channels) of a cached U-ViT "
-        "checkpoint with torch-pruning, then fine-tuning with the checkpoint's own recipe. The "
-        "result is cached as base id + pruning history and rebuilt by replaying it.",
-    )
+    p = make_parser("bench.prune", __doc__)
     p.add_argument(
         "--ratio",
         type=float,
         default=d.ratio,
-        help="fraction removed, in [0, 1) (default: %(default)s)",
+        help="fraction removed, in [0, 1)",
     )
     p.add_argument(
         "--importance",
         default=d.importance,
         choices=list(IMPORTANCES),
-        help="importance criterion (default: %(default)s)",
+        help="importance criterion",
     )
     p.add_argument(
         "--recipe",
         default="full",
         choices=list(RECIPES),
-        help="checkpoint to prune (default: %(default)s)",
+        help="checkpoint to prune",
     )
     p.add_argument(
         "--model",
         default=TrainConfig().model,
         choices=list(MODELS),
-        help="size (default: %(default)s)",
+        help="size",
     )
     p.add_argument(
         "--finetune-steps",
         type=int,
         default=d.finetune_steps,
-        help="fine-tune budget in steps (>= 1; split evenly between rounds) (default: %(default)s)",
+        help="fine-tune budget in steps (>= 1; split evenly between rounds)",
     )
     p.add_argument(
         "--finetune-lr",
         type=float,
         default=d.finetune_lr,
-        help="peak learning rate (default: %(default)s)",
+        help="peak learning rate",
     )
     p.add_argument(
         "--distill",
         type=float,
         default=d.distill,
-        help="weight of eps distillation from the teacher beside the task loss (0: off) "
-        "(default: %(default)s)",
+        help="weight of eps distillation from the teacher beside the task loss (0: off) ",
     )
     p.add_argument(
         "--distill-features",
         type=float,
         default=d.distill_features,
-        help="weight of block-feature distillation (mean MSE of every block's hidden state) "
-        "(default: %(default)s)",
+        help="weight of block-feature distillation (mean MSE of every block's hidden state) ",
     )
     p.add_argument(
         "--teacher",
         default=d.teacher,
-        help="distillation teacher: 'base' (the unpruned checkpoint) or a cached checkpoint key "
-        "(default: %(default)s)",
+        help="distillation teacher: 'base' (the unpruned checkpoint) or a cached checkpoint key ",
     )
     p.add_argument(
         "--rounds",
         type=int,
         default=d.rounds,
-        help="prune-fine-tune rounds (1: one-shot; k: iterative, importance re-scored each round) "
-        "(default: %(default)s)",
+        help="prune-fine-tune rounds (1: one-shot; k: iterative, importance re-scored each round) ",
     )
     p.add_argument(
         "--scratch",
@@ -355,9 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the train-small control: the pruned shape trained from scratch with the same "
         "total compute (pre-training + fine-tune)",
     )
-    p.add_argument(
-        "--seed", type=int, default=d.seed, help="importance scoring seed (default: %(default)s)"
-    )
+    p.add_argument("--seed", type=int, default=d.seed, help="importance scoring seed")
     add_run_options(p)
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
     p.add_argument("--download", action="store_true", help="download the dataset (online)")

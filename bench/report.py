@@ -28,7 +28,6 @@ Nonfinite or failed cells are never plotted (they are listed in ``summary.md``).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cache import atomic_write_bytes
+from bench.cli import make_parser
 
 __all__ = ["load_table", "main", "pareto_front"]
 
@@ -586,14 +586,16 @@ def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = make_parser("bench.report", __doc__)
+    p.add_argument("--grid", type=Path, default=Path("results/grid"), help="a grid's --out folder")
+    p.add_argument("--out", type=Path, default=None, help="figure folder (default: GRID/report)")
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        default=None,
+        help="label substrings of the cells whose samples to show "
+        "(default: the best FID of each policy)",
     )
-    p.add_argument("--grid", type=Path, default=Path("results/grid"), help="a grid's --out")
-    p.add_argument("--out", type=Path, default=None, help="default: GRID/report")
-    p.add_argument("--cells", nargs="+", default=None, help="label substrings for the samples")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

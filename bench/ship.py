@@ -16,7 +16,6 @@ FIDs made with them) can differ slightly from the shipped ones.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from bench.cache import SHIPPED_DIR, ArtifactCache, CorruptArtifact
 from bench.cell import Cell, cell_prune_config, cell_train_config
+from bench.cli import make_parser
 from bench.grid import default_cells
 from bench.metrics import get_extractor, reference_stats
 from bench.prune import load_or_prune
@@ -114,11 +114,7 @@ def needed_artifacts(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.ship",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("bench.ship", __doc__)
     p.add_argument("--check", action="store_true", help="verify the shipped files, build none")
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
     p.add_argument("--to", type=Path, default=SHIPPED_DIR, help="where to write the copies")

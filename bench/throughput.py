@@ -27,6 +27,7 @@ from adaptive.calibrate import check_target, search_knob
 from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import make_policy
 from bench.cache import atomic_write_bytes
+from bench.cli import make_parser
 from bench.data import DATASETS, dataset_info
 from bench.devices import AUTOCAST, resolve_device
 from bench.devices import autocast as amp_context
@@ -128,14 +129,15 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = make_parser("bench.throughput", __doc__)
+    p.add_argument("--model", default="uvit-s2", choices=list(MODELS), help="model size")
+    p.add_argument(
+        "--dataset",
+        default="cifar10",
+        choices=list(DATASETS),
+        help="image geometry only (no data is read)",
     )
-    p.add_argument("--model", default="uvit-s2", choices=list(MODELS))
-    p.add_argument("--dataset", default="cifar10", choices=list(DATASETS), help="geometry only")
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=256, help="images per denoiser call")
     p.add_argument(
         "--targets",
         type=_flop_ratio,
@@ -144,11 +146,22 @@ def main(argv: list[str] | None = None) -> int:
         help="FLOP ratios in (0, 1] to search the uem threshold for",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--autocast", default="none", choices=list(AUTOCAST))
+    p.add_argument(
+        "--autocast", default="none", choices=list(AUTOCAST), help="mixed precision (GPU)"
+    )
     p.add_argument("--repeats", type=int, default=10, help="interleaved timed repeats")
-    p.add_argument("--official", default=None, help="an official U-ViT/AdaDiff checkpoint")
-    p.add_argument("--num-heads", type=int, default=None, help="heads of --official's model")
-    p.add_argument("--out", type=Path, default=Path("results/throughput"))
+    p.add_argument(
+        "--official",
+        default=None,
+        help="an official U-ViT/AdaDiff checkpoint (default: random weights)",
+    )
+    p.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="heads of --official's model (default: the model size's)",
+    )
+    p.add_argument("--out", type=Path, default=Path("results/throughput"), help="output folder")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.batch < 1 or a.repeats < 1:

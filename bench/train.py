@@ -1,7 +1,8 @@
-"""Train a U-ViT denoiser, cached by a hash of its config.
+"""Train (or load from the cache) a U-ViT denoiser, keyed by a hash of its config.
 
-``python -m bench.train`` trains the CPU default on the bundled digits (a second call with the
-same options is a cache hit and only loads). Training: AdamW, linear learning-rate warm-up, EMA
+``python -m bench.train`` trains the CPU default on the bundled digits. The checkpoint is keyed
+by a hash of every option below, so a second call with the same options is a cache hit and only
+loads. Training: AdamW, linear learning-rate warm-up, EMA
 with a warm-up of its decay, eps-prediction (Ho et al. 2020), a tqdm bar with the loss.
 """
 
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
 from bench.cache import ArtifactCache, config_hash
+from bench.cli import make_parser
 from bench.data import DATASETS, DataSource, data_source, dataset_info
 from bench.devices import AUTOCAST, resolve_device
 from bench.devices import autocast as amp_context
@@ -316,22 +318,21 @@ def load_or_train(
 
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m bench.train",
-        description="Train (or load from the cache) a U-ViT denoiser. The checkpoint is keyed by "
-        "a hash of every option below, so the same command twice trains once.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--dataset", default=d.dataset, choices=list(DATASETS))
+    p = make_parser("bench.train", __doc__)
+    p.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="training data")
     p.add_argument("--model", default=d.model, choices=list(MODELS), help="size by name")
-    p.add_argument("--schedule", default=d.schedule, choices=list(SCHEDULES))
+    p.add_argument(
+        "--schedule", default=d.schedule, choices=list(SCHEDULES), help="noise schedule (betas)"
+    )
     p.add_argument("--recipe", default=d.recipe, choices=list(RECIPES), help="training loss")
     p.add_argument("--class-cond", action="store_true", help="class token + null class for CFG")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help="training steps from scratch (full recipes)"
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up, cosine)")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the weights")
+    p.add_argument("--seed", type=int, default=d.seed, help="initialisation and batch-order seed")
     p.add_argument(
         "--finetune-steps",
         type=int,
@@ -354,7 +355,7 @@ def _parser() -> argparse.ArgumentParser:
         "--autocast", default="none", choices=list(AUTOCAST), help="mixed precision (GPU)"
     )
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
