@@ -133,6 +133,12 @@ class ArtifactCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / f"{key}.safetensors"
 
+    def has(self, kind: str, key: str) -> bool:
+        """Whether a file for the artifact exists here or in a shipped folder (not verified:
+        a cheap test for planning; :meth:`load` verifies)."""
+        name = f"{key}.safetensors"
+        return any((root / kind / name).exists() for root in (self.root, *self.shipped))
+
     def save(self, kind: str, key: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta_json = json.dumps(meta, sort_keys=True)

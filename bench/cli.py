@@ -27,8 +27,8 @@ def plain_text(doc: str | None) -> str:
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The description as written (line breaks kept) and each option's default appended
-    once, unless its help already states it as ``(default: ...)``. Flags (``store_true``) are off by default and
-    say nothing more."""
+    once, unless its help already states it as ``(default: ...)``. Flags (``store_true``)
+    are off by default and say nothing more."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

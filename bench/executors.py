@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from bench.cache import ArtifactCache
 from bench.cell import Cell
 from bench.data import DataSource
+from bench.progress import SweepProgress
 from bench.run import run_and_store, threads_per_worker
 
 __all__ = ["EXECUTORS", "RunOptions", "run_inprocess", "run_local"]
@@ -39,11 +39,17 @@ class RunOptions:
 
 
 def run_inprocess(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
-    """One cell after the other in this process."""
-    return {
-        c.key: run_and_store(c, out, opts.cache_dir, data=opts.data)[0]
-        for c in tqdm(cells, desc="cells")
-    }
+    """One cell after the other in this process, under one bar naming the cell and its phase
+    (:class:`bench.progress.SweepProgress`)."""
+    status = {}
+    with SweepProgress(cells, ArtifactCache(opts.cache_dir)).open() as bar:
+        for c in cells:
+            bar.start(c)
+            status[c.key] = run_and_store(c, out, opts.cache_dir, data=opts.data, phase=bar.phase)[
+                0
+            ]
+            bar.done(c)
+    return status
 
 
 def run_local(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
@@ -59,8 +65,12 @@ def run_local(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
             pool.submit(run_and_store, c, out, opts.cache_dir, threads, opts.data): c for c in cells
         }
         status = {}
-        for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="cells"):
-            status[futures[fut].key] = fut.result()[0]
+        # Phases happen in other processes; the bar names the cells as they finish.
+        with SweepProgress(cells, ArtifactCache(opts.cache_dir)).open() as bar:
+            for fut in cf.as_completed(futures):
+                bar.start(futures[fut])
+                status[futures[fut].key] = fut.result()[0]
+                bar.done(futures[fut])
     return status
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,16 +153,21 @@ def build_pipeline(
     *,
     data: DataSource | None = None,
     progress: bool = True,
+    phase: Callable[[str], None] | None = None,
 ) -> Pipeline:
     """The cell's trained (and, if asked, pruned) model, its exit policy with the knob calibrated
     to ``cell.target_flop_ratio`` where one is set, on ``device`` (default: ``cell.device``).
-    Trained and pruned models come from the cache (built on first use)."""
+    Trained and pruned models come from the cache (built on first use). ``phase`` is told
+    "train", "prune" and "calibrate" as each begins (:mod:`bench.progress`)."""
+    phase = phase or (lambda name: None)
     cache = cache or ArtifactCache()
     device = resolve_device(cell.device) if device is None else device
     tcfg = cell_train_config(cell)
+    phase("train")
     base = load_or_train(tcfg, cache, device, data, progress=progress)
     model, model_key = base.model, tcfg.key
     if cell.prune_ratio > 0:
+        phase("prune")
         pcfg = cell_prune_config(cell, tcfg)
         model = load_or_prune(pcfg, cache, device, progress=progress, data=data).model
         model_key = pcfg.key
@@ -173,6 +179,7 @@ def build_pipeline(
         )
     calibration = None
     if cell.target_flop_ratio is not None:
+        phase("calibrate")
         calibration = calibrate(
             model,
             base.schedule,

@@ -253,10 +253,8 @@ def load_or_prune(
     """The pruned + fine-tuned model for ``pc``, from the cache or built (and cached)."""
     cache = cache or ArtifactCache()
     data = data_source(data)
-    if pc.teacher != "base" and not any(
-        (root / "checkpoint" / f"{pc.teacher}.safetensors").exists()
-        for root in (cache.root, *cache.shipped)
-    ):  # checked before anything is built or locked
+    if pc.teacher != "base" and not cache.has("checkpoint", pc.teacher):
+        # checked before anything is built or locked
         raise _no_teacher(pc, cache)
     tensors, meta, cached = cache.get_or_build(
         "pruned", pc.key, lambda: _build(pc, cache, device, progress, data)

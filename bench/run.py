@@ -212,16 +212,20 @@ def run_cell(
     device: torch.device | None = None,
     sample_grid: Path | None = None,
     data: DataSource | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run one cell end to end and return its record (``device`` overrides ``cell.device``).
-    ``sample_grid``: write the first 100 samples there as a PNG grid."""
-    pipe = build_pipeline(cell, cache, device, data=data)
+    ``sample_grid``: write the first 100 samples there as a PNG grid. ``phase`` is told each
+    phase of :data:`bench.progress.PHASES` as it begins."""
+    phase = phase or (lambda name: None)
+    pipe = build_pipeline(cell, cache, device, data=data, phase=phase)
     ex = pipe.executor
     if ex.cache is None:
         capture = _Capture(ex, first=cell.steps, every=max(1, cell.steps // WALL_CALLS))
     else:  # a cache is timed over a whole run: keep every call of the first batch
         capture = _Capture(ex, first=None)
     batch_seconds: list[float] = []
+    phase("sample")
     imgs, nfe = pipe.sample(
         cell.samples, cell.seed, denoiser=pipe.denoiser(capture), timings=batch_seconds
     )
@@ -230,10 +234,12 @@ def run_cell(
     exit_hist = _exit_histogram(ex, pipe.schedule.T)
     if sample_grid is not None:
         save_grid(imgs[:100], sample_grid, nrow=10)
+    phase("time")
     timing = _timing(pipe, capture, batch_seconds)
     nonfinite = not bool(torch.isfinite(imgs).all())
     metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None}
     if not nonfinite:
+        phase("score")
         metrics = pipe.evaluate(imgs, cache)
     unpruned = pipe.unpruned_flops
     reference = unpruned * pipe.schedule.T * cell.samples * pipe.rows_per_sample
@@ -273,6 +279,7 @@ def run_and_store(
     cache_dir: str | None = None,
     threads: int | None = None,
     data: DataSource | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> tuple[str, str | None]:
     """Claim ``cell``, run it and write its record (or, if it raised, its failure). Returns
     (status, error) with status "done", "failed", "claimed" (another process holds the cell)
@@ -290,7 +297,11 @@ def run_and_store(
             return "done", None
         try:
             rec = run_cell(
-                cell, ArtifactCache(cache_dir), sample_grid=sample_path(out, cell), data=data
+                cell,
+                ArtifactCache(cache_dir),
+                sample_grid=sample_path(out, cell),
+                data=data,
+                phase=phase,
             )
         except Exception as e:  # a real failure: record it, let the sweep go on
             error = f"{type(e).__name__}: {e}"
@@ -312,5 +323,6 @@ def run_and_store(
                 json.dumps(rec),
             )
             return "unsaved", error
-    log.info("cell %s done: %s, FID %s", cell.key, cell.label(), rec["fid"])
+    fid = "not scored (nonfinite samples)" if rec["fid"] is None else f"{rec['fid']:.2f}"
+    log.info("cell %s done: %s, FID %s", cell.key, cell.label(), fid)
     return "done", None

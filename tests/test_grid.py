@@ -187,7 +187,9 @@ def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
         steps=4,
         samples=64,
     )
-    rec = runner.run_cell(cell, ArtifactCache(tmp_path), torch.device("cpu"))
+    phases: list[str] = []
+    rec = runner.run_cell(cell, ArtifactCache(tmp_path), torch.device("cpu"), phase=phases.append)
+    assert phases == ["train", "calibrate", "sample", "time", "score"]  # what the bar shows
     # Same 64-sample batch size; the seeds differ, so allow sampling noise.
     assert abs(rec["flop_ratio_per_call"] - rec["calibration_flop_ratio"]) < 0.1, rec
 

@@ -52,7 +52,7 @@ def _sweep(tmp_path: Path, cells: list[Cell]) -> Path:
 
 
 def _run(tmp_path, monkeypatch, cells, calls=None):
-    def run_cell(cell, cache, device=None, sample_grid=None, data=None):
+    def run_cell(cell, cache, device=None, sample_grid=None, data=None, phase=None):
         if calls is not None:
             calls.append(cell.key)
         return fake_record(cell)
@@ -117,7 +117,7 @@ def test_concurrent_sweeps_split_the_cells_and_run_each_once(tmp_path):
             from bench import grid, run
             from test_store import fake_record
 
-            def run_cell(cell, cache, device=None, sample_grid=None, data=None):
+            def run_cell(cell, cache, device=None, sample_grid=None, data=None, phase=None):
                 with open({str(log)!r}, "a") as f:
                     f.write(f"{{os.getpid()}} {{cell.key}}\\n")
                 time.sleep(0.4)
