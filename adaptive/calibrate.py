@@ -162,13 +162,16 @@ def search_knob(
             else:
                 b = mid
     knob, achieved, layer_ratio = min(history, key=lambda h: abs(h[1] - target))
+    # Blocks are counted as run (1..depth), the numbering of every figure and table.
     log.info(
-        "calibrated %s to %.3f: %s=%.4g gives %.3f",
+        "calibrated %s to FLOP ratio %.3f: %s=%.4g gives %.3f (%.2f of %d blocks run)",
         policy_name,
         target,
         cls.knob_name,
         knob,
         achieved,
+        layer_ratio * depth,
+        depth,
     )
     return Calibration(
         policy_name, target, knob, achieved, layer_ratio, [(k, r) for k, r, _ in history]

@@ -21,7 +21,7 @@ from bench.cli import add_run_options, make_parser
 from bench.data import as_tensors, dataset_info, load_dataset
 from bench.devices import resolve_device
 from bench.measure import write_figures
-from bench.metrics import evaluate, features, fid_from_feats, get_extractor, reference_stats
+from bench.metrics import evaluate, fid_floor, get_extractor
 from bench.sampling import generate, save_grid
 from bench.train import TrainConfig, build_model, load_or_train
 
@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ext = get_extractor("cnn", cfg.dataset, cache)
     info = dataset_info(cfg.dataset)
     shape = (info.channels, info.img_size, info.img_size)
-    ref = reference_stats(cfg.dataset, ext, "train", cache)
-    held, _ = as_tensors(load_dataset(cfg.dataset, "heldout"))
-    floor = fid_from_feats(features(ext, held), ref.feats)
+    floor = fid_floor(cfg.dataset, ext, cache)
 
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg).to(device).eval()
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "extractor_heldout_accuracy": ext.accuracy,
         "samples": n,
         "fid_floor_train_vs_heldout": floor,
-        "heldout_images": len(held),
+        "heldout_images": len(as_tensors(load_dataset(cfg.dataset, "heldout"))[0]),
         "fid_untrained_ddim50": fid_untrained,
         "runs": rows,
         "torch": torch.__version__,

@@ -35,6 +35,7 @@ __all__ = [
     "EXTRACTORS",
     "FeatureExtractor",
     "Stats",
+    "fid_floor",
     "fid_from_feats",
     "frechet_distance",
     "get_extractor",
@@ -305,6 +306,20 @@ def reference_stats(
 
     tensors, _, _ = cache.get_or_build("stats", key, build)
     return Stats.of(tensors["feats"].numpy())
+
+
+def fid_floor(
+    dataset: str,
+    extractor: FeatureExtractor,
+    cache: ArtifactCache | None = None,
+    data: DataSource | None = None,
+) -> float:
+    """FID of the real held-out images against the training images' statistics: what a
+    perfect generator of this data scores at the held-out split's size (the floor every FID
+    against the training split is read against)."""
+    held = reference_stats(dataset, extractor, "heldout", cache, data)
+    train = reference_stats(dataset, extractor, "train", cache, data)
+    return frechet_distance(held.mu, held.sigma, train.mu, train.sigma)
 
 
 def evaluate(

@@ -71,6 +71,7 @@ def load_table(grid_dir: Path):
     df["reference"] = df["reference"].fillna("train") if "reference" in df else "train"
     df["cache"] = df["cache"].fillna("none") if "cache" in df else "none"
     df["method"] = [_method(r) for _, r in df.iterrows()]
+    df["accel"] = [_method(r, pruning=False) for _, r in df.iterrows()]
     return df
 
 
@@ -80,9 +81,10 @@ def _plain(df):
     return (df.policy == "full") & (df.prune_ratio == 0) & (df.recipe == "full") & no_cache
 
 
-def _method(r) -> str:
-    """The acceleration a cell combines: pruning, an exit policy, a cache (or "full")."""
-    parts = [f"prune{r.prune_ratio:g}"] if r.prune_ratio else []
+def _method(r, pruning: bool = True) -> str:
+    """The acceleration a cell combines: pruning, an exit policy, a cache (or "full");
+    ``pruning=False`` leaves pruning out (figures mark it apart)."""
+    parts = [f"prune{r.prune_ratio:g}"] if r.prune_ratio and pruning else []
     parts += [] if r.policy == "full" else [r.policy]
     parts += [] if r.cache == "none" else [r.cache]
     return "+".join(parts) or "full"
@@ -110,36 +112,131 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _scatter_with_front(ax, df, x: str, colour_by: str, logx: bool) -> None:
-    import matplotlib.pyplot as plt
+_MARKERS = "os^Dv<>pPX*h"
 
-    groups = sorted(df[colour_by].unique())
-    cmap = plt.get_cmap("tab10")
-    for i, g in enumerate(groups):
-        sub = df[df[colour_by] == g]
-        ax.scatter(sub[x], sub.fid, s=28, color=cmap(i % 10), label=g, alpha=0.85)
+
+def seed_means(df):
+    """One row per cell up to its seed (same label): FID and KID averaged over the seeds, with
+    ``fid_sd`` (0 for a single seed) and ``seeds``; the other columns from the first seed."""
+    g = df.groupby("label", sort=False)
+    first = g.head(1).set_index("label")
+    first["fid"] = g.fid.mean()
+    first["fid_sd"] = g.fid.std(ddof=1).fillna(0.0)
+    first["kid"] = g.kid.mean()
+    first["seeds"] = g.seed.nunique()
+    return first.reset_index()
+
+
+def _legend_outside(ax, handles=None, labels=None, **kw) -> None:
+    """The legend to the right of ``ax``, off the data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, **kw)
+
+
+def _floor_line(ax, floor: float | None) -> list:
+    if floor is None:
+        return []
+    return [ax.axhline(floor, color="0.35", ls=":", lw=1.2, label=f"FID floor {floor:.2f}")]
+
+
+def _scatter_methods(ax, df, x: str, colours: dict, markers: dict) -> None:
+    """Colour: the exit policy and cache (``accel``); marker: the sampler run; black edge:
+    pruned; error bars: the sd over seeds; the black step line: the Pareto front."""
+    for (method, run), sub in df.groupby(["accel", "run"]):
+        pruned = sub.prune_ratio > 0
+        for mask, edge in ((~pruned, "none"), (pruned, "k")):
+            part = sub[mask]
+            if not len(part):
+                continue
+            ax.scatter(
+                part[x],
+                part.fid,
+                s=34,
+                color=colours[method],
+                marker=markers[run],
+                edgecolors=edge,
+                linewidths=1.3,
+                alpha=0.9,
+                zorder=3,
+            )
+        spread = sub[sub.seeds > 1]
+        if len(spread):
+            ax.errorbar(
+                spread[x],
+                spread.fid,
+                yerr=spread.fid_sd,
+                fmt="none",
+                ecolor=colours[method],
+                elinewidth=1,
+                capsize=2,
+                zorder=2,
+            )
     front = pareto_front(df[x].to_numpy(float), df.fid.to_numpy(float))
     f = df.iloc[front]
-    ax.step(f[x], f.fid, where="post", color="k", lw=1, alpha=0.7, label="Pareto front")
-    if logx:
-        ax.set_xscale("log")
+    ax.step(f[x], f.fid, where="post", color="k", lw=1, alpha=0.7, zorder=1)
     ax.set_ylabel("FID (lower is better)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, title=colour_by, title_fontsize=7)
 
 
-def plot_fid_vs_flops(df, out: Path) -> list[Path]:
+def _method_legend(colours: dict, markers: dict, pruned: bool, floor: float | None) -> tuple:
+    """Handles and labels: one colour per exit policy / cache, one grey marker per sampler
+    run, the pruned edge, the Pareto front and the floor."""
+    from matplotlib.lines import Line2D
+
+    h, lab = [], []
+    for m, c in colours.items():
+        h.append(Line2D([], [], marker="o", ls="", color=c, ms=6))
+        lab.append(m)
+    for r, mk in markers.items():
+        h.append(Line2D([], [], marker=mk, ls="", color="0.5", ms=6))
+        lab.append(r)
+    if pruned:
+        h.append(Line2D([], [], marker="o", ls="", mfc="0.85", mec="k", mew=1.3, ms=6))
+        lab.append("pruned model (black edge)")
+    h.append(Line2D([], [], color="k", lw=1))
+    lab.append("Pareto front")
+    if floor is not None:
+        h.append(Line2D([], [], color="0.35", ls=":", lw=1.2))
+        lab.append(f"FID floor {floor:.2f} (held-out real images)")
+    return h, lab
+
+
+def _styles(df) -> tuple[dict, dict]:
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    _scatter_with_front(a, df, "flop_ratio_vs_reference", "run", logx=True)
+    methods = sorted(df.accel.unique(), key=lambda m: (m != "full", m))
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    runs = sorted(df.run.unique())
+    colours = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+    markers = {r: _MARKERS[i % len(_MARKERS)] for i, r in enumerate(runs)}
+    return colours, markers
+
+
+def plot_fid_vs_flops(df, out: Path, floor: float | None = None) -> list[Path]:
+    """Two views of every cell, each with its Pareto front: total FLOPs (the sampler's step
+    count included) and FLOPs per denoiser call. Both panels show the method (colour) and the
+    sampler run (marker); seeds of one cell are averaged, with their sd as error bars."""
+    import matplotlib.pyplot as plt
+
+    d = seed_means(df)
+    colours, markers = _styles(d)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    _scatter_methods(a, d, "flop_ratio_vs_reference", colours, markers)
+    a.set_xscale("log")
     a.set_xlabel("total FLOPs / DDPM (all T steps, full model)")
-    a.set_title("per sampler and steps")
-    _scatter_with_front(b, df, "flop_ratio_per_call", "method", logx=False)
+    a.set_title("at total cost (steps included)", fontsize=10)
+    _scatter_methods(b, d, "flop_ratio_per_call", colours, markers)
     b.set_xlabel("FLOPs per denoiser call / full unpruned model")
-    b.set_title("per method (pruning + exit policy + cache)")
+    b.set_title("per denoiser call", fontsize=10)
+    for ax in (a, b):
+        _floor_line(ax, floor)
+    h, lab = _method_legend(colours, markers, bool((d.prune_ratio > 0).any()), floor)
+    _legend_outside(b, h, lab, fontsize=7)
     ext = ", ".join(sorted(df.extractor.dropna().unique()))
-    fig.suptitle(f"FID vs FLOPs ({len(df)} cells; features: {ext})", fontsize=10)
+    seeds = int(d.seeds.max())
+    spread = f"; error bars: sd over {seeds} seeds" if seeds > 1 else ""
+    fig.suptitle(f"FID vs FLOPs ({len(d)} cells; features: {ext}{spread})", fontsize=10)
     paths = _save(fig, out, "fid_vs_flops")
     plt.close(fig)
     return paths
@@ -222,7 +319,7 @@ def plot_wall_vs_flops(df, out: Path) -> list[Path]:
     ax.set_xlabel("FLOP ratio per call")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_outside(ax, fontsize=7, title="error bars: min-max of the repeats", title_fontsize=7)
     ax.set_title(title, fontsize=10)
     paths = _save(fig, out, "wall_vs_flops")
     plt.close(fig)
@@ -233,14 +330,19 @@ def plot_exit_heatmaps(df, out: Path) -> list[Path]:
     exits = df[(df.policy != "full") & df.exit_histogram.notna()]
     if not len(exits):
         return []
-    # Per policy: the unpruned cell with the most steps (the finest view over t).
-    chosen = (
-        exits.sort_values(["prune_ratio", "steps"], ascending=[True, False])
-        .groupby("policy", sort=True)
-        .head(1)
-    )
+    from adaptive.policies import POLICIES
+
+    # Per policy: the unpruned cell with the most steps (the finest view over t), seed 0 first;
+    # panels in the registry's order, so every report lays them out alike.
+    chosen = exits.sort_values(["prune_ratio", "steps", "seed"], ascending=[True, False, True])
+    chosen = chosen.groupby("policy", sort=False).head(1)
+    order = {name: i for i, name in enumerate(POLICIES)}
+    chosen = chosen.sort_values("policy", key=lambda s: s.map(order).fillna(len(order)))
     panels = [
-        (r.exit_histogram, f"{r.policy} ({r.run}, FLOPs {r.flop_ratio_per_call:.2f})")
+        (
+            r.exit_histogram,
+            f"{r.policy} ({r.run})\nFID {r.fid:.2f}, FLOPs {r.flop_ratio_per_call:.2f}",
+        )
         for _, r in chosen.iterrows()
     ]
     return heatmap_grid(panels, out, "exit_heatmap")
@@ -281,31 +383,95 @@ def heatmap_grid(panels: list[tuple[dict, str]], out: Path, name: str) -> list[P
     return paths
 
 
-def plot_samples(df, grid_dir: Path, out: Path, patterns: list[str] | None) -> list[Path]:
+SAMPLE_TILES = 6  # the samples figure shows the first 6 x 6 samples of each chosen cell
+
+
+def _sample_run(ok):
+    """The sampler run (sampler and steps) holding the most policies, FID breaking ties: the
+    cells compared in the samples figure share it and their seed, so every panel starts from
+    the same initial noise and differs only by what the policy does."""
+    counts = ok.groupby("run").agg(policies=("policy", "nunique"), fid=("fid", "mean"))
+    return counts.sort_values(["policies", "fid"], ascending=[False, True]).index[0]
+
+
+def _tiles(img, img_size: int, n: int):
+    """The top-left ``n`` x ``n`` samples of a saved grid (:func:`bench.sampling.save_grid`)."""
+    from bench.sampling import GRID_PADDING, GRID_SCALE
+
+    side = (n * (img_size + GRID_PADDING) + GRID_PADDING) * GRID_SCALE
+    return img.crop((0, 0, min(side, img.width), min(side, img.height)))
+
+
+def _real_tiles(dataset: str, n: int, data=None):
+    """``n`` x ``n`` real training images as one grid image, or None where the data set
+    cannot be read here (it is then left out, with a log line)."""
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from bench.data import DatasetError, as_tensors, data_source
+
+    try:
+        images, _ = as_tensors(data_source(data).load(dataset, "train"))
+    except (DatasetError, OSError, ValueError) as e:
+        log.info("no real-image panel: %s", e)
+        return None
+    from bench.sampling import GRID_PADDING
+
+    g = torch.Generator().manual_seed(0)
+    pick = images[torch.randperm(len(images), generator=g)[: n * n]]
+    grid = make_grid(pick.clamp(-1, 1).add(1).div(2), nrow=n, padding=GRID_PADDING, pad_value=1.0)
+    arr = (grid[0].numpy() * 255).round().astype("uint8")
+    return Image.fromarray(arr)
+
+
+def plot_samples(df, grid_dir: Path, out: Path, patterns: list[str] | None, data=None):
+    """The first 6 x 6 samples of chosen cells beside 36 real training images, drawn large
+    (nearest-neighbour, one sample is many pixels). Default choice: in the sampler run with
+    the most policies, the best FID of each policy at the first seed, so panels share their
+    initial noise; ``patterns`` picks cells by label instead."""
     import matplotlib.pyplot as plt
     from PIL import Image
+
+    from bench.data import dataset_info
 
     ok = df[~df.nonfinite.astype(bool) & df.fid.notna()]
     if patterns:
         chosen = _matching(ok, patterns)
+        note = "chosen cells"
     else:
-        chosen = ok.loc[ok.groupby("policy").fid.idxmin()]
+        run = _sample_run(ok)
+        pool = ok[(ok.run == run) & (ok.seed == ok[ok.run == run].seed.min())]
+        chosen = pool.loc[pool.groupby("method").fid.idxmin()].sort_values("fid")
+        note = f"{run}, seed {int(pool.seed.iloc[0])}: the same initial noise in every panel"
     items = []
     for _, r in chosen.iterrows():
         path = grid_dir / "samples" / f"{r.key}.png"
         if path.exists():
-            items.append((r, Image.open(path)))
+            size = dataset_info(r.dataset).img_size
+            items.append(
+                (
+                    f"{r.label}\nFID {r.fid:.2f}, FLOPs/call {r.flop_ratio_per_call:.2f}",
+                    _tiles(Image.open(path), size, SAMPLE_TILES),
+                )
+            )
     if not items:
         return []
+    real = _real_tiles(chosen.dataset.iloc[0], SAMPLE_TILES, data)
+    if real is not None:
+        items.insert(0, ("real training images", real))
     cols = min(4, len(items))
     rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
-    for ax, (r, img) in zip(axes.flat, items, strict=False):
-        ax.imshow(img, cmap="gray")
-        ax.set_title(f"{r.label}\nFID {r.fid:.2f}, FLOPs {r.flop_ratio_per_call:.2f}", fontsize=7)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.3 * cols, 3.6 * rows), squeeze=False, layout="constrained"
+    )
+    for ax, (title, img) in zip(axes.flat, items, strict=False):
+        ax.imshow(img, cmap="gray", interpolation="nearest", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=7)
         ax.axis("off")
     for ax in list(axes.flat)[len(items) :]:
         ax.axis("off")
+    fig.suptitle(f"First {SAMPLE_TILES * SAMPLE_TILES} samples ({note})", fontsize=9)
     paths = _save(fig, out, "samples")
     plt.close(fig)
     return paths
@@ -340,7 +506,7 @@ def plot_fid_vs_guidance(df, out: Path) -> list[Path]:
     ax.set_ylabel("FID (lower is better)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    _legend_outside(ax, fontsize=7)
     ax.set_title("FID vs classifier-free guidance", fontsize=10)
     paths = _save(fig, out, "fid_vs_guidance")
     plt.close(fig)
@@ -391,7 +557,7 @@ def plot_fid_vs_nfe(df, out: Path) -> list[Path]:
         ax.set_xlabel("denoiser calls (NFE)")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6, ncol=2)
+        ax.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     axes[0].set_ylabel("FID (lower is better)")
     fig.suptitle(f"FID vs NFE ({d.dataset.iloc[0]}, {d.model.iloc[0]} model)", fontsize=10)
     paths = _save(fig, out, "fid_vs_nfe")
@@ -399,39 +565,26 @@ def plot_fid_vs_nfe(df, out: Path) -> list[Path]:
     return paths
 
 
-def plot_fid_vs_total_flops(df, out: Path) -> list[Path]:
+def plot_fid_vs_total_flops(df, out: Path, floor: float | None = None) -> list[Path]:
     """Every method on one axis: FID against total FLOPs (vs DDPM with all T steps), so fewer
     steps, exits, caching, pruning and their combinations meet at equal cost. Colour: the
-    method; marker: the sampler run; the black line: the Pareto front over all of them.
+    method; marker: the sampler run; black edge: pruned; the black line: the Pareto front over
+    all of them; seeds averaged.
     Drawn when the grid mixes at least two methods."""
     import matplotlib.pyplot as plt
 
     if df.method.nunique() < 2:
         return []
-    fig, ax = plt.subplots(figsize=(8, 5))
-    cmap = plt.get_cmap("tab20")
-    markers = "os^Dv<>pPX*h"
-    runs = sorted(df.run.unique())
-    for i, (method, sub) in enumerate(sorted(df.groupby("method"), key=lambda kv: kv[0])):
-        for run, r in sub.groupby("run"):
-            ax.scatter(
-                r.flop_ratio_vs_reference,
-                r.fid,
-                s=30,
-                color=cmap(i % 20),
-                marker=markers[runs.index(run) % len(markers)],
-                label=f"{method} ({run})",
-                alpha=0.85,
-            )
-    front = pareto_front(df.flop_ratio_vs_reference.to_numpy(float), df.fid.to_numpy(float))
-    f = df.iloc[front]
-    ax.step(f.flop_ratio_vs_reference, f.fid, where="post", color="k", lw=1, label="Pareto front")
+    d = seed_means(df)
+    colours, markers = _styles(d)
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    _scatter_methods(ax, d, "flop_ratio_vs_reference", colours, markers)
+    _floor_line(ax, floor)
     ax.set_xscale("log")
     ax.set_xlabel("total FLOPs / DDPM (all T steps, full model)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6, ncol=2)
-    ax.set_title(f"Every method at its total cost ({len(df)} cells)", fontsize=10)
+    h, lab = _method_legend(colours, markers, bool((d.prune_ratio > 0).any()), floor)
+    _legend_outside(ax, h, lab, fontsize=7)
+    ax.set_title(f"Every method at its total cost ({len(d)} cells)", fontsize=10)
     paths = _save(fig, out, "fid_vs_total_flops")
     plt.close(fig)
     return paths
@@ -564,7 +717,36 @@ def plot_fid_vs_prune(df, out: Path) -> list[Path]:
     return paths
 
 
-def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> list[Path]:
+def fid_floor_of(df, cache=None, data=None) -> float | None:
+    """The FID floor (held-out real images against the training statistics,
+    :func:`bench.metrics.fid_floor`) in the features the records were scored with, when they
+    share one data set, one extractor and the training split as reference; else None."""
+    from bench.cache import ArtifactCache, config_hash
+    from bench.metrics import CNNExtractorConfig, fid_floor, get_extractor
+
+    if df.dataset.nunique() != 1 or df.extractor.nunique() != 1 or (df.reference != "train").any():
+        return None
+    dataset, name = df.dataset.iloc[0], df.extractor.iloc[0]
+    cache = cache or ArtifactCache()
+    cnn_key = config_hash(CNNExtractorConfig(dataset=dataset), kind="extractor")
+    if name.startswith("cnn") and not cache.has("extractor", cnn_key):
+        log.info("no FID floor: the records' extractor %s is not in %s", name, cache.root)
+        return None  # a report never trains an extractor
+    try:
+        ext = get_extractor(name.split("-")[0], dataset, cache, data=data)
+        if ext.name != name:  # another extractor than the records were scored with
+            log.info("no FID floor: the cached extractor is %s, the records' %s", ext.name, name)
+            return None
+        return fid_floor(dataset, ext, cache, data)
+    except (ValueError, OSError) as e:
+        log.info("no FID floor: %s", e)
+        return None
+
+
+def make_report(
+    grid_dir: Path, out: Path, cells: list[str] | None = None, cache=None
+) -> list[Path]:
+    """Every figure the records under ``grid_dir`` support, written to ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -574,12 +756,13 @@ def make_report(grid_dir: Path, out: Path, cells: list[str] | None = None) -> li
         raise ValueError(f"every record under {grid_dir} is nonfinite; nothing to plot")
     if cells:
         _matching(ok, cells)  # a bad --cells fails before any figure is written
-    paths = plot_fid_vs_flops(ok, out)
+    floor = fid_floor_of(ok, cache)
+    paths = plot_fid_vs_flops(ok, out, floor)
     paths += plot_wall_vs_flops(ok, out)
     paths += plot_exit_heatmaps(ok, out)
     paths += plot_fid_vs_guidance(ok, out)
     paths += plot_fid_vs_nfe(ok, out)
-    paths += plot_fid_vs_total_flops(ok, out)
+    paths += plot_fid_vs_total_flops(ok, out, floor)
     paths += plot_fid_vs_prune(ok, out)
     paths += plot_samples(df, grid_dir, out, cells)
     return paths
@@ -596,10 +779,19 @@ def main(argv: list[str] | None = None) -> int:
         help="label substrings of the cells whose samples to show "
         "(default: the best FID of each policy)",
     )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="artifact cache holding the feature extractor, for the FID floor "
+        "(default: <repo>/.cache)",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        paths = make_report(a.grid, a.out or a.grid / "report", a.cells)
+        from bench.cache import ArtifactCache
+
+        cache = ArtifactCache(a.cache_dir)
+        paths = make_report(a.grid, a.out or a.grid / "report", a.cells, cache)
     except ValueError as e:
         p.error(str(e))
     for path in paths:

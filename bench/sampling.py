@@ -15,7 +15,7 @@ import samplers
 from bench.cache import atomic_write_bytes
 from samplers import Denoiser, VPSchedule
 
-__all__ = ["generate", "image_sampler_options", "save_grid"]
+__all__ = ["GRID_PADDING", "GRID_SCALE", "generate", "image_sampler_options", "save_grid"]
 
 
 def image_sampler_options(sampler: str) -> dict[str, float]:
@@ -68,12 +68,18 @@ def generate(
     return torch.cat(out), nfe
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int = 16, scale: int = 4) -> Path:
+GRID_PADDING = 1  # white pixels between the images of a saved grid (before upscaling)
+GRID_SCALE = 4  # saved grids are upscaled this many times (nearest neighbour)
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int = 16, scale: int = GRID_SCALE) -> Path:
     """Write images in [-1, 1] as one PNG grid (atomically), upscaled ``scale``x for viewing."""
     from PIL import Image
     from torchvision.utils import make_grid
 
-    grid = make_grid(images.clamp(-1, 1).add(1).div(2), nrow=nrow, padding=1, pad_value=1.0)
+    grid = make_grid(
+        images.clamp(-1, 1).add(1).div(2), nrow=nrow, padding=GRID_PADDING, pad_value=1.0
+    )
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)

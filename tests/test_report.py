@@ -176,3 +176,112 @@ def test_fid_vs_prune_draws_one_line_per_recipe_through_its_ratios(tmp_path):
     paths = plot_fid_vs_prune(df, tmp_path)
     assert [p.name for p in paths] == ["fid_vs_prune.png", "fid_vs_prune.svg"]
     assert paths[0].stat().st_size > 1000
+
+
+def _rows(**over):
+    """Records as load_table makes them: two seeds of one cell, a pruned cell, a second run."""
+    import pandas as pd
+
+    base = dict(dataset="digits", model="tiny", recipe="full", policy="full", prune_ratio=0.0,
+                cache="none", extractor="cnn-digits-x", reference="train", kid=1.0,
+                flop_ratio_per_call=1.0, method="full", accel="full")  # fmt: skip
+    rows = [
+        {**base, "label": "a", "run": "ddim-20", "seed": 0, "fid": 10.0,
+         "flop_ratio_vs_reference": 0.02},
+        {**base, "label": "a", "run": "ddim-20", "seed": 1, "fid": 12.0,
+         "flop_ratio_vs_reference": 0.02},
+        {**base, "label": "b", "run": "ddim-20", "seed": 0, "fid": 11.0, "prune_ratio": 0.3,
+         "method": "prune0.3", "flop_ratio_per_call": 0.66, "flop_ratio_vs_reference": 0.013},
+        {**base, "label": "c", "run": "dpm-solver++-10", "seed": 0, "fid": 8.0,
+         "flop_ratio_vs_reference": 0.01},
+    ]  # fmt: skip
+    return pd.DataFrame([{**r, **over} for r in rows])
+
+
+def test_seed_means_average_a_cell_over_its_seeds():
+    from bench.report import seed_means
+
+    d = seed_means(_rows()).set_index("label")
+    assert d.loc["a", "fid"] == 11.0 and d.loc["a", "seeds"] == 2
+    assert d.loc["a", "fid_sd"] == pytest.approx(2**0.5)
+    assert d.loc["b", "fid_sd"] == 0.0 and d.loc["b", "seeds"] == 1
+
+
+def test_fid_vs_flops_marks_pruned_cells_draws_spread_and_the_floor(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench import report
+
+    figs = []
+    real_save = report._save
+    report._save = lambda fig, out, name: figs.append(fig) or real_save(fig, out, name)
+    try:
+        paths = report.plot_fid_vs_flops(_rows(), tmp_path, floor=3.28)
+    finally:
+        report._save = real_save
+    assert [p.name for p in paths] == ["fid_vs_flops.png", "fid_vs_flops.svg"]
+    (fig,) = figs
+    a, b = fig.axes
+    for ax in (a, b):
+        # Each panel: both runs' markers (sampler visible), the floor line, error bars.
+        assert any(ln.get_ydata()[0] == 3.28 for ln in ax.get_lines() if len(ln.get_ydata()))
+        edges = [c.get_edgecolor() for c in ax.collections if hasattr(c, "get_offsets")]
+        assert any(len(e) and tuple(e[0][:3]) == (0.0, 0.0, 0.0) for e in edges)  # pruned edge
+    labels = b.get_legend().get_texts()
+    text = [t.get_text() for t in labels]
+    assert {"ddim-20", "dpm-solver++-10", "pruned model (black edge)"} <= set(text)
+    assert any(t.startswith("FID floor 3.28") for t in text)
+    # The legend sits outside the axes (anchored right of it).
+    assert b.get_legend().get_bbox_to_anchor().x0 > b.get_window_extent().x1 - 1
+    plt.close(fig)
+
+
+def test_samples_share_one_run_and_seed_and_sit_beside_real_images(tmp_path, monkeypatch):
+    import matplotlib
+    import torch
+    from PIL import Image
+
+    matplotlib.use("Agg")
+    from bench import report
+    from bench.sampling import save_grid
+
+    df = _rows(nonfinite=False)
+    df["key"] = [f"k{i}" for i in range(len(df))]
+    df["policy"] = df["method"] = ["full", "full", "uem", "full"]
+    (tmp_path / "samples").mkdir()
+    for k in df.key:
+        save_grid(torch.zeros(100, 1, 8, 8), tmp_path / "samples" / f"{k}.png", nrow=10)
+    assert report._sample_run(df) == "ddim-20"  # two policies there, one in dpm-solver++-10
+    figs = []
+    real_save = report._save
+    monkeypatch.setattr(report, "_save", lambda f, o, n: figs.append(f) or real_save(f, o, n))
+    paths = report.plot_samples(df, tmp_path, tmp_path, None)
+    assert [p.name for p in paths] == ["samples.png", "samples.svg"]
+    titles = [ax.get_title() for ax in figs[0].axes if ax.get_title()]
+    # Real images first, then ddim-20's seed-0 cells (a, b): never seed 1 or the other run.
+    assert titles[0] == "real training images" and len(titles) == 3
+    assert titles[1].startswith("a\n") and titles[2].startswith("b\n")
+    assert "seed 0" in figs[0]._suptitle.get_text()
+    tile = report._tiles(Image.open(tmp_path / "samples" / "k0.png"), 8, 6)
+    assert tile.size == ((6 * 9 + 1) * 4, (6 * 9 + 1) * 4)  # 6 x 6 samples, padding kept
+
+
+def test_heatmap_panels_follow_the_policy_registry_with_fid_in_titles(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from bench import report
+
+    hist = {"t_edges": [0, 500, 1000], "counts": [[1, 0], [0, 1]]}
+    rows = [
+        dict(policy=p, prune_ratio=0.0, steps=20, seed=0, run="ddim-20", fid=f,
+             flop_ratio_per_call=0.65, exit_histogram=hist)
+        for p, f in [("uem", 8.0), ("calm", 20.0), ("static", 23.0)]
+    ]  # fmt: skip
+    seen = []
+    monkeypatch.setattr(report, "heatmap_grid", lambda panels, out, name: seen.extend(panels))
+    report.plot_exit_heatmaps(pd.DataFrame(rows), tmp_path)
+    assert [t.split(" ")[0] for _, t in seen] == ["static", "calm", "uem"]  # registry order
+    assert "FID 8.00" in seen[2][1]

@@ -219,3 +219,12 @@ def test_summary_lists_cells_whose_timing_is_not_trusted(tmp_path):
     assert "## Timing unstable (1; wall-clock not trusted)" in summary
     assert f"- {CELLS[1].label()} ({CELLS[1].key})" in summary
     assert "| timing_unstable |" in summary
+
+
+def test_budget_table_lists_each_best_cell_once_and_states_the_kid_scale(tmp_path):
+    # CELLS[0] (1 step, FID 1.0) is the best at every budget: one row, not six.
+    store.write_tables(tmp_path, [fake_record(c) for c in CELLS[:3]])
+    summary = (tmp_path / "summary.md").read_text()
+    best = summary.split("## Best FID")[1]
+    assert best.count(CELLS[0].label()) == 1
+    assert store.KID_NOTE in summary and "| seed |" in summary
