@@ -91,10 +91,13 @@ def measure(
     dev = next(model.parameters()).device
     denoiser = ex
     if guidance is not None:
-        if not cfg.num_classes:
-            raise ValueError("guidance needs a class-conditional model (num_classes > 0)")
-        denoiser = ClassifierFreeGuidance(ex, guidance, cfg.num_classes)
+        null = model.null_cond()
+        if null is None:
+            raise ValueError("guidance needs a conditional model (classes or text)")
+        denoiser = ClassifierFreeGuidance(ex, guidance, null)
         if cond is None:
+            if not cfg.num_classes:
+                raise ValueError("a text-conditional model calibrates on given prompts: pass cond")
             cond = torch.arange(n, device=dev) % cfg.num_classes
     gen = torch.Generator(device=dev).manual_seed(seed)
     with _autocast(dev, autocast):
@@ -196,6 +199,7 @@ def calibrate(
     paired: bool = False,
     autocast: torch.dtype | None = None,
     knob: float | None = None,
+    cond: torch.Tensor | None = None,
     cache: str | None = None,
     cache_knob: float | None = None,
     cache_options: dict | None = None,
@@ -209,11 +213,13 @@ def calibrate(
     With a step-level ``cache`` whose ``cache_knob`` is None, the cache's knob is calibrated
     (the exit policy runs with ``knob``); otherwise the exit policy's knob is (the cache keeps
     ``cache_knob``). The ratio is that of the whole denoiser, exits and cache together.
+    ``cond``: the calibration batch's conditions (text models need their prompts' contexts;
+    class-conditional ones cycle through the classes when it is None).
     """
     base = EarlyExitDenoiser(model, make_policy("full"), schedule.T, paired=paired)
     kw = dict(sampler=sampler, steps=steps, n=n, seed=seed, options=options)
     kw.update(sampler_kw=sampler_kw, guidance=guidance, paired=paired, autocast=autocast)
-    kw.update(cache=cache, cache_options=cache_options)
+    kw.update(cache=cache, cache_options=cache_options, cond=cond)
     if cache is not None and cache_knob is None:
         if cache not in CACHES:
             raise ValueError(f"unknown cache policy {cache!r}; valid choices: {', '.join(CACHES)}")

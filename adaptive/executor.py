@@ -42,7 +42,7 @@ class CostModel:
         dev = next(model.parameters()).device
         x = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
         t = torch.full((1,), T / 2, device=dev)
-        cond = torch.zeros(1, dtype=torch.long, device=dev) if cfg.num_classes else None
+        cond = model.example_cond(1)  # the null class or empty prompt: costs as any other
         with torch.inference_mode():
             self.embed, state = count_flops(model.embed, x, t, cond)
             self.blocks = []

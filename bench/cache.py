@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "CACHE_VERSION",
     "DEFAULT_CACHE_DIR",
+    "OMIT_DEFAULT",
     "SHIPPED_DIR",
     "ArtifactCache",
     "CorruptArtifact",
@@ -51,9 +52,30 @@ class CorruptArtifact(RuntimeError):
     pass
 
 
+# A dataclass field declared with ``field(..., metadata=OMIT_DEFAULT)`` enters a config's hash
+# only when it differs from its default, so adding such a field keeps every existing key.
+OMIT_DEFAULT = {"omit_default": True}
+
+
+def _as_dict(obj: Any) -> Any:
+    """:func:`dataclasses.asdict` (nested dataclasses become plain dicts), leaving out
+    ``OMIT_DEFAULT`` fields at their default at every depth."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {
+            f.name: _as_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)
+        }
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_as_dict(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _as_dict(v) for k, v in obj.items()}
+    return obj
+
+
 def _canonical(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__type__": type(obj).__name__, **_canonical(dataclasses.asdict(obj))}
+        return {"__type__": type(obj).__name__, **_canonical(_as_dict(obj))}
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):

@@ -24,6 +24,7 @@ from bench.data import DATASETS, SPLITS
 from bench.devices import AUTOCAST
 from bench.metrics import EXTRACTORS
 from bench.prune import PRUNE_REVISION, PruneConfig
+from bench.text import PROMPT_SPLITS, check_text
 from bench.train import BUDGETS, TrainConfig
 from caching import CACHES, make_cache
 from caching.policies import check_composition
@@ -46,6 +47,7 @@ CELL_CHOICES = {
     "reference": SPLITS,
     "autocast": AUTOCAST,
     "cache": {"none": None, **CACHES},
+    "prompts": PROMPT_SPLITS,
 }
 
 
@@ -83,6 +85,12 @@ class Cell:
     # Classifier-free guidance scale; None = unconditional model. A number selects the
     # class-conditional model (labels cycle through the classes) and guides with that scale.
     guidance: float | None = None
+    # Text conditioning (bench.text): the encoder of a text-conditioned model (None: none),
+    # and which templates of the data set's prompt set generation uses ("heldout": wordings
+    # never seen in training). Prompts cycle through the classes, then the templates; with
+    # `guidance` they are guided against the empty prompt.
+    text: str | None = None
+    prompts: str = "heldout"
     cfg_exit_together: bool = False  # a sample's cond/uncond rows exit at the same block
     # Step-level caching (caching.CACHES): the policy, its knob (None: its default, or
     # calibrated to target_flop_ratio) and DeepCache's branch depth (None: its default).
@@ -203,6 +211,10 @@ class Cell:
                 )
         if self.finetune_steps is not None and not recipe.finetune:
             raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {self.recipe!r}")
+        if self.text is not None:
+            check_text(self.text)
+        elif self.prompts != "heldout":
+            raise ValueError("prompts applies to text-conditioned cells (set text)")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -284,6 +296,8 @@ class Cell:
         if self.patience is not None:
             knob += f" p{self.patience}"
         cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
+        if self.text is not None:
+            cfg += f" text:{self.text}/{self.prompts}"
         cfg += "+together" if self.cfg_exit_together else ""
         return f"{self.model_label()} {self.policy}{knob}{cache} {self.sampler_label()}{cfg}"
 
@@ -339,7 +353,8 @@ def cell_train_config(cell: Cell) -> TrainConfig:
         dataset=cell.dataset,
         model=cell.model,
         recipe=cell.recipe,
-        class_cond=cell.guidance is not None,
+        class_cond=cell.guidance is not None and cell.text is None,
+        text=cell.text,
         lambda_u=cell.lambda_u,
         lambda_ual=cell.lambda_ual,
     )

@@ -34,6 +34,7 @@ from bench.data import DataSource
 from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
 from bench.store import load_records, os_error_line, pending, preflight, read_record, write_tables
+from bench.text import TEXT_ENCODERS
 from caching import CACHES
 from models import MODELS
 from samplers import ENDS, SAMPLERS, SPACINGS, describe
@@ -230,6 +231,8 @@ def _list_choices() -> str:
         lines.append(f"  {name}: {', '.join(reg)}")
     lines.append(f"  spacing: {', '.join(SPACINGS)}")
     lines.append(f"  end: {', '.join(ENDS)}")
+    lines.append("Text encoders (field text; needs the [text] extra):")
+    lines += [f"  {name}: {what}" for name, what in TEXT_ENCODERS.items()]
     lines.append("Samplers (defaults; order / spacing / end are cell fields):")
     for name in SAMPLERS:
         lines.append(f"  {name}: {describe(name)}")

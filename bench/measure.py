@@ -4,6 +4,7 @@ files."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -14,7 +15,14 @@ import torch
 
 from bench.cache import atomic_write_bytes
 
-__all__ = ["interleaved_medians", "interleaved_times", "spread", "wall_table", "write_figures"]
+__all__ = [
+    "OtherLoad",
+    "interleaved_medians",
+    "interleaved_times",
+    "spread",
+    "wall_table",
+    "write_figures",
+]
 
 
 def _sync() -> None:
@@ -46,9 +54,49 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) ->
     return {k: statistics.median(v) for k, v in interleaved_times(calls, repeats).items()}
 
 
-def spread(times: list[float]) -> float:
-    """Relative spread of repeated timings, max / min - 1 (0 = perfectly steady)."""
-    return max(times) / min(times) - 1
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds every process of the machine has run, from Linux's /proc/stat (None
+    elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Cores that *other* processes kept busy while the block ran: the machine's CPU time
+    (/proc/stat) minus this process's own (all its threads), over the wall-clock time. A
+    steady competing load slows every repeat alike, so the repeats' spread cannot see it;
+    this can. ``cores`` is None where /proc/stat is missing (not Linux)."""
+
+    def __enter__(self) -> OtherLoad:
+        self.cores: float | None = None
+        self._busy, self._own = _machine_busy_seconds(), _own_seconds()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy = _machine_busy_seconds()
+        wall = time.perf_counter() - self._t0
+        if busy is None or self._busy is None or wall <= 0:
+            return
+        other = (busy - self._busy) - (_own_seconds() - self._own)
+        self.cores = max(0.0, other / wall)
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def spread(times: list[float], trim: int = 0) -> float:
+    """Relative spread of repeated timings, max / min - 1 (0 = perfectly steady), after
+    dropping the ``trim`` fastest and ``trim`` slowest repeats (one stray repeat on a
+    2-core machine should not condemn the other nine)."""
+    kept = sorted(times)[trim : len(times) - trim] if len(times) > 2 * trim + 1 else times
+    return max(kept) / min(kept) - 1
 
 
 def write_figures(out: Path, markdown: str, report: dict) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "EXTRACTORS",
     "FeatureExtractor",
     "Stats",
+    "class_agreement",
     "fid_floor",
     "fid_from_feats",
     "frechet_distance",
@@ -158,6 +159,18 @@ class CNNExtractor:
     def __call__(self, images: Tensor) -> Tensor:
         out = [self.net.body(b.float()) for b in images.split(512)]
         return torch.cat(out).double()
+
+    @torch.no_grad()
+    def classify(self, images: Tensor) -> Tensor:
+        """The classifier's predicted class of each image. (N, C, H, W) -> (N,)"""
+        x = images.clamp(-1, 1).cpu().float()
+        return torch.cat([self.net(b).argmax(1) for b in x.split(512)])
+
+
+def class_agreement(images: Tensor, classes: Tensor, classifier: CNNExtractor) -> float:
+    """The share of ``images`` that ``classifier`` assigns to the class each was asked for:
+    text-image (or label-image) agreement without CLIP."""
+    return float((classifier.classify(images) == classes.cpu()).float().mean())
 
 
 def _shift_augment(x: Tensor, gen: torch.Generator) -> Tensor:

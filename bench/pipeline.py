@@ -27,9 +27,10 @@ from bench.cache import ArtifactCache, config_hash
 from bench.cell import Cell, cell_prune_config, cell_train_config
 from bench.data import DatasetInfo, DataSource, dataset_info
 from bench.devices import AUTOCAST, autocast, resolve_device
-from bench.metrics import evaluate, get_extractor
+from bench.metrics import class_agreement, evaluate, get_extractor
 from bench.prune import load_or_prune
 from bench.sampling import generate, image_sampler_options
+from bench.text import TextContext, load_context
 from bench.train import TrainedModel, load_or_train
 from caching import CACHES, make_cache
 from caching.l2c import train_router
@@ -62,6 +63,7 @@ class Pipeline:
     calibration: Calibration | None
     info: DatasetInfo
     data: DataSource | None = None
+    context: TextContext | None = None  # a text model's encoded prompts
 
     @property
     def schedule(self) -> VPSchedule:
@@ -100,15 +102,18 @@ class Pipeline:
         return autocast(self.device, AUTOCAST[self.cell.autocast])
 
     def denoiser(self, inner: Denoiser | None = None) -> Denoiser:
-        """``inner`` (default: the executor) under the cell's guidance."""
+        """``inner`` (default: the executor) under the cell's guidance (against the null
+        class or the empty prompt)."""
         inner = self.executor if inner is None else inner
         if self.cell.guidance is None:
             return inner
-        return ClassifierFreeGuidance(inner, self.cell.guidance, self.info.num_classes)
+        return ClassifierFreeGuidance(inner, self.cell.guidance, self.model.null_cond())
 
-    def labels(self, n: int) -> Tensor | None:
-        """Class labels of ``n`` guided samples (cycling through the classes), else None."""
-        return None if self.cell.guidance is None else torch.arange(n) % self.info.num_classes
+    def conditions(self, n: int) -> tuple[Tensor | None, Tensor | None]:
+        """The conditions of ``n`` samples and the class each asks for: prompt contexts
+        (:meth:`bench.text.TextContext.conditions`) for a text model, labels cycling through
+        the classes for a guided class-conditional one, else (None, None)."""
+        return cell_conditions(self.cell, n, self.info, self.context)
 
     def sample(
         self,
@@ -130,20 +135,44 @@ class Pipeline:
                 self.shape,
                 batch_size=batch_size,
                 seed=seed,
-                cond=self.labels(n),
+                cond=self.conditions(n)[0],
                 device=self.device,
                 timings=timings,
                 **self.cell.sampler_options,
             )
 
     def evaluate(self, images: Tensor, cache: ArtifactCache) -> dict[str, Any]:
-        """FID / KID of ``images`` with the cell's extractor and reference split."""
+        """FID / KID of ``images`` with the cell's extractor and reference split, and for
+        conditional cells the agreement: the share of samples the offline digit classifier
+        puts in the class their condition asks for (the offline analogue of a CLIP score)."""
         ext = get_extractor(
             self.cell.extractor, self.cell.dataset, cache, device=str(self.device), data=self.data
         )
-        return evaluate(
+        out = evaluate(
             images, self.cell.dataset, ext, cache, split=self.cell.reference, data=self.data
         )
+        classes = self.conditions(len(images))[1]
+        out["agreement"] = None
+        if classes is not None:
+            clf = (
+                ext if hasattr(ext, "classify") else get_extractor("cnn", self.cell.dataset, cache)
+            )
+            out["agreement"] = class_agreement(images, classes, clf)
+        return out
+
+
+def cell_conditions(
+    cell: Cell, n: int, info: DatasetInfo, context: TextContext | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """``n`` samples' conditions and target classes (see :meth:`Pipeline.conditions`)."""
+    if cell.text is not None:
+        if context is None:
+            raise ValueError("a text cell needs its encoded prompts (bench.text.load_context)")
+        return context.conditions(n, cell.prompts)
+    if cell.guidance is None:
+        return None, None
+    labels = torch.arange(n) % info.num_classes
+    return labels, labels
 
 
 def build_pipeline(
@@ -165,6 +194,8 @@ def build_pipeline(
     tcfg = cell_train_config(cell)
     phase("train")
     base = load_or_train(tcfg, cache, device, data, progress=progress)
+    info = dataset_info(cell.dataset)
+    context = None if cell.text is None else load_context(cell.text, cell.dataset, cache)
     model, model_key = base.model, tcfg.key
     if cell.prune_ratio > 0:
         phase("prune")
@@ -174,10 +205,24 @@ def build_pipeline(
     sampler_kw = {**image_sampler_options(cell.sampler), **cell.sampler_options}
     cache_options = dict(cell.cache_options)
     if cell.cache != "none" and CACHES[cell.cache].needs_router:
+        router_cond = None
+        if cell.text is not None:  # the router learns on the cell's own prompts
+            router_cond = cell_conditions(cell, L2C_TRAINING["n"], info, context)[0].to(device)
         cache_options["router"] = load_or_learn_router(
-            model, model_key, base.schedule, cell, sampler_kw, cache, progress=progress
+            model,
+            model_key,
+            base.schedule,
+            cell,
+            sampler_kw,
+            cache,
+            progress=progress,
+            cond=router_cond,
         )
     calibration = None
+    # Text cells calibrate on their own prompts; class-conditional ones cycle the classes.
+    cal_cond = None
+    if cell.text is not None:
+        cal_cond = cell_conditions(cell, CALIBRATION_SAMPLES, info, context)[0].to(device)
     if cell.target_flop_ratio is not None:
         phase("calibrate")
         calibration = calibrate(
@@ -197,6 +242,7 @@ def build_pipeline(
             cache=None if cell.cache == "none" else cell.cache,
             cache_knob=cell.cache_knob,
             cache_options=cache_options,
+            cond=cal_cond,
         )
     knob, cache_knob = cell.knob, cell.cache_knob
     if calibration is not None:
@@ -211,8 +257,7 @@ def build_pipeline(
     executor = EarlyExitDenoiser(
         model, policy, base.schedule.T, paired=cell.cfg_exit_together, cache=cache_policy
     )
-    info = dataset_info(cell.dataset)
-    return Pipeline(cell, device, base, model, executor, calibration, info, data)
+    return Pipeline(cell, device, base, model, executor, calibration, info, data, context)
 
 
 # Learning-to-Cache's router training (caching.l2c.train_router): trajectories of this many
@@ -229,6 +274,7 @@ def load_or_learn_router(
     cache: ArtifactCache,
     *,
     progress: bool = True,
+    cond: Tensor | None = None,
 ) -> Tensor:
     """The Learning-to-Cache router of ``model`` (artifact key ``model_key``) for the cell's
     sampler, steps, options and guidance: from the cache, or learned and cached."""
@@ -240,6 +286,7 @@ def load_or_learn_router(
             "sampler_kw": sampler_kw,
             "guidance": cell.guidance,
             "autocast": cell.autocast,
+            **({"prompts": cell.prompts} if cell.text is not None else {}),
             **L2C_TRAINING,
         },
         kind="l2c",
@@ -254,6 +301,7 @@ def load_or_learn_router(
             sampler_kw=sampler_kw,
             guidance=cell.guidance,
             progress=progress,
+            cond=cond,
             **L2C_TRAINING,
         )
         return {"router": router}, info

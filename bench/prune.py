@@ -178,13 +178,20 @@ def scratch_steps(pc: PruneConfig, full: UViT, pruned: UViT) -> int:
     return round(pc.base.steps * ratio) + pc.finetune_steps
 
 
-def _finetune(pc, model, steps, seed, device, data, progress, distiller, scratch=False):
+def _finetune(pc, model, steps, seed, device, data, progress, distiller, scratch=False, cache=None):
     """Train ``model`` in place (its EMA weights are loaded back) and return (tensors, meta)."""
     cfg = dataclasses.replace(pc.base, finetune_steps=steps, finetune_lr=pc.finetune_lr, seed=seed)
     if scratch:
         cfg = dataclasses.replace(cfg, steps=steps)
     tensors, meta = train(
-        cfg, device, data, progress=progress, model=model, distiller=distiller, scratch=scratch
+        cfg,
+        device,
+        data,
+        progress=progress,
+        model=model,
+        distiller=distiller,
+        scratch=scratch,
+        cache=cache,
     )
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     model.load_state_dict(ema)
@@ -205,7 +212,8 @@ def _build(pc: PruneConfig, cache: ArtifactCache, device, progress: bool, data: 
 
     def between(r: int, m: UViT) -> None:
         log.info("pruning round %d/%d done; fine-tuning %d steps", r + 1, pc.rounds, per_round)
-        _finetune(pc, m, per_round, pc.base.seed + r + 1, device, data, progress, distiller)
+        seed = pc.base.seed + r + 1
+        _finetune(pc, m, per_round, seed, device, data, progress, distiller, cache=cache)
 
     res = prune(
         model,
@@ -225,13 +233,13 @@ def _build(pc: PruneConfig, cache: ArtifactCache, device, progress: bool, data: 
         steps = scratch_steps(pc, _base_model(pc, cache, device, False, data), small)
         log.info("train-small control: %d steps from scratch", steps)
         tensors, meta = _finetune(
-            pc, small, steps, pc.base.seed, device, data, progress, distiller, scratch=True
+            pc, small, steps, pc.base.seed, device, data, progress, distiller, True, cache
         )
         extra["scratch_steps"] = steps
     else:
         last = pc.finetune_steps - per_round * (pc.rounds - 1)
         tensors, meta = _finetune(
-            pc, res.model, last, pc.base.seed, device, data, progress, distiller
+            pc, res.model, last, pc.base.seed, device, data, progress, distiller, cache=cache
         )
     meta.update(
         extra,

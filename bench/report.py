@@ -113,6 +113,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
 
 
 _MARKERS = "os^Dv<>pPX*h"
+LEGEND_TITLE = "colour: exit policy / cache\nmarker: sampler and steps"
 
 
 def seed_means(df):
@@ -206,9 +207,13 @@ def _styles(df) -> tuple[dict, dict]:
     import matplotlib.pyplot as plt
 
     methods = sorted(df.accel.unique(), key=lambda m: (m != "full", m))
-    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    # Grey is the markers' colour in the legend: no method gets it.
+    if len(methods) <= 9:
+        palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
+    else:
+        palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]
     runs = sorted(df.run.unique())
-    colours = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
     markers = {r: _MARKERS[i % len(_MARKERS)] for i, r in enumerate(runs)}
     return colours, markers
 
@@ -232,7 +237,7 @@ def plot_fid_vs_flops(df, out: Path, floor: float | None = None) -> list[Path]:
     for ax in (a, b):
         _floor_line(ax, floor)
     h, lab = _method_legend(colours, markers, bool((d.prune_ratio > 0).any()), floor)
-    _legend_outside(b, h, lab, fontsize=7)
+    _legend_outside(b, h, lab, fontsize=7, title=LEGEND_TITLE, title_fontsize=7)
     ext = ", ".join(sorted(df.extractor.dropna().unique()))
     seeds = int(d.seeds.max())
     spread = f"; error bars: sd over {seeds} seeds" if seeds > 1 else ""
@@ -488,26 +493,53 @@ def _matching(df, patterns: list[str]):
 
 
 def plot_fid_vs_guidance(df, out: Path) -> list[Path]:
-    """FID against the classifier-free guidance scale, one line per (policy, exit option)."""
+    """FID (and, where recorded, the agreement: the share of samples the classifier puts in
+    the asked-for class) against the classifier-free guidance scale, one line per (recipe,
+    policy and its FLOP target, exit option, FID reference, prompt templates)."""
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     g = df[df.guidance.notna()] if "guidance" in df else df.iloc[:0]
     if g.guidance.nunique() < 2:
         return []
-    if "reference" not in g:  # frames not from load_table
-        g = g.assign(reference="train")
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for (label, together, ref), sub in g.groupby(["policy", "cfg_exit_together", "reference"]):
+    defaults = {"reference": "train", "recipe": "full", "target_flop_ratio": None,
+                "text": None, "prompts": "heldout", "agreement": None}  # fmt: skip
+    g = g.assign(**{k: v for k, v in defaults.items() if k not in g})  # older frames
+    g = g.assign(
+        target=g.target_flop_ratio.apply(lambda v: "" if pd.isna(v) else f"@{v:g}"),
+        prompt=[
+            f", {p} prompts" if isinstance(t, str) else ""
+            for t, p in zip(g.text, g.prompts, strict=True)
+        ],
+    )
+    agree = g.agreement.notna().any()
+    fig, axes = plt.subplots(
+        1, 2 if agree else 1, figsize=(11 if agree else 5.5, 4), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    keys = ["recipe", "policy", "target", "cfg_exit_together", "reference", "prompt"]
+    for (recipe, policy, target, together, ref, prompt), sub in g.groupby(keys):
         sub = sub.sort_values("guidance")
-        name = f"{label}{' (exit together)' if together else ''}, FID vs {ref}"
-        flops = sub.flop_ratio_per_call.mean()
-        ax.plot(sub.guidance, sub.fid, "o-", label=f"{name}, FLOPs {flops:.2f}")
-    ax.set_xlabel("guidance scale (0 = null class only, 1 = conditional)")
+        name = f"{recipe} {policy}{target}{' (exit together)' if together else ''}"
+        name += f", FID vs {ref}{prompt}"
+        line = axes[0][0].plot(sub.guidance, sub.fid, "o-", label=name)[0]
+        if agree:
+            axes[0][1].plot(
+                sub.guidance, 100 * sub.agreement.astype(float), "o-", color=line.get_color()
+            )
+    ax = axes[0][0]
+    ax.set_xlabel("guidance scale (0 = null condition only, 1 = conditional)")
     ax.set_ylabel("FID (lower is better)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    _legend_outside(ax, fontsize=7)
     ax.set_title("FID vs classifier-free guidance", fontsize=10)
+    if agree:
+        a = axes[0][1]
+        a.set_xlabel("guidance scale")
+        a.set_ylabel("agreement: samples classified as asked (%)")
+        a.grid(alpha=0.3)
+        a.set_title("agreement vs classifier-free guidance", fontsize=10)
+    _legend_outside(axes[0][-1], *axes[0][0].get_legend_handles_labels(), fontsize=7)
     paths = _save(fig, out, "fid_vs_guidance")
     plt.close(fig)
     return paths
@@ -583,7 +615,7 @@ def plot_fid_vs_total_flops(df, out: Path, floor: float | None = None) -> list[P
     ax.set_xscale("log")
     ax.set_xlabel("total FLOPs / DDPM (all T steps, full model)")
     h, lab = _method_legend(colours, markers, bool((d.prune_ratio > 0).any()), floor)
-    _legend_outside(ax, h, lab, fontsize=7)
+    _legend_outside(ax, h, lab, fontsize=7, title=LEGEND_TITLE, title_fontsize=7)
     ax.set_title(f"Every method at its total cost ({len(d)} cells)", fontsize=10)
     paths = _save(fig, out, "fid_vs_total_flops")
     plt.close(fig)

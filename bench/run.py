@@ -35,7 +35,7 @@ from bench.cache import ArtifactCache
 from bench.cell import Cell
 from bench.data import DataSource
 from bench.devices import AUTOCAST, autocast
-from bench.measure import interleaved_times, spread
+from bench.measure import OtherLoad, interleaved_times, spread
 from bench.pipeline import TIMING_BATCH, Pipeline, build_pipeline
 from bench.sampling import save_grid
 from bench.store import (
@@ -123,19 +123,28 @@ class _Capture:
         return self.inner(x, t, cond)
 
 
-# A side-by-side timing whose plain-model reference varies by more than this between repeats
-# (max / min - 1) is re-measured once with twice the repeats, then flagged `timing_unstable`.
+# A side-by-side timing whose plain-model reference or cell varies by more than this between
+# repeats (max / min - 1 of the repeats without the fastest and the slowest) is re-measured
+# once with twice the repeats, then flagged `timing_unstable`.
 UNSTABLE_SPREAD = 0.25
+# ... or while other processes kept more than this many cores busy (a steady competing load
+# slows every repeat alike, so the spread alone misses it).
+BUSY_CORES = 0.3
 
 
 def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any]:
     """Wall-clock of the executor over the captured calls / the unpruned model's plain forward
     over the same calls, as the ratio of interleaved medians (DESIGN "Wall-clock"), with the
-    per-repeat ratios and whether the reference itself was unstable (a busy machine). With a
+    per-repeat ratios and whether either timing was unstable (a busy machine). With a
     step-level cache the calls are a whole sampling run, replayed in order from a reset cache
     (its reuse depends on the sequence)."""
     if not calls:
-        return {"wall_ratio_per_call": None, "wall_ratio_repeats": [], "timing_unstable": None}
+        return {
+            "wall_ratio_per_call": None,
+            "wall_ratio_repeats": [],
+            "timing_unstable": None,
+            "timing_other_cores": None,
+        }
 
     def run(fn):
         def replay():
@@ -146,19 +155,24 @@ def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any
         return replay
 
     for repeats in (WALL_REPEATS, 2 * WALL_REPEATS):
-        with autocast(device, amp):
+        with autocast(device, amp), OtherLoad() as load:
             times = interleaved_times({"plain": run(reference), "cell": run(ex)}, repeats)
-        unstable = spread(times["plain"]) > UNSTABLE_SPREAD
+        worst = max(spread(times[k], trim=1) for k in ("plain", "cell"))
+        busy = load.cores is not None and load.cores > BUSY_CORES
+        unstable = worst > UNSTABLE_SPREAD or busy
         if not unstable:
             break
         log.warning(
-            "plain-model timing varied by %.0f%%; re-measuring", 100 * spread(times["plain"])
+            "timings varied by %.0f%% between repeats, other processes used %s cores; re-measuring",
+            100 * worst,
+            "?" if load.cores is None else f"{load.cores:.2f}",
         )
     ratios = [c / p for c, p in zip(times["cell"], times["plain"], strict=True)]
     return {
         "wall_ratio_per_call": statistics.median(times["cell"]) / statistics.median(times["plain"]),
         "wall_ratio_repeats": ratios,
         "timing_unstable": unstable,
+        "timing_other_cores": load.cores,  # cores other processes used while timing
     }
 
 
@@ -237,7 +251,7 @@ def run_cell(
     phase("time")
     timing = _timing(pipe, capture, batch_seconds)
     nonfinite = not bool(torch.isfinite(imgs).all())
-    metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None}
+    metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None, "agreement": None}
     if not nonfinite:
         phase("score")
         metrics = pipe.evaluate(imgs, cache)
@@ -254,6 +268,9 @@ def run_cell(
         "fid": metrics["fid"],
         "kid": metrics["kid"],
         "extractor": metrics["extractor"],
+        # Conditional cells: the share of samples the offline classifier puts in the class
+        # their prompt or label asks for (None for unconditional cells).
+        "agreement": metrics.get("agreement"),
         "nonfinite": nonfinite,
         "nfe": nfe,
         "flop_ratio_per_call": executed_flops / (max(rows, 1) * unpruned),

@@ -50,9 +50,11 @@ def ema_update(ema: nn.Module, model: nn.Module, step: int, decay: float) -> Non
         pe.lerp_(pm, 1 - d)
 
 
-def noisy_batch(cfg: TrainConfig, info, x0, y, ab, gen, device):
+def noisy_batch(cfg: TrainConfig, info, x0, y, ab, gen, device, context=None):
     """(x_t, t, cond, eps) for one batch: random flips where the dataset flips, uniform
-    timesteps, Gaussian noise, label dropout for guidance (in this order: it fixes the draws)."""
+    timesteps, Gaussian noise, label dropout for guidance (in this order: it fixes the draws).
+    A text model's cond is each label's prompt in a random train template of ``context``
+    (:class:`bench.text.TextContext`), the empty prompt where the label is dropped."""
     x0, y = x0.to(device), y.to(device)
     if info.hflip:  # only datasets that flip draw from the generator (digits stay as is)
         flip = (torch.rand(x0.shape[0], generator=gen) < 0.5).to(device)
@@ -65,4 +67,9 @@ def noisy_batch(cfg: TrainConfig, info, x0, y, ab, gen, device):
     if cfg.class_cond:
         drop = torch.rand(y.shape, generator=gen).to(device) < cfg.p_uncond
         cond = torch.where(drop, torch.full_like(y, info.num_classes), y)
+    elif cfg.text is not None:
+        drop = (torch.rand(y.shape, generator=gen) < cfg.p_uncond).to(device)
+        j = torch.randint(0, context.train.shape[1], y.shape, generator=gen)
+        cond = context.train[y.cpu(), j].to(device)  # (B, L, E)
+        cond = torch.where(drop[:, None, None], context.null.to(device), cond)
     return x_t, t, cond, eps

@@ -242,6 +242,8 @@ def write_tables(
         "seconds_per_image",
         "nonfinite",
     ]
+    if "agreement" in df and df.agreement.notna().any():  # conditional cells
+        cols.insert(cols.index("kid") + 1, "agreement")
     if "timing_unstable" in df:  # records from before the flag existed lack it
         cols.append("timing_unstable")
     lines = [
@@ -279,7 +281,8 @@ def write_tables(
         flagged = df[df.timing_unstable.fillna(False).astype(bool)]
         lines += ["", f"## Timing unstable ({len(flagged)}; wall-clock not trusted)", ""]
         lines += [
-            "The plain-model reference varied by more than 25% between repeats twice (a busy "
+            "The plain model's or the cell's timing varied by more than 25% between repeats "
+            "(the fastest and slowest left out), twice (a busy "
             "machine): delete these records and rerun on an idle machine to time them.",
             "",
         ]

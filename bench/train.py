@@ -15,7 +15,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,13 +23,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
-from bench.cache import ArtifactCache, config_hash
+from bench.cache import OMIT_DEFAULT, ArtifactCache, config_hash
 from bench.cli import make_parser
 from bench.data import DATASETS, DataSource, data_source, dataset_info
 from bench.devices import AUTOCAST, resolve_device
 from bench.devices import autocast as amp_context
 from bench.distill import Distiller
 from bench.steps import batches, ema_update, lr_at, noisy_batch
+from bench.text import CONTEXT_LEN, check_text, context_dim, load_context
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
 
@@ -72,6 +73,9 @@ class TrainConfig:
     finetune_lr: float = 3e-4
     lambda_u: float = 1.0  # DeeDiff's weights (official code: 1 and 1)
     lambda_ual: float = 1.0
+    # Text conditioning (bench.text): the encoder whose prompt states are the context tokens;
+    # None: unconditional or class-conditional. Hashed only when set (existing keys hold).
+    text: str | None = field(default=None, metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         choices = {"dataset": DATASETS, "model": MODELS, "schedule": SCHEDULES, "recipe": RECIPES}
@@ -92,6 +96,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not self.lr > 0 or not self.finetune_lr > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {self.lr}, {self.finetune_lr}")
+        if self.text is not None:
+            check_text(self.text)
+            if self.class_cond:
+                raise ValueError("class_cond and text are two conditionings; pick one")
 
     @property
     def key(self) -> str:
@@ -164,12 +172,16 @@ class TrainedModel:
 
 def build_model(cfg: TrainConfig) -> UViT:
     info = dataset_info(cfg.dataset)
+    text = {}
+    if cfg.text is not None:
+        text = dict(context_dim=context_dim(cfg.text), context_len=CONTEXT_LEN)
     return make_model(
         cfg.model,
         info.img_size,
         info.channels,
         info.num_classes if cfg.class_cond else 0,
         exit_heads=get_recipe(cfg.recipe).heads,
+        **text,
     )
 
 
@@ -228,20 +240,28 @@ def train(
     autocast: torch.dtype | None = None,
     distiller: Distiller | None = None,
     scratch: bool = False,
+    cache: ArtifactCache | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Train from scratch, or fine-tune (with ``cfg.finetune_steps`` and ``cfg.finetune_lr``)
     either ``init`` weights (exit recipes; heads absent from ``init`` start fresh) or a given
     ``model`` (e.g. a pruned one, trained in place; ``scratch=True`` trains it with the
     pre-training schedule and ``cfg.steps`` instead). ``distiller`` adds knowledge
     distillation from a teacher (:class:`bench.distill.Distiller`). ``autocast`` (bf16 / fp16)
-    runs the forward under ``torch.autocast`` (fp16 with a gradient scaler). Returns (tensors
-    to cache, metadata)."""
+    runs the forward under ``torch.autocast`` (fp16 with a gradient scaler). A text model
+    (``cfg.text``) trains on its prompt set's train templates, the empty prompt replacing the
+    prompt with probability ``cfg.p_uncond`` (contexts from ``cache``). Returns (tensors to
+    cache, metadata)."""
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     ds = data_source(data).load(cfg.dataset, "train")
     info = dataset_info(cfg.dataset)
     model, finetune = _prepare(cfg, device, init, model, scratch)
+    context = None
+    if cfg.text is not None:
+        context = load_context(cfg.text, cfg.dataset, cache)
+        with torch.no_grad():
+            model.null_context.copy_(context.null)
     if distiller is not None:
         distiller.attach(model)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -257,7 +277,7 @@ def train(
     loss_ema, t0 = None, time.perf_counter()
     model.train()
     for step in bar:
-        x_t, t, cond, eps = noisy_batch(cfg, info, *next(batch_iter), ab, gen, device)
+        x_t, t, cond, eps = noisy_batch(cfg, info, *next(batch_iter), ab, gen, device, context)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, min_lr, warmup)
         with amp_context(device, autocast):
@@ -308,7 +328,7 @@ def load_or_train(
         if cfg.base is not None:
             base = load_or_train(cfg.base, cache, device, data, progress, autocast)
             init = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
-        return train(cfg, device, data, progress, init=init, autocast=autocast)
+        return train(cfg, device, data, progress, init=init, autocast=autocast, cache=cache)
 
     tensors, meta, cached = cache.get_or_build("checkpoint", cfg.key, build)
     model = build_model(cfg)
@@ -326,6 +346,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", default=d.recipe, choices=list(RECIPES), help="training loss")
     p.add_argument("--class-cond", action="store_true", help="class token + null class for CFG")
+    p.add_argument(
+        "--text",
+        default=None,
+        help="text conditioning by encoder: minilm (offline, needs the [text] extra) or "
+        "clip:NAME (default: none)",
+    )
     p.add_argument(
         "--steps", type=int, default=d.steps, help="training steps from scratch (full recipes)"
     )

@@ -86,10 +86,12 @@ def train_router(
     lr: float = 0.05,
     seed: int = 0,
     progress: bool = False,
+    cond: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """The router scores ``beta`` (calls, depth, 2) in [0, 1] for ``model`` sampled with
     ``sampler`` / ``steps`` (and ``guidance``: rows are then cond and uncond halves), and a
-    summary of the training (final losses)."""
+    summary of the training (final losses). ``cond``: the ``n`` trajectories' conditions
+    (default: the classes in turn for a class-conditional model under guidance)."""
     if iters < 1 or n < 2 or batch < 1 or not lam >= 0 or not lr > 0:
         raise ValueError(
             f"l2c training needs iters >= 1, n >= 2, batch >= 1, lam >= 0, lr > 0; got "
@@ -101,10 +103,13 @@ def train_router(
     dev = next(model.parameters()).device
     cfg = model.cfg
     rec = _Recorder(model)
-    denoiser, cond = rec, None
+    denoiser = rec
     if guidance is not None:
-        cond = torch.arange(n, device=dev) % cfg.num_classes
-        denoiser = ClassifierFreeGuidance(rec, guidance, cfg.num_classes)
+        if cond is None:
+            if not cfg.num_classes:
+                raise ValueError("a text-conditional model learns its router on given prompts")
+            cond = torch.arange(n, device=dev) % cfg.num_classes
+        denoiser = ClassifierFreeGuidance(rec, guidance, model.null_cond())
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
         samplers.sample(

@@ -53,6 +53,10 @@ class UViTConfig:
     conv_out: bool = True
     exit_heads: str = "none"  # learned exit parts: "uem" (one UEM per block) or "lte" (BERxiT)
     time_offset: float = 0.0  # added to t before embedding (official checkpoints: 1, see official)
+    # Text conditioning (U-ViT's t2i model): context_len tokens of a frozen text encoder's
+    # context_dim-wide states, projected to embed_dim, enter after the time token.
+    context_dim: int = 0
+    context_len: int = 0
 
     def __post_init__(self) -> None:
         if self.exit_heads not in EXIT_HEADS:
@@ -71,6 +75,13 @@ class UViTConfig:
             raise ValueError(
                 f"embed_dim {self.embed_dim} is not divisible by {self.num_heads} heads"
             )
+        if (self.context_dim > 0) != (self.context_len > 0):
+            raise ValueError(
+                f"context_dim and context_len are set together, got {self.context_dim}, "
+                f"{self.context_len}"
+            )
+        if self.context_dim and self.num_classes:
+            raise ValueError("a model is conditioned on classes or on text, not both")
 
     @property
     def num_patches(self) -> int:
@@ -78,7 +89,8 @@ class UViTConfig:
 
     @property
     def extras(self) -> int:
-        return 1 + (self.num_classes > 0)
+        """Tokens before the patches: time, then the class token or the text context."""
+        return 1 + (self.num_classes > 0) + self.context_len
 
 
 EXIT_HEADS = ("none", "uem", "lte")
@@ -202,6 +214,11 @@ class UViT(nn.Module):
             else nn.Identity()
         )
         self.label_emb = nn.Embedding(cfg.num_classes + 1, D) if cfg.num_classes > 0 else None
+        self.context_embed = nn.Linear(cfg.context_dim, D) if cfg.context_dim > 0 else None
+        if cfg.context_dim > 0:
+            # The empty prompt's encoder states: the null condition of classifier-free
+            # guidance, saved with the weights (U-ViT keeps it beside its checkpoint).
+            self.register_buffer("null_context", torch.zeros(cfg.context_len, cfg.context_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.extras + cfg.num_patches, D))
         half = cfg.depth // 2
         self.in_blocks = nn.ModuleList(Block(cfg, skip=False) for _ in range(half))
@@ -239,10 +256,34 @@ class UViT(nn.Module):
         """All blocks in execution order (in-blocks, mid, out-blocks)."""
         return [*self.in_blocks, self.mid_block, *self.out_blocks]
 
+    def null_cond(self) -> Tensor | None:
+        """The condition of guidance's unconditional branch: the null class label (a 0-d
+        tensor), the empty prompt's context (context_len, context_dim), or None for an
+        unconditional model. It broadcasts against a batch of conditions."""
+        if self.label_emb is not None:
+            return torch.tensor(self.cfg.num_classes, device=self.pos_embed.device)
+        if self.context_embed is not None:
+            return self.null_context
+        return None
+
+    def example_cond(self, batch: int) -> Tensor | None:
+        """``batch`` null conditions (for tracing, cost measurement and pruning scores)."""
+        null = self.null_cond()
+        return None if null is None else null.expand(batch, *null.shape).clone()
+
     def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> UViTState:
-        """Patchify and prepend the time (and class) tokens. x (B, C, H, W), t (B,) -> state."""
+        """Patchify and prepend the time token and the class token or text context.
+        x (B, C, H, W), t (B,), cond (B,) labels or (B, context_len, context_dim) -> state."""
         if self.label_emb is not None and cond is None:
             raise ValueError("this model is class-conditional: pass cond (labels; null class = K)")
+        if self.context_embed is not None:
+            want = (self.cfg.context_len, self.cfg.context_dim)
+            if cond is None or cond.ndim != 3 or tuple(cond.shape[1:]) != want:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(
+                    f"this model is text-conditional: pass cond of shape (B, {want[0]}, "
+                    f"{want[1]}) (encoded prompts; null_cond() for the empty prompt), got {got}"
+                )
         h = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, L, D)
         if self.cfg.time_offset:
             t = t + self.cfg.time_offset
@@ -250,6 +291,8 @@ class UViT(nn.Module):
         tokens = [temb[:, None]]  # (B, 1, D)
         if self.label_emb is not None:
             tokens.append(self.label_emb(cond.long())[:, None])  # (B, 1, D)
+        if self.context_embed is not None:
+            tokens.append(self.context_embed(cond.to(h.dtype)))  # (B, context_len, D)
         h = torch.cat([*tokens, h], dim=1) + self.pos_embed  # (B, extras + L, D)
         return UViTState(h=h, temb=temb)
 

@@ -157,8 +157,7 @@ def _example_inputs(model: UViT) -> tuple[Tensor, Tensor, Tensor | None]:
     dev = next(model.parameters()).device
     x = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
     t = torch.tensor([10.0, 500.0], device=dev)
-    cond = torch.zeros(2, dtype=torch.long, device=dev) if cfg.num_classes else None
-    return x, t, cond
+    return x, t, model.example_cond(2)
 
 
 def _forward(model: UViT, inputs) -> Tensor:
@@ -268,11 +267,7 @@ def _accumulate_gradients(
             eps = torch.randn(x0.shape, generator=gen)
             a = alphas_cumprod[t].float().view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-            cond = (
-                torch.full((x0.shape[0],), model.cfg.num_classes, dtype=torch.long)
-                if model.cfg.num_classes
-                else None
-            )
+            cond = model.example_cond(x0.shape[0])  # the null condition
             F.mse_loss(model(x_t, t.float(), cond), eps).backward()
 
 

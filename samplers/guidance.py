@@ -15,7 +15,9 @@ class ClassifierFreeGuidance:
 
     Conditional and unconditional rows go through the wrapped denoiser as one batch of ``2B``
     (conditional first), so an early-exit executor decides per row for each half. ``scale = 1``
-    is plain conditional sampling; ``null_cond`` is the label of the null class.
+    is plain conditional sampling; ``null_cond`` is the null condition: the null class's label,
+    or any tensor that broadcasts against one row of ``cond`` (e.g. the empty prompt's text
+    context, ``(L, E)`` against conditions of ``(B, L, E)``).
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, null_cond: int | Tensor) -> None:
@@ -27,9 +29,9 @@ class ClassifierFreeGuidance:
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         if cond is None:
-            raise ValueError("classifier-free guidance needs a condition (class labels)")
+            raise ValueError("classifier-free guidance needs a condition (labels or a context)")
         null = torch.as_tensor(self.null_cond, device=cond.device, dtype=cond.dtype)
-        null = null.expand_as(cond) if null.ndim == 0 else null
+        null = null.expand_as(cond) if null.shape != cond.shape else null
         eps = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))
         eps_c, eps_u = eps.chunk(2)
         return eps_u + self.scale * (eps_c - eps_u)

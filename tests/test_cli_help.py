@@ -14,10 +14,12 @@ COMMANDS = [
     "bench.fig_backbone",
     "bench.fig_exits",
     "bench.fig_pruning",
+    "bench.figures",
     "bench.grid",
     "bench.prune",
     "bench.report",
     "bench.ship",
+    "bench.text",
     "bench.throughput",
     "bench.train",
 ]

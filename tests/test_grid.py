@@ -195,7 +195,7 @@ def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["guidance", "exits", "paper", "deediff", "caching", "samplers", "pruning"]
+    "name", ["guidance", "exits", "paper", "deediff", "caching", "samplers", "pruning", "text"]
 )
 def test_shipped_sweep_files_are_valid(name):
     from pathlib import Path
@@ -278,16 +278,29 @@ def test_cuda_cells_fail_before_any_work_without_cuda(tmp_path, capsys, monkeypa
 
 
 @pytest.mark.parametrize(
-    ("plain_times", "measured", "unstable"),
+    ("plain_times", "other_cores", "measured", "unstable"),
     [
-        ([1.0, 1.02, 0.99, 1.01, 1.0], 1, False),  # steady: measured once
-        ([1.0, 2.5, 1.0, 1.0, 1.0], 2, True),  # busy twice: re-measured, then flagged
+        ([1.0, 1.02, 0.99, 1.01, 1.0], 0.02, 1, False),  # steady: measured once
+        ([1.0, 2.5, 1.0, 1.0, 1.0], 0.02, 1, False),  # one stray repeat: trimmed, steady
+        ([1.0, 2.5, 1.8, 1.0, 1.0], 0.02, 2, True),  # busy twice: re-measured, then flagged
+        # A steady competing load: every repeat slowed alike, only the CPU count sees it.
+        ([1.0, 1.02, 0.99, 1.01, 1.0], 0.9, 2, True),
+        ([1.0, 1.02, 0.99, 1.01, 1.0], None, 1, False),  # no /proc/stat: the spread decides
     ],
 )
 def test_side_by_side_timing_flags_an_unstable_reference(
-    monkeypatch, plain_times, measured, unstable
+    monkeypatch, plain_times, other_cores, measured, unstable
 ):
     calls = []
+
+    class FakeLoad:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.cores = other_cores
+
+    monkeypatch.setattr(runner, "OtherLoad", FakeLoad)
 
     def fake_times(fns, repeats):
         calls.append(repeats)
@@ -300,6 +313,6 @@ def test_side_by_side_timing_flags_an_unstable_reference(
         lambda *a: x, lambda *a: x, [(x, torch.zeros(2), None)], None, torch.device("cpu")
     )
     assert len(calls) == measured and calls[0] == runner.WALL_REPEATS
-    assert wall["timing_unstable"] is unstable
+    assert wall["timing_unstable"] is unstable and wall["timing_other_cores"] == other_cores
     assert wall["wall_ratio_per_call"] == pytest.approx(0.6)
     assert len(wall["wall_ratio_repeats"]) == calls[-1]

@@ -285,3 +285,23 @@ def test_heatmap_panels_follow_the_policy_registry_with_fid_in_titles(tmp_path, 
     report.plot_exit_heatmaps(pd.DataFrame(rows), tmp_path)
     assert [t.split(" ")[0] for _, t in seen] == ["static", "calm", "uem"]  # registry order
     assert "FID 8.00" in seen[2][1]
+
+
+def test_readme_figures_are_redrawn_from_records_and_missing_sweeps_named(
+    grid_dir, tmp_path, shared_cache_dir, caplog
+):
+    import shutil
+
+    from bench import figures
+
+    results = tmp_path / "results"
+    shutil.copytree(grid_dir, results / "grid")
+    docs = tmp_path / "docs"
+    args = ["--results", str(results), "--docs", str(docs), "--cache-dir", str(shared_cache_dir)]
+    assert figures.main(["--only", "grid", *args]) == 0
+    assert sorted(p.name for p in docs.iterdir()) == sorted(
+        f"{n}.png" for n in figures.SWEEPS["grid"].figures
+    )
+    with caplog.at_level("ERROR"):
+        assert figures.main(["--only", "grid", "pruning", *args]) == 1  # pruning: no records
+    assert "pruning: no records" in caplog.text and "bench/sweeps/pruning.toml" in caplog.text

@@ -228,3 +228,22 @@ def test_budget_table_lists_each_best_cell_once_and_states_the_kid_scale(tmp_pat
     best = summary.split("## Best FID")[1]
     assert best.count(CELLS[0].label()) == 1
     assert store.KID_NOTE in summary and "| seed |" in summary
+
+
+def test_other_load_counts_other_processes_cpu_not_ours(monkeypatch):
+    from bench import measure
+
+    busy = iter([100.0, 103.0])  # the machine ran 3 CPU seconds meanwhile ...
+    own = iter([10.0, 11.0])  # ... of which this process ran 1
+    clock = iter([0.0, 2.0])  # over 2 s of wall-clock: others kept 1 core busy
+    monkeypatch.setattr(measure, "_machine_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(measure, "_own_seconds", lambda: next(own))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    with measure.OtherLoad() as load:
+        pass
+    assert load.cores == pytest.approx(1.0)
+    monkeypatch.undo()
+    monkeypatch.setattr(measure, "_machine_busy_seconds", lambda: None)  # not Linux
+    with measure.OtherLoad() as load:
+        pass
+    assert load.cores is None
