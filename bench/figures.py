@@ -14,6 +14,7 @@ Sweeps (--only picks some):
                                                           ablation_heatmaps, composition
   pruning   bench/sweeps/pruning.toml -> pruning-sweep    fid_vs_prune
   guidance  bench/sweeps/guidance.toml -> guidance        fid_vs_guidance
+  text      bench/sweeps/text.toml -> text                text_fid_vs_guidance
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Sweep:
     config: str | None
     figures: tuple[str, ...]
     ablation: bool = False
+    prefix: str = ""  # prepended to the figures' names in docs/ (two sweeps draw one name)
 
     def command(self, results: Path) -> str:
         out = results / self.folder
@@ -63,6 +65,7 @@ SWEEPS: dict[str, Sweep] = {
     ),
     "pruning": Sweep("pruning-sweep", "bench/sweeps/pruning.toml", ("fid_vs_prune",)),
     "guidance": Sweep("guidance", "bench/sweeps/guidance.toml", ("fid_vs_guidance",)),
+    "text": Sweep("text", "bench/sweeps/text.toml", ("fid_vs_guidance",), prefix="text_"),
 }
 
 
@@ -96,7 +99,7 @@ def redraw(sweep: Sweep, folder: Path, docs: Path, cache: ArtifactCache) -> list
         src = report / f"{name}.png"
         if not src.exists():
             raise ValueError(f"the report of {folder} drew no {name}.png (too few cells?)")
-        dst = docs / src.name
+        dst = docs / f"{sweep.prefix}{src.name}"
         atomic_write_bytes(dst, src.read_bytes())
         copies.append(dst)
     return copies
