@@ -34,7 +34,7 @@ from bench.data import DataSource
 from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
 from bench.store import load_records, os_error_line, pending, preflight, read_record, write_tables
-from bench.text import TEXT_ENCODERS
+from bench.text import TEXT_ENCODERS, check_available
 from caching import CACHES
 from models import MODELS
 from samplers import ENDS, SAMPLERS, SPACINGS, describe
@@ -314,6 +314,8 @@ def _cells(a: argparse.Namespace) -> list[Cell]:
         cells = default_cells(a.samples, a.device or "cpu")
     for device in sorted({c.device for c in cells}):
         resolve_device(device)  # e.g. cuda cells on a machine without CUDA: fail now
+    for text in sorted({c.text for c in cells if c.text is not None}):
+        check_available(text)  # a missing [text] extra: one line now, not failed cells
     return cells
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "TextContext",
     "TextEncoder",
     "TextError",
+    "check_available",
     "check_text",
     "context_dim",
     "load_context",
@@ -214,6 +215,15 @@ TEXT_ENCODERS: dict[str, str] = {
     "clip:NAME": "a CLIP text encoder: hub name or local folder (online; 512/768-d)",
 }
 _DIMS = {"minilm": 384}
+
+
+def check_available(text: str) -> None:
+    """A :class:`TextError` naming what to install when ``text``'s encoder cannot load here
+    (checked before a sweep starts, so a missing extra is one line, not a failed cell)."""
+    check_text(text)
+    need = ["transformers"] + (["all_minilm_l6_v2"] if text == "minilm" else [])
+    if any(importlib.util.find_spec(m) is None for m in need):
+        raise TextError(f"text encoder {text!r} needs the optional extra: pip install -e '.[text]'")
 
 
 def check_text(text: str) -> None:

@@ -229,3 +229,18 @@ def test_the_packaged_minilm_encodes_offline(tmp_path, monkeypatch):
     assert len(enc.tokenizer(longest)["input_ids"]) <= CONTEXT_LEN
     with pytest.raises(TextError, match="the context holds"):
         enc.encode([" ".join(["seven"] * 40)], CONTEXT_LEN)
+
+
+def test_a_sweep_without_the_text_extra_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    from bench import grid
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda m: None if m == "all_minilm_l6_v2" else real(m)
+    )
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[[cell]]\nmodel = "micro"\ntext = "minilm"\nsteps = 2\nsamples = 4\n')
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--config", str(cfg), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "pip install -e '.[text]'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "records").exists()
