@@ -66,6 +66,15 @@ class TextError(ValueError):
     one line, no traceback."""
 
 
+def _check_split(split: str) -> str:
+    """``split`` if it names a prompt split, else a :class:`TextError` naming the choices."""
+    if split not in PROMPT_SPLITS:
+        raise TextError(
+            f"unknown prompt split {split!r}; valid choices: {', '.join(PROMPT_SPLITS)}"
+        )
+    return split
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """The prompts of one data set: ``words[k]`` names class k (``numerals[k]`` too, for
@@ -78,9 +87,7 @@ class PromptSet:
     heldout: tuple[str, ...]
 
     def templates(self, split: str) -> tuple[str, ...]:
-        if split not in PROMPT_SPLITS:
-            raise TextError(f"unknown prompt split {split!r}; valid choices: train, heldout")
-        return self.train if split == "train" else self.heldout
+        return self.train if _check_split(split) == "train" else self.heldout
 
     def prompts(self, split: str) -> list[list[str]]:
         """``[class][template]`` prompts of ``split``."""
@@ -251,9 +258,7 @@ class TextContext:
     encoder: str
 
     def split(self, name: str) -> Tensor:
-        if name not in PROMPT_SPLITS:
-            raise TextError(f"unknown prompt split {name!r}; valid choices: train, heldout")
-        return self.train if name == "train" else self.heldout
+        return self.train if _check_split(name) == "train" else self.heldout
 
     def conditions(self, n: int, split: str) -> tuple[Tensor, Tensor]:
         """``n`` contexts cycling through the classes, then the templates of ``split``
