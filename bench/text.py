@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from bench.cache import ArtifactCache, config_hash
+from bench.cache import ArtifactCache, atomic_write_bytes, config_hash
 
 __all__ = [
     "CONTEXT_LEN",
@@ -202,7 +202,7 @@ def _minilm_folder(cache: ArtifactCache) -> tuple[Path, str]:
     marker = folder / ".sha256"  # the weights' hash, computed once per extraction
     if not marker.exists():
         digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-        marker.write_text(digest)
+        atomic_write_bytes(marker, digest.encode())
     return folder, f"minilm-{version}-{marker.read_text().strip()[:12]}"
 
 
