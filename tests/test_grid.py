@@ -195,7 +195,8 @@ def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["guidance", "exits", "paper", "deediff", "caching", "samplers", "pruning", "text"]
+    "name",
+    ["guidance", "exits", "paper", "deediff", "caching", "samplers", "pruning", "text", "mnist"],
 )
 def test_shipped_sweep_files_are_valid(name):
     from pathlib import Path

@@ -1,0 +1,231 @@
+"""FID of a `full` model against its training time: one training run, EMA snapshots on the way.
+
+``python -m bench.curve --dataset mnist --model tiny13-p4`` trains the model the MNIST sweep
+uses (the same config, so the sweep loads the result from the cache), keeps the EMA weights
+every ``--every`` steps, then samples each snapshot (DDIM 20 by default, seed 0) and scores it
+against the training split with the offline extractor. Training time excludes the snapshots'
+own time. The learning rate follows the full run's schedule, so a snapshot at step s is that
+run part-way, not a model trained for s steps.
+
+Writes ``curve.csv`` (step, training minutes, FID, KID, FID / floor), ``curve.md`` and
+``curve.png`` to ``--out``; the floor is the held-out split's FID against the training split.
+Snapshots are kept in ``--out`` as they are made, so an interrupted run resumes scoring
+without retraining (training itself restarts if it was interrupted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from bench.cache import ArtifactCache, atomic_write_bytes
+from bench.cli import add_run_options, make_parser
+from bench.data import DATASETS, DatasetError, DataSource, dataset_info
+from bench.devices import resolve_device
+from bench.metrics import evaluate, fid_floor, get_extractor
+from bench.sampling import generate, save_grid
+from bench.train import BUDGETS, TrainConfig, build_model, train
+from models import MODELS
+from samplers import SAMPLERS
+
+__all__ = ["main", "training_curve"]
+
+log = logging.getLogger(__name__)
+
+TARGET_OVER_FLOOR = 3.0  # issue 19: the full model within 3x the data set's floor
+
+
+def _snapshots(out: Path) -> ArtifactCache:
+    return ArtifactCache(out / "snapshots", shipped=())
+
+
+def _train_with_snapshots(
+    cfg: TrainConfig, every: int, out: Path, cache: ArtifactCache, device, data, progress
+) -> None:
+    """Train ``cfg``, saving each EMA snapshot under ``out``, and cache the final checkpoint
+    under ``cfg.key`` (a later ``load_or_train(cfg)`` is a hit)."""
+    snaps = _snapshots(out)
+
+    def keep(step: int, seconds: float, ema) -> None:
+        tensors = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+        snaps.save("snapshot", f"step{step:06d}", tensors, {"step": step, "seconds": seconds})
+
+    tensors, meta = train(
+        cfg, device, data, progress, cache=cache, snapshot=keep, snapshot_every=every
+    )
+    if not cache.has("checkpoint", cfg.key):
+        cache.save("checkpoint", cfg.key, tensors, meta)
+
+
+def _snapshot_steps(cfg: TrainConfig, every: int) -> list[int]:
+    steps = list(range(every, cfg.steps, every))
+    return [*steps, cfg.steps]
+
+
+def training_curve(
+    cfg: TrainConfig,
+    every: int,
+    out: Path,
+    cache: ArtifactCache,
+    *,
+    samples: int = 1000,
+    sampler: str = "ddim",
+    sampling_steps: int = 20,
+    device: torch.device | str = "cpu",
+    data: DataSource | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Rows of (step, train_minutes, fid, kid, fid_over_floor) for every snapshot of ``cfg``'s
+    training run (trained here unless every snapshot is already in ``out``)."""
+    info = dataset_info(cfg.dataset)
+    steps = _snapshot_steps(cfg, every)
+    snaps = _snapshots(out)
+    if not all(snaps.has("snapshot", f"step{s:06d}") for s in steps):
+        _train_with_snapshots(cfg, every, out, cache, device, data, progress)
+    ext = get_extractor("cnn", cfg.dataset, cache, data=data)
+    floor = fid_floor(cfg.dataset, ext, cache, data)
+    shape = (info.channels, info.img_size, info.img_size)
+    rows: list[dict[str, Any]] = []
+    last: Tensor | None = None
+    for s in steps:
+        hit = snaps.load("snapshot", f"step{s:06d}")
+        if hit is None:
+            raise RuntimeError(f"snapshot of step {s} is missing or corrupt in {out}; rerun")
+        tensors, meta = hit
+        model = build_model(cfg)
+        model.load_state_dict(tensors)
+        model = model.to(device).eval()
+        imgs, _ = generate(
+            model, cfg.make_schedule(), sampler, sampling_steps, samples, shape, device=device
+        )
+        res = evaluate(imgs, cfg.dataset, ext, cache, data=data)
+        rows.append(
+            {
+                "step": s,
+                "train_minutes": meta["seconds"] / 60,
+                "fid": res["fid"],
+                "kid": res["kid"],
+                "fid_over_floor": res["fid"] / floor,
+                "floor": floor,
+                "samples": samples,
+                "sampler": f"{sampler}-{sampling_steps}",
+                "extractor": ext.name,
+            }
+        )
+        log.info(
+            "step %d (%.1f min): FID %.2f (%.2f x floor %.2f)",
+            s,
+            rows[-1]["train_minutes"],
+            res["fid"],
+            res["fid"] / floor,
+            floor,
+        )
+        last = imgs
+    df = pd.DataFrame(rows)
+    _write(df, cfg, out, last)
+    return df
+
+
+def _write(df: pd.DataFrame, cfg: TrainConfig, out: Path, last: Tensor | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "curve.csv", df.to_csv(index=False).encode())
+    floor = float(df["floor"].iloc[0])
+    lines = [
+        f"# Training curve: {cfg.model} on {cfg.dataset} (checkpoint {cfg.key[:16]})",
+        "",
+        f"FID of {int(df['samples'].iloc[0])} samples ({df['sampler'].iloc[0]}) against the "
+        f"training split, extractor {df['extractor'].iloc[0]}; floor (held-out vs training) "
+        f"{floor:.2f}, target {TARGET_OVER_FLOOR:g} x floor = {TARGET_OVER_FLOOR * floor:.2f}.",
+        "",
+        "| step | training min | FID | FID / floor | KID |",
+        "|---|---|---|---|---|",
+    ]
+    for r in df.itertuples():
+        lines.append(
+            f"| {r.step} | {r.train_minutes:.1f} | {r.fid:.2f} | {r.fid_over_floor:.2f} | "
+            f"{r.kid:.4f} |"
+        )
+    atomic_write_bytes(out / "curve.md", ("\n".join(lines) + "\n").encode())
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    ax.plot(df["train_minutes"], df["fid"], "o-", label=f"{cfg.model} (full)")
+    ax.axhline(floor, color="grey", ls=":", label=f"floor {floor:.2f}")
+    ax.axhline(TARGET_OVER_FLOOR * floor, color="tab:red", ls="--", label="3 x floor")
+    ax.set_yscale("log")
+    ax.set_xlabel("training time on this machine (min)")
+    ax.set_ylabel("FID (log)")
+    ax.set_title(f"{cfg.dataset}: FID vs training time", fontsize=10)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    plt.close(fig)
+    atomic_write_bytes(out / "curve.png", buf.getvalue())
+    if last is not None:
+        save_grid(last[:64], out / "samples_final.png", nrow=8)
+
+
+def _parser():
+    p = make_parser("bench.curve", __doc__)
+    p.add_argument("--dataset", default="mnist", choices=list(DATASETS), help="training data")
+    p.add_argument("--model", default="tiny13-p4", choices=list(MODELS), help="size by name")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps (default: the model's budget in bench.train.BUDGETS, else 4000)",
+    )
+    p.add_argument("--every", type=int, default=500, help="steps between snapshots")
+    p.add_argument("--samples", type=int, default=1000, help="samples scored per snapshot")
+    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="sampler")
+    p.add_argument("--sampling-steps", type=int, default=20, help="sampler steps")
+    add_run_options(p, out="results/curve-mnist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = _parser()
+    a = p.parse_args(argv)
+    for name in ("every", "samples", "sampling_steps"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    try:
+        budget = BUDGETS.get(a.model)
+        steps = a.steps or (budget.steps if budget is not None else TrainConfig().steps)
+        cfg = dataclasses.replace(TrainConfig(dataset=a.dataset, model=a.model), steps=steps)
+        if budget is not None:
+            cfg = dataclasses.replace(cfg, finetune_steps=budget.finetune_steps)
+        cfg = cfg.normalised()
+        dataset_info(cfg.dataset)
+        df = training_curve(
+            cfg,
+            a.every,
+            Path(a.out),
+            ArtifactCache(a.cache_dir),
+            samples=a.samples,
+            sampler=a.sampler,
+            sampling_steps=a.sampling_steps,
+            device=resolve_device(a.device),
+            progress=not a.no_progress,
+        )
+    except (DatasetError, ValueError) as e:
+        p.error(str(e))
+    print((Path(a.out) / "curve.md").read_text(), end="")
+    return 0 if len(df) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
