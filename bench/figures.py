@@ -15,6 +15,9 @@ Sweeps (--only picks some):
   pruning   bench/sweeps/pruning.toml -> pruning-sweep    fid_vs_prune
   guidance  bench/sweeps/guidance.toml -> guidance        fid_vs_guidance
   text      bench/sweeps/text.toml -> text                text_fid_vs_guidance
+  mnist     bench/sweeps/mnist.toml -> mnist              mnist_fid_vs_flops, mnist_samples,
+                                                          mnist_exit_heatmap
+  curve     python -m bench.curve -> curve-mnist          mnist_curve
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ class Sweep:
     figures: tuple[str, ...]
     ablation: bool = False
     prefix: str = ""  # prepended to the figures' names in docs/ (two sweeps draw one name)
+    curve: bool = False  # bench.curve's training curve, not a grid
 
     def command(self, results: Path) -> str:
         out = results / self.folder
+        if self.curve:
+            return f"python -m bench.curve --out {out}"
         if self.ablation:
             return f"python -m bench.ablation --out {out}"
         config = f" --config {self.config}" if self.config else ""
@@ -66,17 +72,28 @@ SWEEPS: dict[str, Sweep] = {
     "pruning": Sweep("pruning-sweep", "bench/sweeps/pruning.toml", ("fid_vs_prune",)),
     "guidance": Sweep("guidance", "bench/sweeps/guidance.toml", ("fid_vs_guidance",)),
     "text": Sweep("text", "bench/sweeps/text.toml", ("fid_vs_guidance",), prefix="text_"),
+    "mnist": Sweep(
+        "mnist",
+        "bench/sweeps/mnist.toml",
+        ("fid_vs_flops", "samples", "exit_heatmap"),
+        prefix="mnist_",
+    ),
+    "curve": Sweep("curve-mnist", None, ("curve",), prefix="mnist_", curve=True),
 }
 
 
-def _has_records(folder: Path) -> bool:
+def _has_records(sweep: Sweep, folder: Path) -> bool:
+    if sweep.curve:
+        return (folder / "curve.csv").exists()
     return any((folder / "records").glob("*.json"))
 
 
 def _run(sweep: Sweep, folder: Path, cache_dir: str | None) -> int:
-    from bench import ablation, grid
+    from bench import ablation, curve, grid
 
     cache = ["--cache-dir", cache_dir] if cache_dir else []
+    if sweep.curve:
+        return curve.main(["--out", str(folder), *cache])
     if sweep.ablation:
         return ablation.main(["--out", str(folder), *cache])
     config = ["--config", str(ROOT / sweep.config)] if sweep.config else []
@@ -90,7 +107,9 @@ def redraw(sweep: Sweep, folder: Path, docs: Path, cache: ArtifactCache) -> list
     from bench.report import make_report
 
     report = folder / "report"
-    if sweep.ablation:
+    if sweep.curve:
+        report = folder  # bench.curve draws curve.png itself
+    elif sweep.ablation:
         write_ablation(folder, cache)
     else:
         make_report(folder, report, cache=cache)
@@ -125,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = a.results / sweep.folder
         if a.run:
             rc = max(rc, _run(sweep, folder, a.cache_dir))
-        if not _has_records(folder):
+        if not _has_records(sweep, folder):
             missing.append(f"{name}: no records under {folder}; run {sweep.command(a.results)}")
             continue
         try:

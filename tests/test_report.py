@@ -305,3 +305,19 @@ def test_readme_figures_are_redrawn_from_records_and_missing_sweeps_named(
     with caplog.at_level("ERROR"):
         assert figures.main(["--only", "grid", "pruning", *args]) == 1  # pruning: no records
     assert "pruning: no records" in caplog.text and "bench/sweeps/pruning.toml" in caplog.text
+
+
+def test_figures_copy_the_training_curve_and_name_its_command(tmp_path, caplog):
+    from bench import figures
+
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    args = ["--only", "curve", "--results", str(results), "--docs", str(docs)]
+    with caplog.at_level("ERROR"):
+        assert figures.main(args) == 1
+    assert "python -m bench.curve --out" in caplog.text
+    folder = results / "curve-mnist"
+    folder.mkdir(parents=True)
+    (folder / "curve.csv").write_text("step,fid\n1,2\n")
+    (folder / "curve.png").write_bytes(b"png")
+    assert figures.main(args) == 0
+    assert (docs / "mnist_curve.png").read_bytes() == b"png"
