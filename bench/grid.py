@@ -339,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.dry_run:
             todo = {c.key for c in pending(cells, a.out, move_bad=False)}
             for c in cells:
-                print(f"{c.key}  {'todo' if c.key in todo else 'done'}  {c.label()}")
+                where = "" if c.dataset == "digits" else f"{c.dataset} "
+                seed = f" seed {c.seed}" if c.seed else ""
+                print(f"{c.key}  {'todo' if c.key in todo else 'done'}  {where}{c.label()}{seed}")
             return 0
         preflight(a.out, ArtifactCache(a.cache_dir).root)  # before any work, not after it
     except (ValueError, TypeError) as e:

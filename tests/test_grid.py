@@ -173,6 +173,9 @@ def test_list_and_dry_run(capsys, tmp_path):
     assert main(["--dry-run", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(grid.default_cells()) and all(" todo " in ln for ln in lines)
+    labels = [ln.split(None, 2)[2] for ln in lines]
+    assert len(set(labels)) == len(labels)  # seeds shown: the headline repeats are told apart
+    assert sum(ln.endswith(" seed 1") for ln in lines) == 4
 
 
 def test_calibrated_knob_transfers_to_the_evaluated_run(tmp_path):
