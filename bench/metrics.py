@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bench.cache import ArtifactCache, config_hash
+from bench.cache import OMIT_DEFAULT, ArtifactCache, config_hash
 from bench.data import DataSource, as_tensors, data_source, dataset_info
 
 __all__ = [
@@ -115,10 +115,19 @@ def kid_from_feats(
 
 
 class DigitsCNN(nn.Module):
-    """A small classifier; its 64-d penultimate layer is the feature space."""
+    """A small classifier; its 64-d penultimate layer is the feature space. ``stages`` extra
+    (max-pool, conv) stages widen the receptive field for larger images: at 28x28 the plain
+    net sees ~10 pixels before its global pooling, too little to tell digit shapes apart."""
 
-    def __init__(self, channels: int, num_classes: int, feat_dim: int = 64) -> None:
+    def __init__(
+        self, channels: int, num_classes: int, feat_dim: int = 64, stages: int = 0
+    ) -> None:
         super().__init__()
+        deeper = [
+            m
+            for _ in range(stages)
+            for m in (nn.MaxPool2d(2), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU())
+        ]
         self.body = nn.Sequential(
             nn.Conv2d(channels, 32, 3, padding=1),
             nn.ReLU(),
@@ -127,6 +136,7 @@ class DigitsCNN(nn.Module):
             nn.MaxPool2d(2),
             nn.Conv2d(64, 128, 3, padding=1),
             nn.ReLU(),
+            *deeper,
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Linear(128, feat_dim),
@@ -145,11 +155,12 @@ class CNNExtractorConfig:
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
+    stages: int = field(default=0, metadata=OMIT_DEFAULT)  # DigitsCNN's extra stages
 
 
-# Per-dataset epochs where the default (40) would cost minutes: 4,000 28x28 MNIST images per
-# epoch (digits keep the default, and so their extractor's key).
-EXTRACTOR_EPOCHS = {"mnist": 10}
+# Per-dataset settings where the defaults do not fit (digits keep them, and so their key):
+# 28x28 MNIST needs one more stage (97.2% held-out accuracy, against 84.6% without it).
+EXTRACTOR_OVERRIDES: dict[str, dict[str, int]] = {"mnist": {"epochs": 20, "stages": 1}}
 
 
 class CNNExtractor:
@@ -193,7 +204,7 @@ def _train_cnn(cfg: CNNExtractorConfig, data: DataSource) -> tuple[dict[str, Ten
     gen = torch.Generator().manual_seed(cfg.seed)
     xtr, ytr = as_tensors(data.load(cfg.dataset, "train"))
     xte, yte = as_tensors(data.load(cfg.dataset, "heldout"))
-    net = DigitsCNN(info.channels, info.num_classes)
+    net = DigitsCNN(info.channels, info.num_classes, stages=cfg.stages)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, cfg.lr, total_steps=cfg.epochs * ((len(xtr) + cfg.batch_size - 1) // cfg.batch_size)
@@ -216,14 +227,13 @@ def _train_cnn(cfg: CNNExtractorConfig, data: DataSource) -> tuple[dict[str, Ten
 def cnn_extractor(
     dataset: str, cache: ArtifactCache | None = None, data: DataSource | None = None
 ) -> CNNExtractor:
-    epochs = EXTRACTOR_EPOCHS.get(dataset)
-    cfg = CNNExtractorConfig(dataset=dataset, **({} if epochs is None else {"epochs": epochs}))
+    cfg = CNNExtractorConfig(dataset=dataset, **EXTRACTOR_OVERRIDES.get(dataset, {}))
     key = config_hash(cfg, kind="extractor")
     tensors, meta, cached = (cache or ArtifactCache()).get_or_build(
         "extractor", key, lambda: _train_cnn(cfg, data_source(data))
     )
     info = dataset_info(dataset)
-    net = DigitsCNN(info.channels, info.num_classes)
+    net = DigitsCNN(info.channels, info.num_classes, stages=cfg.stages)
     net.load_state_dict(tensors)
     acc = meta["heldout_accuracy"]
     log.log(

@@ -114,10 +114,12 @@ def test_an_exit_cell_runs_end_to_end_at_28x28(monkeypatch, tmp_path):
     model and a one-epoch extractor: the real ones are the sweep's)."""
     import bench.metrics as metrics
     import bench.run as runner
+    import bench.train as train
     from bench.cache import ArtifactCache
     from bench.cell import Cell
 
-    monkeypatch.setitem(metrics.EXTRACTOR_EPOCHS, "mnist", 1)
+    monkeypatch.setitem(metrics.EXTRACTOR_OVERRIDES, "mnist", {"epochs": 1, "stages": 1})
+    monkeypatch.setitem(train.BUDGETS, "micro", train.Budget(8, 4, 4))
     cell = Cell(
         dataset="mnist",
         model="micro",
