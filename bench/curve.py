@@ -186,6 +186,9 @@ def _parser():
         default=None,
         help="training steps (default: the model's budget in bench.train.BUDGETS, else 4000)",
     )
+    d = TrainConfig()
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up, cosine)")
     p.add_argument("--every", type=int, default=500, help="steps between snapshots")
     p.add_argument("--samples", type=int, default=1000, help="samples scored per snapshot")
     p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="sampler")
@@ -205,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         budget = BUDGETS.get(a.model)
         steps = a.steps or (budget.steps if budget is not None else TrainConfig().steps)
-        cfg = dataclasses.replace(TrainConfig(dataset=a.dataset, model=a.model), steps=steps)
+        cfg = TrainConfig(
+            dataset=a.dataset, model=a.model, steps=steps, batch_size=a.batch_size, lr=a.lr
+        )
         if budget is not None:
             cfg = dataclasses.replace(cfg, finetune_steps=budget.finetune_steps)
         cfg = cfg.normalised()
