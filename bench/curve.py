@@ -15,7 +15,6 @@ without retraining (training itself restarts if it was interrupted).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import sys
@@ -47,6 +46,10 @@ def _snapshots(out: Path) -> ArtifactCache:
     return ArtifactCache(out / "snapshots", shipped=())
 
 
+def _snapshot_key(step: int) -> str:
+    return f"step{step:06d}"
+
+
 def _train_with_snapshots(
     cfg: TrainConfig, every: int, out: Path, cache: ArtifactCache, device, data, progress
 ) -> None:
@@ -56,7 +59,7 @@ def _train_with_snapshots(
 
     def keep(step: int, seconds: float, ema) -> None:
         tensors = {k: v.detach().clone() for k, v in ema.state_dict().items()}
-        snaps.save("snapshot", f"step{step:06d}", tensors, {"step": step, "seconds": seconds})
+        snaps.save("snapshot", _snapshot_key(step), tensors, {"step": step, "seconds": seconds})
 
     tensors, meta = train(
         cfg, device, data, progress, cache=cache, snapshot=keep, snapshot_every=every
@@ -88,24 +91,23 @@ def training_curve(
     info = dataset_info(cfg.dataset)
     steps = _snapshot_steps(cfg, every)
     snaps = _snapshots(out)
-    if not all(snaps.has("snapshot", f"step{s:06d}") for s in steps):
+    if not all(snaps.has("snapshot", _snapshot_key(s)) for s in steps):
         _train_with_snapshots(cfg, every, out, cache, device, data, progress)
     ext = get_extractor("cnn", cfg.dataset, cache, data=data)
     floor = fid_floor(cfg.dataset, ext, cache, data)
     shape = (info.channels, info.img_size, info.img_size)
+    schedule = cfg.make_schedule()
     rows: list[dict[str, Any]] = []
     last: Tensor | None = None
     for s in steps:
-        hit = snaps.load("snapshot", f"step{s:06d}")
+        hit = snaps.load("snapshot", _snapshot_key(s))
         if hit is None:
             raise RuntimeError(f"snapshot of step {s} is missing or corrupt in {out}; rerun")
         tensors, meta = hit
         model = build_model(cfg)
         model.load_state_dict(tensors)
         model = model.to(device).eval()
-        imgs, _ = generate(
-            model, cfg.make_schedule(), sampler, sampling_steps, samples, shape, device=device
-        )
+        imgs, _ = generate(model, schedule, sampler, sampling_steps, samples, shape, device=device)
         res = evaluate(imgs, cfg.dataset, ext, cache, data=data)
         rows.append(
             {
@@ -210,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = a.steps or (budget.steps if budget is not None else TrainConfig().steps)
         cfg = TrainConfig(
             dataset=a.dataset, model=a.model, steps=steps, batch_size=a.batch_size, lr=a.lr
-        )
-        if budget is not None:
-            cfg = dataclasses.replace(cfg, finetune_steps=budget.finetune_steps)
-        cfg = cfg.normalised()
-        dataset_info(cfg.dataset)
+        ).normalised()
         df = training_curve(
             cfg,
             a.every,

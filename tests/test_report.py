@@ -314,10 +314,12 @@ def test_figures_copy_the_training_curve_and_name_its_command(tmp_path, caplog):
     args = ["--only", "curve", "--results", str(results), "--docs", str(docs)]
     with caplog.at_level("ERROR"):
         assert figures.main(args) == 1
-    assert "python -m bench.curve --out" in caplog.text
-    folder = results / "curve-mnist"
+    assert "python -m bench.curve --steps 10000 --batch-size 64" in caplog.text
+    folder = results / "curve-mnist-b64"
     folder.mkdir(parents=True)
     (folder / "curve.csv").write_text("step,fid\n1,2\n")
     (folder / "curve.png").write_bytes(b"png")
+    (folder / "samples_final.png").write_bytes(b"samples")
     assert figures.main(args) == 0
     assert (docs / "mnist_curve.png").read_bytes() == b"png"
+    assert (docs / "mnist_samples_final.png").read_bytes() == b"samples"
