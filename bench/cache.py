@@ -115,7 +115,7 @@ def _digest(tensors: dict[str, Tensor]) -> str:
         t = tensors[k].detach().cpu().contiguous()
         h.update(k.encode())
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -162,6 +162,14 @@ class ArtifactCache:
         return any((root / kind / name).exists() for root in (self.root, *self.shipped))
 
     def save(self, kind: str, key: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+        path = self.path(kind, key)
+        self.write_file(path, tensors, meta)
+        return path
+
+    @staticmethod
+    def write_file(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        """``tensors`` and JSON ``meta`` to ``path`` in the cache's format (checksummed,
+        written atomically); :meth:`read_file` reads it back verified."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta_json = json.dumps(meta, sort_keys=True)
         header = {
@@ -169,16 +177,14 @@ class ArtifactCache:
             "sha256": _digest(tensors),
             "sha256_meta": hashlib.sha256(meta_json.encode()).hexdigest(),
         }
-        path = self.path(kind, key)
         atomic_write_bytes(path, st_save(tensors, metadata=header))
-        return path
 
     def load(self, kind: str, key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
         """The artifact, or None if absent. A corrupt file is deleted (and None returned)."""
         path = self.path(kind, key)
         if path.exists():
             try:
-                return self._read(path)
+                return self.read_file(path)
             except CorruptArtifact as e:
                 log.warning("cache file %s is corrupt (%s); rebuilding it", path, e)
                 path.unlink(missing_ok=True)
@@ -186,13 +192,15 @@ class ArtifactCache:
             shipped = root / kind / f"{key}.safetensors"
             if shipped.exists():
                 try:
-                    return self._read(shipped)
+                    return self.read_file(shipped)
                 except CorruptArtifact as e:
                     log.warning("shipped file %s is corrupt (%s); ignoring it", shipped, e)
         return None
 
     @staticmethod
-    def _read(path: Path, require_meta_checksum: bool = False) -> tuple[dict[str, Tensor], dict]:
+    def read_file(
+        path: Path, require_meta_checksum: bool = False
+    ) -> tuple[dict[str, Tensor], dict]:
         """Tensors and metadata of ``path``, both verified against their checksums. Files
         written before metadata had a checksum load with their tensors verified, unless
         ``require_meta_checksum`` (as ``bench.ship --check`` asks of shipped files)."""

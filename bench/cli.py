@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 
-__all__ = ["HelpFormatter", "add_run_options", "make_parser", "plain_text"]
+__all__ = ["HelpFormatter", "add_run_options", "add_save_every", "make_parser", "plain_text"]
 
 _ROLE = re.compile(r":(?:func|mod|class|meth|attr|data|obj|ref|doc):`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
@@ -55,3 +55,16 @@ def add_run_options(p: argparse.ArgumentParser, out: str | None = None) -> None:
         p.add_argument("--out", default=out, help="output folder")
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def add_save_every(p: argparse.ArgumentParser) -> None:
+    """``--save-every``: how often a training run saves its state to resume from."""
+    from bench.resume import DEFAULT_SAVE_EVERY
+
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=DEFAULT_SAVE_EVERY,
+        help="training saves its whole state every N steps under <cache>/resume/, and the "
+        "same command continues from it after a kill (0: never save)",
+    )

@@ -9,8 +9,11 @@ run part-way, not a model trained for s steps.
 
 Writes ``curve.csv`` (step, training minutes, FID, KID, FID / floor), ``curve.md`` and
 ``curve.png`` to ``--out``; the floor is the held-out split's FID against the training split.
-Snapshots are kept in ``--out`` as they are made, so an interrupted run resumes scoring
-without retraining (training itself restarts if it was interrupted).
+Also per snapshot: FID against the held-out split, and the mean distance of a sample to its
+nearest training image beside the same for held-out real images (memorisation check).
+Snapshots are kept in ``--out`` as they are made, and training saves its whole state every
+``--save-every`` steps, so an interrupted run resumes training from its last save and scoring
+from its last snapshot.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import torch
 from torch import Tensor
 
 from bench.cache import ArtifactCache, atomic_write_bytes
-from bench.cli import add_run_options, make_parser
-from bench.data import DATASETS, DatasetError, DataSource, dataset_info
+from bench.cli import add_run_options, add_save_every, make_parser
+from bench.data import DATASETS, DatasetError, DataSource, as_tensors, data_source, dataset_info
 from bench.devices import resolve_device
 from bench.metrics import evaluate, fid_floor, get_extractor
+from bench.resume import DEFAULT_SAVE_EVERY, Resume
 from bench.sampling import generate, save_grid
 from bench.train import BUDGETS, TrainConfig, build_model, train
 from models import MODELS
@@ -51,21 +55,40 @@ def _snapshot_key(step: int) -> str:
 
 
 def _train_with_snapshots(
-    cfg: TrainConfig, every: int, out: Path, cache: ArtifactCache, device, data, progress
+    cfg: TrainConfig, every: int, out: Path, cache: ArtifactCache, run: dict[str, Any]
 ) -> None:
     """Train ``cfg``, saving each EMA snapshot under ``out``, and cache the final checkpoint
-    under ``cfg.key`` (a later ``load_or_train(cfg)`` is a hit)."""
+    under ``cfg.key`` (a later ``load_or_train(cfg)`` is a hit). The run saves its state every
+    ``run["save_every"]`` steps; a killed run continues from it."""
     snaps = _snapshots(out)
 
     def keep(step: int, seconds: float, ema) -> None:
         tensors = {k: v.detach().clone() for k, v in ema.state_dict().items()}
         snaps.save("snapshot", _snapshot_key(step), tensors, {"step": step, "seconds": seconds})
 
+    resume = Resume.under(
+        cache, f"curve-{cfg.key}", {"curve": cfg.key, "every": every}, run["save_every"]
+    )
     tensors, meta = train(
-        cfg, device, data, progress, cache=cache, snapshot=keep, snapshot_every=every
+        cfg,
+        run["device"],
+        run["data"],
+        run["progress"],
+        cache=cache,
+        snapshot=keep,
+        snapshot_every=every,
+        resume=resume,
     )
     if not cache.has("checkpoint", cfg.key):
         cache.save("checkpoint", cfg.key, tensors, meta)
+    resume.discard()
+
+
+def nearest_distance(images: Tensor, reference: Tensor) -> Tensor:
+    """Each image's L2 distance (pixels in [-1, 1]) to its nearest ``reference`` image: samples
+    much closer to the training set than held-out real images are is memorisation."""
+    a, b = images.flatten(1).float(), reference.flatten(1).float()
+    return torch.cat([torch.cdist(chunk, b).min(1).values for chunk in a.split(256)])
 
 
 def _snapshot_steps(cfg: TrainConfig, every: int) -> list[int]:
@@ -85,6 +108,7 @@ def training_curve(
     device: torch.device | str = "cpu",
     data: DataSource | None = None,
     progress: bool = True,
+    save_every: int = DEFAULT_SAVE_EVERY,
 ) -> pd.DataFrame:
     """Rows of (step, train_minutes, fid, kid, fid_over_floor) for every snapshot of ``cfg``'s
     training run (trained here unless every snapshot is already in ``out``)."""
@@ -92,7 +116,11 @@ def training_curve(
     steps = _snapshot_steps(cfg, every)
     snaps = _snapshots(out)
     if not all(snaps.has("snapshot", _snapshot_key(s)) for s in steps):
-        _train_with_snapshots(cfg, every, out, cache, device, data, progress)
+        run = {"device": device, "data": data, "progress": progress, "save_every": save_every}
+        _train_with_snapshots(cfg, every, out, cache, run)
+    train_images, _ = as_tensors(data_source(data).load(cfg.dataset, "train"))
+    held_images, _ = as_tensors(data_source(data).load(cfg.dataset, "heldout"))
+    nn_real = nearest_distance(held_images, train_images).mean().item()
     ext = get_extractor("cnn", cfg.dataset, cache, data=data)
     floor = fid_floor(cfg.dataset, ext, cache, data)
     shape = (info.channels, info.img_size, info.img_size)
@@ -109,6 +137,7 @@ def training_curve(
         model = model.to(device).eval()
         imgs, _ = generate(model, schedule, sampler, sampling_steps, samples, shape, device=device)
         res = evaluate(imgs, cfg.dataset, ext, cache, data=data)
+        held = evaluate(imgs, cfg.dataset, ext, cache, data=data, split="heldout")
         rows.append(
             {
                 "step": s,
@@ -117,6 +146,9 @@ def training_curve(
                 "kid": res["kid"],
                 "fid_over_floor": res["fid"] / floor,
                 "floor": floor,
+                "fid_heldout": held["fid"],
+                "nn_train": nearest_distance(imgs, train_images).mean().item(),
+                "nn_train_real": nn_real,
                 "samples": samples,
                 "sampler": f"{sampler}-{sampling_steps}",
                 "extractor": ext.name,
@@ -136,6 +168,17 @@ def training_curve(
     return df
 
 
+def _flatness(df: pd.DataFrame) -> str:
+    """How much FID improved over the last quarter of training (the convergence test)."""
+    last = df["step"].iloc[-1]
+    quarter = df[df["step"] <= 0.75 * last]
+    if quarter.empty:
+        return ""
+    a, b = float(quarter["fid"].iloc[-1]), float(df["fid"].iloc[-1])
+    step = int(quarter["step"].iloc[-1])
+    return f"Last quarter: FID {a:.2f} at step {step} -> {b:.2f} ({(a - b) / a:+.1%} better)."
+
+
 def _write(df: pd.DataFrame, cfg: TrainConfig, out: Path, last: Tensor | None) -> None:
     import matplotlib
 
@@ -152,13 +195,17 @@ def _write(df: pd.DataFrame, cfg: TrainConfig, out: Path, last: Tensor | None) -
         f"training split, extractor {df['extractor'].iloc[0]}; floor (held-out vs training) "
         f"{floor:.2f}, target {TARGET_OVER_FLOOR:g} x floor = {TARGET_OVER_FLOOR * floor:.2f}.",
         "",
-        "| step | training min | FID | FID / floor | KID |",
-        "|---|---|---|---|---|",
+        "FID (held-out): against the held-out split. NN dist: mean L2 distance of a sample to "
+        f"its nearest training image; held-out real images score {df['nn_train_real'].iloc[0]:.3f}"
+        " (a sample much closer than that is copied). " + _flatness(df),
+        "",
+        "| step | training min | FID | FID / floor | FID (held-out) | KID | NN dist |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in df.itertuples():
         lines.append(
             f"| {r.step} | {r.train_minutes:.1f} | {r.fid:.2f} | {r.fid_over_floor:.2f} | "
-            f"{r.kid:.4f} |"
+            f"{r.fid_heldout:.2f} | {r.kid:.4f} | {r.nn_train:.3f} |"
         )
     atomic_write_bytes(out / "curve.md", ("\n".join(lines) + "\n").encode())
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
@@ -196,6 +243,7 @@ def _parser():
     p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="sampler")
     p.add_argument("--sampling-steps", type=int, default=20, help="sampler steps")
     add_run_options(p, out="results/curve-mnist")
+    add_save_every(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -223,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             sampling_steps=a.sampling_steps,
             device=resolve_device(a.device),
             progress=not a.no_progress,
+            save_every=a.save_every,
         )
     except (DatasetError, ValueError) as e:
         p.error(str(e))

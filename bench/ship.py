@@ -67,7 +67,7 @@ class _Recorder(ArtifactCache):
             path = root / kind / f"{key}.safetensors"
             if path.exists():
                 try:
-                    self._read(path, require_meta_checksum=True)
+                    self.read_file(path, require_meta_checksum=True)
                 except CorruptArtifact as e:
                     return f"{kind}/{key}: corrupt ({e})"
                 return None

@@ -8,29 +8,49 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from bench.data import TensorImages
 
 if TYPE_CHECKING:
     from bench.train import TrainConfig
 
-__all__ = ["batches", "ema_update", "lr_at", "noisy_batch"]
+__all__ = ["BatchStream", "ema_update", "lr_at", "noisy_batch"]
 
 
-def batches(ds, batch_size: int, gen: torch.Generator):
-    """Endless shuffled batches; in-memory datasets are indexed directly (no collation cost)."""
-    if isinstance(ds, TensorImages):
+class BatchStream:
+    """Endless shuffled batches whose position can be saved (:mod:`bench.resume`): a new
+    permutation is drawn from ``gen`` when the previous one is used up, so the draws interleave
+    with the noise draws exactly as in one uninterrupted run. In-memory data sets are indexed
+    directly (no collation cost); others item by item."""
+
+    def __init__(self, ds, batch_size: int, gen: torch.Generator) -> None:
+        self.ds, self.batch_size, self.gen = ds, batch_size, gen
         n = len(ds)
-        while True:
-            perm = torch.randperm(n, generator=gen)
-            for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-                idx = perm[i : i + batch_size]
-                yield ds.images[idx], ds.labels[idx]
-    else:
-        loader = DataLoader(ds, batch_size, shuffle=True, drop_last=True, generator=gen)
-        while True:
-            yield from loader
+        self._starts = list(range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size))
+        self.perm: torch.Tensor | None = None
+        self.pos = 0  # index into _starts of the next batch
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.perm is None or self.pos == len(self._starts):
+            self.perm = torch.randperm(len(self.ds), generator=self.gen)
+            self.pos = 0
+        i = self._starts[self.pos]
+        self.pos += 1
+        idx = self.perm[i : i + self.batch_size]
+        if isinstance(self.ds, TensorImages):
+            return self.ds.images[idx], self.ds.labels[idx]
+        items = [self.ds[int(j)] for j in idx]
+        return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        return ({} if self.perm is None else {"perm": self.perm.clone()}), {"pos": self.pos}
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, int]) -> None:
+        self.perm = tensors.get("perm")
+        self.pos = int(meta["pos"])
 
 
 def lr_at(step: int, steps: int, lr: float, min_lr: float, warmup: int) -> float:

@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
 from bench.cache import OMIT_DEFAULT, ArtifactCache, config_hash
-from bench.cli import make_parser
+from bench.cli import add_save_every, make_parser
 from bench.data import DATASETS, DataSource, data_source, dataset_info
 from bench.devices import AUTOCAST, resolve_device
 from bench.devices import autocast as amp_context
 from bench.distill import Distiller
-from bench.steps import batches, ema_update, lr_at, noisy_batch
+from bench.resume import DEFAULT_SAVE_EVERY, Resume, RunState
+from bench.steps import BatchStream, ema_update, lr_at, noisy_batch
 from bench.text import CONTEXT_LEN, check_text, context_dim, load_context
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
@@ -247,6 +248,7 @@ def train(
     cache: ArtifactCache | None = None,
     snapshot: Callable[[int, float, UViT], None] | None = None,
     snapshot_every: int = 0,
+    resume: Resume | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Train from scratch, or fine-tune (with ``cfg.finetune_steps`` and ``cfg.finetune_lr``)
     either ``init`` weights (exit recipes; heads absent from ``init`` start fresh) or a given
@@ -258,7 +260,9 @@ def train(
     prompt with probability ``cfg.p_uncond`` (contexts from ``cache``). Returns (tensors to
     cache, metadata). ``snapshot(step, train_seconds, ema)`` is called every ``snapshot_every``
     steps and after the last (``step`` steps done; its own time is not counted in
-    ``train_seconds``): a training curve without a second run."""
+    ``train_seconds``): a training curve without a second run. ``resume`` saves the run's
+    state every ``resume.every`` steps and continues from a saved state
+    (:class:`bench.resume.Resume`; a state saved after the last step returns at once)."""
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -272,21 +276,29 @@ def train(
             model.null_context.copy_(context.null)
     if distiller is not None:
         distiller.attach(model)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    steps, lr, min_lr, warmup = _lengths(cfg, finetune)
+    run = RunState(
+        model=model,
+        ema=copy.deepcopy(model).requires_grad_(False),
+        opt=torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay),
+        scaler=torch.amp.GradScaler(device.type, enabled=autocast == torch.float16),
+        gen=gen,
+        stream=BatchStream(ds, cfg.batch_size, gen),
+    )
+    start, loss_ema, seconds = resume.restore(run) if resume is not None else (0, None, 0.0)
     ab = cfg.make_schedule().alphas_cumprod.to(device=device, dtype=torch.float32)
     recipe = get_recipe(cfg.recipe)
     weights = {name: getattr(cfg, name) for name in recipe.weights}
-    steps, lr, min_lr, warmup = _lengths(cfg, finetune)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
-    batch_iter = batches(ds, cfg.batch_size, gen)
     desc = f"{'fine-tune' if finetune else 'train'} {cfg.recipe} {cfg.key[:8]}"
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1)
-    loss_ema, t0 = None, time.perf_counter()
+    bar = tqdm(
+        range(start, steps), desc=desc, disable=not progress, mininterval=1, initial=start,
+        total=steps,
+    )  # fmt: skip
+    t0 = time.perf_counter() - seconds  # training time so far (a resumed run's included)
     model.train()
     for step in bar:
-        x_t, t, cond, eps = noisy_batch(cfg, info, *next(batch_iter), ab, gen, device, context)
-        for g in opt.param_groups:
+        x_t, t, cond, eps = noisy_batch(cfg, info, *next(run.stream), ab, gen, device, context)
+        for g in run.opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, min_lr, warmup)
         with amp_context(device, autocast):
             if distiller is not None:
@@ -295,31 +307,38 @@ def train(
             if distiller is not None and (feat := distiller.feature_loss()) is not None:
                 loss = loss + feat
                 logs = {**logs, "loss": logs["loss"] + feat.item(), "feat": feat.item()}
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        ema_update(ema, model, step, cfg.ema_decay)
+        _update(run, loss, cfg, step)
         loss_ema = logs["loss"] if loss_ema is None else 0.98 * loss_ema + 0.02 * logs["loss"]
         if not math.isfinite(logs["loss"]):
             raise FloatingPointError(f"training diverged at step {step} (loss {logs['loss']})")
         if step % 25 == 0:
             bar.set_postfix(loss=f"{loss_ema:.4f}")
         done = step + 1
+        t_pause = time.perf_counter()  # snapshots and saves are not training time
         if snapshot is not None and (
             done == steps or (snapshot_every and done % snapshot_every == 0)
         ):
-            t_snap = time.perf_counter()
-            snapshot(done, t_snap - t0, ema)
-            t0 += time.perf_counter() - t_snap  # the snapshot's time is not training time
+            snapshot(done, t_pause - t0, run.ema)
+        if resume is not None and resume.due(done, steps):
+            resume.save(run, done, loss_ema, t_pause - t0)
+        t0 += time.perf_counter() - t_pause
     if distiller is not None:
         distiller.detach()
     meta = _meta(cfg, model, device, autocast, steps, time.perf_counter() - t0, loss_ema)
-    tensors = {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    tensors = {f"ema.{k}": v for k, v in run.ema.state_dict().items()}
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
     return tensors, meta
+
+
+def _update(run: RunState, loss: Tensor, cfg: TrainConfig, step: int) -> None:
+    """One optimiser step (gradient scaling and clipping) and the EMA update."""
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.opt)
+    nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    ema_update(run.ema, run.model, step, cfg.ema_decay)
 
 
 def load_or_train(
@@ -329,23 +348,30 @@ def load_or_train(
     data: DataSource | None = None,
     progress: bool = True,
     autocast: torch.dtype | None = None,
+    save_every: int = DEFAULT_SAVE_EVERY,
 ) -> TrainedModel:
     """The trained checkpoint for ``cfg``: loaded from the cache, or trained and cached.
 
     An exit recipe first loads (or trains) its `full` base checkpoint and fine-tunes its EMA
-    weights.
+    weights. Training saves its state every ``save_every`` steps under ``<cache>/resume/`` and
+    a rerun continues from it (:mod:`bench.resume`); the state is deleted once the checkpoint
+    is cached.
     """
     cache = cache or ArtifactCache()
     cfg = cfg.normalised()
+    resume = Resume.under(cache, f"checkpoint-{cfg.key}", {"checkpoint": cfg.key}, save_every)
 
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
         init = None
         if cfg.base is not None:
-            base = load_or_train(cfg.base, cache, device, data, progress, autocast)
+            base = load_or_train(cfg.base, cache, device, data, progress, autocast, save_every)
             init = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
-        return train(cfg, device, data, progress, init=init, autocast=autocast, cache=cache)
+        return train(
+            cfg, device, data, progress, init=init, autocast=autocast, cache=cache, resume=resume
+        )
 
     tensors, meta, cached = cache.get_or_build("checkpoint", cfg.key, build)
+    resume.discard()
     model = build_model(cfg)
     model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     return TrainedModel(model.to(device).eval(), cfg, meta, cached)
@@ -396,6 +422,7 @@ def _parser() -> argparse.ArgumentParser:
         "--autocast", default="none", choices=list(AUTOCAST), help="mixed precision (GPU)"
     )
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
+    add_save_every(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -428,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
             DataSource(a.data_root, a.download),
             not a.no_progress,
             AUTOCAST[a.autocast],
+            a.save_every,
         )
-    except ValueError as e:  # DatasetError included
+    except ValueError as e:  # DatasetError and ResumeError included
         p.error(str(e))
     m = trained.meta
     state = "cache hit" if trained.cached else "trained"

@@ -37,6 +37,35 @@ def test_curve_scores_every_snapshot_and_caches_the_final_model(tmp_path, monkey
     assert again["fid"].tolist() == df["fid"].tolist()  # same snapshots, same seed
 
 
+def test_a_killed_curve_run_resumes_training_and_scores_the_same(tmp_path, monkeypatch):
+    from bench.resume import Resume
+
+    cache = ArtifactCache(tmp_path / "cache")
+    whole = curve.training_curve(
+        CFG, 4, tmp_path / "a", cache, samples=16, sampling_steps=2, progress=False
+    )
+    assert (whole["fid_heldout"] > 0).all() and (whole["nn_train"] > 0).all()
+    assert (whole["nn_train_real"] > 0).all()
+    real = Resume.save
+
+    def save_then_die(self, run, done, loss_ema, seconds):
+        real(self, run, done, loss_ema, seconds)
+        if done == 4:
+            raise KeyboardInterrupt
+
+    other = ArtifactCache(tmp_path / "cache2")
+    with monkeypatch.context() as m:
+        m.setattr(Resume, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            curve.training_curve(CFG, 4, tmp_path / "b", other, progress=False, save_every=2)
+    assert list((other.root / "resume").glob("*.safetensors"))
+    again = curve.training_curve(
+        CFG, 4, tmp_path / "b", other, samples=16, sampling_steps=2, progress=False, save_every=2
+    )
+    assert again["fid"].tolist() == whole["fid"].tolist()
+    assert not list((other.root / "resume").glob("*.safetensors"))
+
+
 @pytest.mark.parametrize("argv", [["--every", "0"], ["--dataset", "mnist28"]])
 def test_curve_bad_input_is_an_argparse_error(argv, capsys):
     with pytest.raises(SystemExit) as e:
