@@ -32,10 +32,11 @@ import torch
 from adaptive.executor import CostModel
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
-from bench.cli import add_run_options, make_parser
+from bench.cli import add_run_options, add_save_every, make_parser
 from bench.data import DataSource, as_tensors, data_source
 from bench.devices import resolve_device
 from bench.distill import Distiller
+from bench.resume import DEFAULT_SAVE_EVERY, Resume
 from bench.train import TrainConfig, build_model, load_or_train, train
 from models import MODELS, UViT
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune, prune, replay
@@ -178,49 +179,74 @@ def scratch_steps(pc: PruneConfig, full: UViT, pruned: UViT) -> int:
     return round(pc.base.steps * ratio) + pc.finetune_steps
 
 
-def _finetune(pc, model, steps, seed, device, data, progress, distiller, scratch=False, cache=None):
-    """Train ``model`` in place (its EMA weights are loaded back) and return (tensors, meta)."""
-    cfg = dataclasses.replace(pc.base, finetune_steps=steps, finetune_lr=pc.finetune_lr, seed=seed)
-    if scratch:
-        cfg = dataclasses.replace(cfg, steps=steps)
-    tensors, meta = train(
-        cfg,
-        device,
-        data,
-        progress=progress,
-        model=model,
-        distiller=distiller,
-        scratch=scratch,
-        cache=cache,
-    )
-    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    model.load_state_dict(ema)
-    return ema, meta
+@dataclass
+class _Job:
+    """What every part of building one pruned artifact shares."""
+
+    pc: PruneConfig
+    cache: ArtifactCache
+    device: torch.device | str
+    progress: bool
+    data: DataSource
+    save_every: int = DEFAULT_SAVE_EVERY
+    distiller: Distiller | None = None
+
+    def base_model(self, progress: bool | None = None) -> UViT:
+        progress = self.progress if progress is None else progress
+        return _base_model(self.pc, self.cache, self.device, progress, self.data)
+
+    def finetune(self, model: UViT, steps: int, seed: int, scratch: bool = False):
+        """Train ``model`` in place (its EMA weights are loaded back); returns (tensors, meta).
+        The run saves its state (:mod:`bench.resume`) under the pruned artifact's key and this
+        part of it (round seed or scratch control), so a killed build resumes: finished parts
+        return their saved weights at once and pruning replays on identical weights."""
+        pc = self.pc
+        cfg = dataclasses.replace(
+            pc.base, finetune_steps=steps, finetune_lr=pc.finetune_lr, seed=seed
+        )
+        if scratch:
+            cfg = dataclasses.replace(cfg, steps=steps)
+        part = f"{'scratch' if scratch else 'finetune'}-{seed}-{steps}"
+        resume = Resume.under(
+            self.cache, f"pruned-{pc.key}-{part}", {"pruned": pc.key, "part": part}, self.save_every
+        )
+        tensors, meta = train(
+            cfg,
+            self.device,
+            self.data,
+            progress=self.progress,
+            model=model,
+            distiller=self.distiller,
+            scratch=scratch,
+            cache=self.cache,
+            resume=resume,
+        )
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        model.load_state_dict(ema)
+        return ema, meta
 
 
-def _build(pc: PruneConfig, cache: ArtifactCache, device, progress: bool, data: DataSource):
+def _build(job: _Job) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Prune (one-shot or in rounds, fine-tuning between), then fine-tune; or, for the scratch
     control, re-initialise the pruned shape and train it. Returns (tensors, metadata)."""
-    distiller = None
+    pc = job.pc
     if pc.distills:
-        teacher = load_teacher(pc, cache, device, progress, data)
-        distiller = Distiller(teacher, pc.distill, pc.distill_features)
-    model = _base_model(pc, cache, device, progress, data)
-    images, _ = as_tensors(data.load(pc.base.dataset, "train"))
-    ab = pc.base.make_schedule().alphas_cumprod
+        teacher = load_teacher(pc, job.cache, job.device, job.progress, job.data)
+        job.distiller = Distiller(teacher, pc.distill, pc.distill_features)
+    model = job.base_model()
+    images, _ = as_tensors(job.data.load(pc.base.dataset, "train"))
     per_round = pc.finetune_steps // pc.rounds
 
     def between(r: int, m: UViT) -> None:
         log.info("pruning round %d/%d done; fine-tuning %d steps", r + 1, pc.rounds, per_round)
-        seed = pc.base.seed + r + 1
-        _finetune(pc, m, per_round, seed, device, data, progress, distiller, cache=cache)
+        job.finetune(m, per_round, pc.base.seed + r + 1)
 
     res = prune(
         model,
         pc.ratio,
         pc.importance,
-        data=images.to(device),
-        alphas_cumprod=ab,
+        data=images.to(job.device),
+        alphas_cumprod=pc.base.make_schedule().alphas_cumprod,
         seed=pc.seed,
         rounds=pc.rounds,
         between=between,
@@ -228,19 +254,15 @@ def _build(pc: PruneConfig, cache: ArtifactCache, device, progress: bool, data: 
     extra: dict[str, Any] = {}
     if pc.scratch:
         torch.manual_seed(pc.seed)
-        fresh = build_model(pc.base).to(device)  # the architecture's own initialisation
+        fresh = build_model(pc.base).to(job.device)  # the architecture's own initialisation
         small = replay(fresh, res.history, res.num_heads)
-        steps = scratch_steps(pc, _base_model(pc, cache, device, False, data), small)
+        steps = scratch_steps(pc, job.base_model(progress=False), small)
         log.info("train-small control: %d steps from scratch", steps)
-        tensors, meta = _finetune(
-            pc, small, steps, pc.base.seed, device, data, progress, distiller, True, cache
-        )
+        tensors, meta = job.finetune(small, steps, pc.base.seed, scratch=True)
         extra["scratch_steps"] = steps
     else:
         last = pc.finetune_steps - per_round * (pc.rounds - 1)
-        tensors, meta = _finetune(
-            pc, res.model, last, pc.base.seed, device, data, progress, distiller, cache=cache
-        )
+        tensors, meta = job.finetune(res.model, last, pc.base.seed)
     meta.update(
         extra,
         base=pc.base.key,
@@ -257,16 +279,19 @@ def load_or_prune(
     device: torch.device | str = "cpu",
     progress: bool = True,
     data: DataSource | None = None,
+    save_every: int = DEFAULT_SAVE_EVERY,
 ) -> PrunedModel:
-    """The pruned + fine-tuned model for ``pc``, from the cache or built (and cached)."""
+    """The pruned + fine-tuned model for ``pc``, from the cache or built (and cached); its
+    training saves its state every ``save_every`` steps and a rerun resumes it."""
     cache = cache or ArtifactCache()
     data = data_source(data)
     if pc.teacher != "base" and not cache.has("checkpoint", pc.teacher):
         # checked before anything is built or locked
         raise _no_teacher(pc, cache)
-    tensors, meta, cached = cache.get_or_build(
-        "pruned", pc.key, lambda: _build(pc, cache, device, progress, data)
-    )
+    job = _Job(pc, cache, device, progress, data, save_every)
+    tensors, meta, cached = cache.get_or_build("pruned", pc.key, lambda: _build(job))
+    for state in (cache.root / "resume").glob(f"pruned-{pc.key}-*.safetensors"):
+        state.unlink(missing_ok=True)  # the artifact is saved: its parts' states are done
     base = _base_model(pc, cache, device, progress, data)
     model = replay(base, meta["history"], meta["num_heads"])
     model.load_state_dict(tensors)
@@ -353,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="importance scoring seed")
     add_run_options(p)
+    add_save_every(p)
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
     p.add_argument("--download", action="store_true", help="download the dataset (online)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -374,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         device = resolve_device(a.device)
         data = DataSource(a.data_root, a.download)
-        pm = load_or_prune(pc, ArtifactCache(a.cache_dir), device, not a.no_progress, data)
+        cache = ArtifactCache(a.cache_dir)
+        pm = load_or_prune(pc, cache, device, not a.no_progress, data, a.save_every)
     except ValueError as e:  # a bad value, or a teacher that is not in the cache
         p.error(str(e))
     params = sum(q.numel() for q in pm.model.parameters())

@@ -106,3 +106,30 @@ def test_save_every_must_not_be_negative(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train_mod.main(["--model", "micro", "--save-every", "-1", "--cache-dir", str(tmp_path)])
     assert e.value.code == 2 and "save_every must be >= 0" in capsys.readouterr().err
+
+
+def test_a_killed_iterative_prune_resumes_and_ends_in_the_same_weights(tmp_path, monkeypatch):
+    from bench.prune import PruneConfig, load_or_prune
+
+    base = TrainConfig(model="micro", steps=6, batch_size=8, warmup=1)
+    pc = PruneConfig(base=base, ratio=0.3, importance="magnitude", finetune_steps=12, rounds=2)
+    whole = load_or_prune(pc, ArtifactCache(tmp_path / "a", shipped=()), progress=False)
+    cache = ArtifactCache(tmp_path / "b", shipped=())
+    load_or_train(base, cache, progress=False)  # the base model, so the kill hits the prune
+    saves, real = [], Resume.save
+
+    def save(self, run, done, loss_ema, seconds):
+        real(self, run, done, loss_ema, seconds)
+        saves.append(done)
+        if len(saves) == 3:  # round 1 saved at 4 and 6; killed 4 steps into the last fine-tune
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(Resume, "save", save)
+        m.setattr(Resume, "due", lambda self, done, total: done in (4, total))
+        with pytest.raises(Killed):
+            load_or_prune(pc, cache, progress=False)
+    assert len(list((cache.root / "resume").glob("pruned-*.safetensors"))) == 2
+    resumed = load_or_prune(pc, cache, progress=False)
+    _assert_same(whole.model.state_dict(), resumed.model.state_dict())
+    assert not list((cache.root / "resume").glob("*.safetensors"))
