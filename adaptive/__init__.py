@@ -2,9 +2,9 @@
 executor, FLOP accounting and knob calibration."""
 
 from adaptive.calibrate import Calibration, calibrate
-from adaptive.executor import EarlyExitDenoiser, ExitContext, ExitTrace
 from adaptive.policies import POLICIES, ExitPolicy, make_policy
 from adaptive.recipes import RECIPES, Recipe, get_recipe
+from blockloop import EarlyExitDenoiser, ExitContext, ExitTrace
 
 __all__ = [
     "POLICIES",

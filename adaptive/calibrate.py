@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 import samplers
-from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import POLICIES, make_policy
+from blockloop.executor import EarlyExitDenoiser
 from caching import CACHES, make_cache
 from models import UViT
 from samplers import ClassifierFreeGuidance, VPSchedule

@@ -13,97 +13,14 @@ calibrator can bisect it to a target FLOP ratio. Register new policies in :data:
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from adaptive.executor import ExitContext
+from blockloop.contracts import ExitContext, ExitPolicy
 
 __all__ = ["POLICIES", "ExitPolicy", "make_policy"]
-
-
-class ExitPolicy(ABC):
-    """The contract between an exit rule and the executor.
-
-    Per denoiser call the executor calls :meth:`begin` once (after embedding, ``ctx.layer ==
-    -1``), then :meth:`decide` after every block but the last, with an :class:`ExitContext` for
-    the rows still running. ``decide`` returns ``(mask, score)``: a bool tensor (b,) of the rows
-    that exit after this block and a float tensor (b,) recorded in the trace for them (NaN when
-    the rule has no score). A policy
-
-    - reads model outputs only through the context (``ctx.readout()``, ``ctx.uncertainty()``,
-      ``ctx.lte()``), so their FLOPs are counted;
-    - keeps per-row state only in ``ctx.memory`` (batch-first tensors the executor compacts
-      with the rows), never on ``self``, so one policy object serves any batch;
-    - decides per row unless ``batch_mean`` says the rule is one decision for the batch;
-    - declares its one knob (``knob_name``, ``knob_range``, ``knob_direction``: +1 when a
-      larger knob runs more blocks) so the calibrator can search it, and the learned exit parts
-      it needs (``heads``), checked against the model by :meth:`check_model`.
-
-    Knob and options are validated in ``__init__`` (a ``ValueError`` naming the valid range).
-    Bump ``revision`` when a rule's meaning changes: records made under the old rule get new
-    keys. Register new policies in :data:`POLICIES`.
-    """
-
-    name: ClassVar[str]
-    knob_name: ClassVar[str | None] = None
-    knob_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
-    knob_default: ClassVar[float | None] = None
-    # +1: a larger knob runs more blocks (more FLOPs); -1: fewer.
-    knob_direction: ClassVar[int] = 1
-    integer_knob: ClassVar[bool] = False
-    heads: ClassVar[str] = "none"  # learned exit parts the model must carry
-    # The training recipe this policy runs on by default: its own where it has one, else the
-    # plain layer-wise model (a static or scheduled exit needs trained early readouts).
-    recipe: ClassVar[str] = "layerwise"
-    # Bumped when a policy's meaning changes, so grid records made under the old one get new keys.
-    revision: ClassVar[int] = 0
-    # One decision for the whole batch (the official AdaDiff rule) instead of one per row.
-    batch_mean: ClassVar[bool] = False
-
-    def __init__(self, knob: float | None = None) -> None:
-        if self.knob_name is None:
-            if knob is not None:
-                raise ValueError(f"policy {self.name!r} has no knob, got {knob!r}")
-            self.knob = None
-            return
-        knob = self.knob_default if knob is None else knob
-        lo, hi = self.knob_range
-        if not (isinstance(knob, (int, float)) and lo <= knob <= hi):
-            raise ValueError(f"{self.name}: {self.knob_name} must be in [{lo}, {hi}], got {knob!r}")
-        if self.integer_knob and knob != int(knob):
-            raise ValueError(f"{self.name}: {self.knob_name} must be an integer, got {knob!r}")
-        self.knob = int(knob) if self.integer_knob else float(knob)
-
-    def __repr__(self) -> str:
-        knob = "" if self.knob_name is None else f"{self.knob_name}={self.knob:g}"
-        return f"{type(self).__name__}({knob})"
-
-    def check_model(self, exit_heads: str, depth: int, name: str | None = None) -> None:
-        """Raise ``ValueError`` unless a model with these exit heads and this many blocks can
-        run the policy (its learned heads; an integer knob is a 0-based block index).
-        ``name``: the model's registry name, for the message."""
-        if self.heads != "none" and exit_heads != self.heads:
-            raise ValueError(
-                f"policy {self.name!r} needs a model trained with its heads "
-                f"({self.heads!r}); this model has {exit_heads!r}"
-            )
-        if self.integer_knob and self.knob is not None and self.knob >= depth:
-            raise ValueError(
-                f"{self.name}: {self.knob_name} is a 0-based block index, in [0, {depth - 1}] "
-                f"for {f'model {name!r}' if name else f'a {depth}-block model'}; got {self.knob}"
-            )
-
-    def begin(self, ctx: ExitContext) -> None:  # noqa: B027  (optional hook)
-        """Called once per denoiser call after embedding (ctx.layer == -1)."""
-
-    @abstractmethod
-    def decide(self, ctx: ExitContext) -> tuple[Tensor, Tensor]:
-        """(exit mask (b,) bool, score (b,) float) for the running rows after ``ctx.layer``."""
 
 
 def _no_exit(ctx: ExitContext) -> tuple[Tensor, Tensor]:

@@ -13,16 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from blockloop.contracts import ExitPolicy
 from models import UViT
-
-if TYPE_CHECKING:
-    from adaptive.policies import ExitPolicy
 
 __all__ = [
     "LOSS_WEIGHTS",

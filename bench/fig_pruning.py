@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
-from adaptive.executor import CostModel
 from bench.cache import ArtifactCache
 from bench.cell import Cell
 from bench.cli import add_run_options, make_parser
@@ -33,6 +32,7 @@ from bench.pipeline import build_pipeline
 from bench.prune import PruneConfig, load_or_prune, pruned_before_finetune
 from bench.sampling import generate
 from bench.train import TrainConfig, load_or_train
+from blockloop import CostModel
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 
 log = logging.getLogger(__name__)

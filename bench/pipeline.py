@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from adaptive.calibrate import Calibration, calibrate
-from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import make_policy
 from bench.cache import ArtifactCache, config_hash
 from bench.cell import Cell, cell_prune_config, cell_train_config
@@ -32,6 +31,7 @@ from bench.prune import load_or_prune
 from bench.sampling import generate, image_sampler_options
 from bench.text import TextContext, load_context
 from bench.train import TrainedModel, load_or_train
+from blockloop import CostModel, EarlyExitDenoiser
 from caching import CACHES, make_cache
 from caching.l2c import train_router
 from models import UViT

@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from adaptive.executor import CostModel
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
 from bench.cli import add_run_options, add_save_every, make_parser
@@ -38,6 +37,7 @@ from bench.devices import resolve_device
 from bench.distill import Distiller
 from bench.resume import DEFAULT_SAVE_EVERY, Resume
 from bench.train import TrainConfig, build_model, load_or_train, train
+from blockloop import CostModel
 from models import MODELS, UViT
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune, prune, replay
 

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from adaptive.executor import EarlyExitDenoiser
 from bench.cache import ArtifactCache
 from bench.cell import Cell
 from bench.data import DataSource
@@ -46,6 +45,7 @@ from bench.store import (
     write_failure,
     write_record,
 )
+from blockloop.executor import EarlyExitDenoiser
 
 __all__ = ["run_and_store", "run_cell", "threads_per_worker"]
 

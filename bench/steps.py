@@ -4,15 +4,22 @@ EMA update and the noisy inputs of the eps-prediction loss (Ho et al. 2020)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from bench.data import TensorImages
 
-if TYPE_CHECKING:
-    from bench.train import TrainConfig
+
+class NoiseConfig(Protocol):
+    """The fields of a training config (:class:`bench.train.TrainConfig`) a noisy batch reads."""
+
+    T: int
+    class_cond: bool
+    p_uncond: float
+    text: str | None
+
 
 __all__ = ["BatchStream", "ema_update", "lr_at", "noisy_batch"]
 
@@ -70,7 +77,7 @@ def ema_update(ema: nn.Module, model: nn.Module, step: int, decay: float) -> Non
         pe.lerp_(pm, 1 - d)
 
 
-def noisy_batch(cfg: TrainConfig, info, x0, y, ab, gen, device, context=None):
+def noisy_batch(cfg: NoiseConfig, info, x0, y, ab, gen, device, context=None):
     """(x_t, t, cond, eps) for one batch: random flips where the dataset flips, uniform
     timesteps, Gaussian noise, label dropout for guidance (in this order: it fixes the draws).
     A text model's cond is each label's prompt in a random train template of ``context``

@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from adaptive.calibrate import check_target, search_knob
-from adaptive.executor import EarlyExitDenoiser
 from adaptive.policies import make_policy
 from bench.cache import atomic_write_bytes
 from bench.cli import make_parser
@@ -32,6 +31,7 @@ from bench.data import DATASETS, dataset_info
 from bench.devices import AUTOCAST, resolve_device
 from bench.devices import autocast as amp_context
 from bench.measure import wall_table
+from blockloop.executor import EarlyExitDenoiser
 from models import MODELS, make_model
 
 __all__ = ["main", "measure_throughput"]

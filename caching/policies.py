@@ -1,7 +1,7 @@
 """Step-level feature caches: reuse block outputs of the previous denoiser call instead of
 recomputing them.
 
-A cache policy plugs into the layer-wise executor (:class:`adaptive.executor.EarlyExitDenoiser`,
+A cache policy plugs into the layer-wise executor (:class:`blockloop.executor.EarlyExitDenoiser`,
 ``cache=``), which stays the one block loop of the suite: per denoiser call the executor calls
 
 - :meth:`CachePolicy.begin` after embedding: it starts a new sampling run when the time did not
@@ -27,15 +27,16 @@ their full calls, which an exit removes, so the executor refuses them with an ex
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from blockloop.contracts import CachePolicy
+from blockloop.contracts import check_composition as _check_composition
+
 if TYPE_CHECKING:
-    from adaptive.executor import CostModel
-    from models import UViT, UViTState
+    from models import UViTState
 
 __all__ = [
     "CACHES",
@@ -46,109 +47,6 @@ __all__ = [
     "TeaCache",
     "make_cache",
 ]
-
-
-class CachePolicy(ABC):
-    """The contract between a step-level cache and the executor (see the module docstring).
-
-    Per-run state lives on the policy object (one object per executor); :meth:`reset` clears it.
-    Knob and options are validated in ``__init__`` (a ``ValueError`` naming the valid range).
-    Bump ``revision`` when a rule's meaning changes (records made under it get new keys).
-    """
-
-    name: ClassVar[str]
-    knob_name: ClassVar[str]
-    knob_range: ClassVar[tuple[float, float]]
-    knob_default: ClassVar[float]
-    knob_direction: ClassVar[int] = -1  # a larger knob reuses more (fewer FLOPs)
-    integer_knob: ClassVar[bool] = False
-    per_row: ClassVar[bool] = False  # decides per row: composes with exits
-    needs_router: ClassVar[bool] = False  # a learned router (Learning-to-Cache)
-    revision: ClassVar[int] = 0
-
-    def __init__(self, knob: float | None = None) -> None:
-        self.knob = self.check_knob(knob)
-        self.model: UViT | None = None
-        self.costs: CostModel | None = None
-        self.peak_bytes = 0  # the most bytes the cache held at once, over every run
-        self.reused = 0.0  # reused (row x block) FLOPs-weighted units, over every run
-        self.total = 0.0
-        self.reset()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.knob_name}={self.knob:g})"
-
-    @classmethod
-    def check_knob(cls, knob: float | None) -> float:
-        """The knob (its default for None) if it is a number in ``knob_range``, else a
-        ``ValueError`` naming the range."""
-        knob = cls.knob_default if knob is None else knob
-        lo, hi = cls.knob_range
-        ok = isinstance(knob, (int, float)) and not isinstance(knob, bool)
-        if not (ok and math.isfinite(knob) and lo <= knob <= hi):
-            raise ValueError(f"{cls.name}: {cls.knob_name} must be in [{lo}, {hi}], got {knob!r}")
-        return float(knob)
-
-    def bind(self, model: UViT, costs: CostModel) -> None:
-        """Attach the model the executor runs and its cost model (called by the executor)."""
-        self.check_model(model.depth)
-        self.model, self.costs = model, costs
-
-    def check_model(self, depth: int) -> None:  # noqa: B027  (optional hook)
-        """Raise ``ValueError`` if a model with ``depth`` blocks cannot run this policy."""
-
-    def reset(self) -> None:
-        """Forget every cached tensor: the next call starts a new sampling run."""
-        self.call = -1
-        self._last_t = math.inf
-        self._batch = -1
-        self.store: dict[str, Any] = {}
-
-    @property
-    def reuse_ratio(self) -> float:
-        """Block FLOPs reused instead of computed / block FLOPs of every call, over all runs."""
-        return self.reused / self.total if self.total else float("nan")
-
-    def begin(self, t: Tensor, state: UViTState) -> Tensor | None:
-        """Start a call on a batch (after embedding). Returns a bool mask of the rows served
-        wholly from the cache, or None."""
-        t_now = float(t.max())
-        if t_now >= self._last_t or state.h.shape[0] != self._batch:
-            self.reset()
-            self._batch = state.h.shape[0]
-        self._last_t = t_now
-        self.call += 1
-        return self.plan(state)
-
-    @abstractmethod
-    def plan(self, state: UViTState) -> Tensor | None:
-        """Decide this call (``self.call``, 0 = the first of the run)."""
-
-    def reused_hidden(self, idx: Tensor, state: UViTState) -> Tensor:
-        """The final hidden state of the rows ``idx`` served from the cache."""
-        raise NotImplementedError(f"{self.name} never serves whole rows from its cache")
-
-    @abstractmethod
-    def run_block(self, i: int, state: UViTState) -> float:
-        """Run (or reuse, or skip) block ``i`` in place on ``state``; the FLOPs executed."""
-
-    def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:  # noqa: B027
-        """Rows ``rows`` (indices into the call's batch) left with hidden state ``h``;
-        ``h0`` is their embedded input."""
-
-    def _held(self) -> None:
-        """Update ``peak_bytes`` with the tensors ``store`` holds now (values, or dicts of)."""
-        nbytes = 0
-        for v in self.store.values():
-            for x in v.values() if isinstance(v, dict) else [v]:
-                if isinstance(x, Tensor):
-                    nbytes += x.numel() * x.element_size()
-        self.peak_bytes = max(self.peak_bytes, nbytes)
-
-    def _account(self, i: int, rows: int, executed: float) -> float:
-        self.total += self.costs.blocks[i] * rows
-        self.reused += self.costs.blocks[i] * rows - executed
-        return executed
 
 
 def _is_full_call(call: int, interval: float) -> bool:
@@ -344,22 +242,11 @@ CACHE_OPTIONS: dict[str, tuple[str, ...]] = {"deepcache": ("branch",), "l2c": ("
 
 
 def check_composition(cache: str, policy: str, exits: bool, paired: bool = False) -> None:
-    """Raise ``ValueError`` unless cache policy ``cache`` composes with exit policy ``policy``
-    (``exits``: it has a knob, i.e. it can exit) and, if ``paired``, CFG rows exiting together.
-    The executor and a cell check the same rule here."""
-    cls = CACHES[cache]
-    if exits and not cls.per_row:
-        per_row = [name for name, c in CACHES.items() if c.per_row]
-        raise ValueError(
-            f"cache policy {cache!r} reuses blocks that an exit leaves uncomputed, so it does "
-            f"not compose with exit policy {policy!r}; use policy 'full' with it, or a per-row "
-            f"cache ({', '.join(per_row)})"
-        )
-    if cls.per_row and paired:
-        raise ValueError(
-            f"cache policy {cache!r} decides per row; paired (CFG) exits (cfg_exit_together) "
-            "need the cond/uncond halves aligned, which its compaction breaks"
-        )
+    """:func:`blockloop.contracts.check_composition` for the cache registered as ``cache``."""
+    if cache not in CACHES:
+        raise ValueError(f"unknown cache policy {cache!r}; valid choices: {', '.join(CACHES)}")
+    per_row = ", ".join(name for name, c in CACHES.items() if c.per_row)
+    _check_composition(CACHES[cache], policy, exits, paired, per_row)
 
 
 def make_cache(name: str, knob: float | None = None, **options: Any) -> CachePolicy:

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import samplers
-from adaptive.executor import EarlyExitDenoiser
-from adaptive.flops import flop_counter
 from adaptive.policies import POLICIES, ExitPolicy, make_policy
+from blockloop.executor import EarlyExitDenoiser
+from blockloop.flops import flop_counter
 from models import make_model
 
 T = 1000

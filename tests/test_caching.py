@@ -9,11 +9,11 @@ import torch
 
 import samplers
 from adaptive.calibrate import calibrate
-from adaptive.executor import EarlyExitDenoiser
-from adaptive.flops import flop_counter
 from adaptive.policies import make_policy
 from bench.cell import Cell
 from bench.grid import main as grid_main
+from blockloop.executor import EarlyExitDenoiser
+from blockloop.flops import flop_counter
 from caching import CACHES, make_cache
 from caching.l2c import train_router
 from models import make_model

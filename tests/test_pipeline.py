@@ -12,7 +12,7 @@ from bench.pipeline import build_pipeline
 
 # The modules (the package re-exports functions of the same names).
 calibrate_mod = importlib.import_module("adaptive.calibrate")
-executor_mod = importlib.import_module("adaptive.executor")
+executor_mod = importlib.import_module("blockloop.executor")
 
 
 def _cell(**kw) -> Cell:

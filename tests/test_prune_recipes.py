@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import samplers
-from adaptive.executor import CostModel
 from bench.cell import Cell, cell_prune_config, cell_train_config
 from bench.data import as_tensors, load_dataset
 from bench.distill import Distiller
 from bench.prune import PruneConfig, load_or_prune, main, scratch_steps
 from bench.train import TrainConfig
+from blockloop import CostModel
 from models import make_model
 from pruning import head_schedule, prune, replay
 

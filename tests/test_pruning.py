@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import samplers
-from adaptive.executor import CostModel, EarlyExitDenoiser
 from adaptive.policies import make_policy
 from bench.data import as_tensors, load_dataset
 from bench.prune import PruneConfig, load_or_prune, pruned_before_finetune
 from bench.train import TrainConfig
+from blockloop import CostModel, EarlyExitDenoiser
 from models import make_model
 from pruning import IMPORTANCES, prune, replay
 

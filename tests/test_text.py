@@ -82,9 +82,9 @@ def _text_model(**kw):
 
 
 def test_context_tokens_enter_the_model_and_the_flop_count():
-    from adaptive.executor import EarlyExitDenoiser
-    from adaptive.flops import count_flops
     from adaptive.policies import make_policy
+    from blockloop.executor import EarlyExitDenoiser
+    from blockloop.flops import count_flops
     from models import make_model
 
     model = _text_model().eval()

@@ -8,7 +8,7 @@ block's cost falls with the exit rate (DESIGN.md: the official AdaDiff code exit
 mean and so never turns saved FLOPs into batched wall-clock).
 
 Accounting: the FLOPs of each component (embedding, block i, readout, UEM i, LTE) are measured
-once per row with :func:`adaptive.flops.flop_counter` (all are linear in the row count), and the
+once per row with :func:`blockloop.flops.flop_counter` (all are linear in the row count), and the
 executor adds ``cost x rows`` for what it actually ran, exit-head overhead included. A test
 cross-checks the sum against a FlopCounterMode run of the whole executor. The trace records, for
 every sample and call, the exit block, the timestep and the policy's score.
@@ -26,102 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adaptive.flops import count_flops
-from adaptive.policies import ExitPolicy
-from caching.policies import CachePolicy, check_composition
-from models import UViT, UViTState
+from blockloop.contracts import CachePolicy, ExitContext, ExitPolicy, check_composition
+from blockloop.cost import CostModel, FlopMeter
+from models import UViT
 
-__all__ = ["CostModel", "EarlyExitDenoiser", "ExitContext", "ExitTrace", "FlopMeter"]
-
-
-class CostModel:
-    """FLOPs per row of each component of a layer-wise model, measured on one row."""
-
-    def __init__(self, model: UViT, T: int) -> None:
-        cfg = model.cfg
-        dev = next(model.parameters()).device
-        x = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
-        t = torch.full((1,), T / 2, device=dev)
-        cond = model.example_cond(1)  # the null class or empty prompt: costs as any other
-        with torch.inference_mode():
-            self.embed, state = count_flops(model.embed, x, t, cond)
-            self.blocks = []
-            # A block's parts, for step-level caches that reuse some of them: the long-skip
-            # fusion (out-blocks), the attention branch and the MLP branch.
-            self.fuse, self.attn, self.mlp = [], [], []
-            one = torch.arange(1, device=dev)
-            for i in range(model.depth):
-                a, m = model.block_parts(i, state.select(one))
-                fuse = count_flops(model.block_parts, i, state.select(one), a, m)[0]
-                attn = count_flops(model.block_parts, i, state.select(one), None, m)[0] - fuse
-                f, state = count_flops(model.run_block, i, state)
-                self.blocks.append(f)
-                self.fuse.append(fuse)
-                self.attn.append(attn)
-                self.mlp.append(f - fuse - attn)
-            self.readout, _ = count_flops(model.readout, state.h)
-            self.uem = (
-                [count_flops(model.uncertainty, i, state)[0] for i in range(model.depth)]
-                if model.uem is not None
-                else [0] * model.depth
-            )
-            self.lte = count_flops(model.lte_score, state)[0] if model.lte is not None else 0
-
-    @property
-    def full(self) -> int:
-        """One row through the whole network, no exit heads."""
-        return self.embed + sum(self.blocks) + self.readout
-
-
-class FlopMeter:
-    """The FLOPs executed in one denoiser call: the executor adds each block, and a policy's
-    lazy reads (readout, UEM, LTE) add themselves through its :class:`ExitContext`."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.total = float(start)
-
-    def add(self, flops: float) -> None:
-        self.total += flops
-
-
-@dataclass
-class ExitContext:
-    """What a policy sees after block ``layer`` for the ``b`` rows still running.
-
-    Every output a policy reads through it is computed for the running rows only, at most once,
-    and its FLOPs are added to ``meter``: exit-head overhead is never free."""
-
-    model: UViT
-    layer: int
-    state: UViTState
-    t: Tensor  # (b,) model time
-    T: int
-    memory: dict[str, Tensor]
-    costs: CostModel
-    meter: FlopMeter
-    _readout: Tensor | None = field(default=None, repr=False)
-
-    def readout(self) -> Tensor:
-        """eps read out at this block for every running row (computed once, FLOPs counted)."""
-        if self._readout is None:
-            self._readout = self.model.readout(self.state.h)
-            self.meter.add(self.costs.readout * self.t.shape[0])
-        return self._readout
-
-    @property
-    def computed_readout(self) -> Tensor | None:
-        """The readout if the policy already asked for it (the executor reuses it), else None."""
-        return self._readout
-
-    def uncertainty(self) -> Tensor:
-        """DeeDiff UEM map (b, C, H, W) at this block (FLOPs counted)."""
-        self.meter.add(self.costs.uem[self.layer] * self.t.shape[0])
-        return self.model.uncertainty(self.layer, self.state)
-
-    def lte(self) -> Tensor:
-        """BERxiT LTE score (b,) at this block (FLOPs counted)."""
-        self.meter.add(self.costs.lte * self.t.shape[0])
-        return self.model.lte_score(self.state)
+__all__ = ["EarlyExitDenoiser", "ExitTrace"]
 
 
 @dataclass
@@ -174,7 +83,7 @@ class EarlyExitDenoiser:
                 "have no meaning with it"
             )
         if cache is not None:
-            check_composition(cache.name, policy.name, policy.knob_name is not None, paired)
+            check_composition(type(cache), policy.name, policy.knob_name is not None, paired)
         self.model = model
         self.policy = policy
         self.T = T

@@ -1,0 +1,67 @@
+"""What the block loop costs: FLOPs per row of each component of a layer-wise model, measured
+once on one row, and the meter that sums what one denoiser call executed.
+
+Every component (embedding, block i and its parts, readout, UEM i, LTE) is linear in the row
+count, so ``cost x rows`` of what actually ran is the executed FLOPs of a call (exit and cache
+overhead included); a test cross-checks the sum against a FlopCounterMode run of the whole
+executor (``docs/design.md``, "Accounting").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blockloop.flops import count_flops
+from models import UViT
+
+__all__ = ["CostModel", "FlopMeter"]
+
+
+class CostModel:
+    """FLOPs per row of each component of a layer-wise model, measured on one row."""
+
+    def __init__(self, model: UViT, T: int) -> None:
+        cfg = model.cfg
+        dev = next(model.parameters()).device
+        x = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
+        t = torch.full((1,), T / 2, device=dev)
+        cond = model.example_cond(1)  # the null class or empty prompt: costs as any other
+        with torch.inference_mode():
+            self.embed, state = count_flops(model.embed, x, t, cond)
+            self.blocks = []
+            # A block's parts, for step-level caches that reuse some of them: the long-skip
+            # fusion (out-blocks), the attention branch and the MLP branch.
+            self.fuse, self.attn, self.mlp = [], [], []
+            one = torch.arange(1, device=dev)
+            for i in range(model.depth):
+                a, m = model.block_parts(i, state.select(one))
+                fuse = count_flops(model.block_parts, i, state.select(one), a, m)[0]
+                attn = count_flops(model.block_parts, i, state.select(one), None, m)[0] - fuse
+                f, state = count_flops(model.run_block, i, state)
+                self.blocks.append(f)
+                self.fuse.append(fuse)
+                self.attn.append(attn)
+                self.mlp.append(f - fuse - attn)
+            self.readout, _ = count_flops(model.readout, state.h)
+            self.uem = (
+                [count_flops(model.uncertainty, i, state)[0] for i in range(model.depth)]
+                if model.uem is not None
+                else [0] * model.depth
+            )
+            self.lte = count_flops(model.lte_score, state)[0] if model.lte is not None else 0
+
+    @property
+    def full(self) -> int:
+        """One row through the whole network, no exit heads."""
+        return self.embed + sum(self.blocks) + self.readout
+
+
+class FlopMeter:
+    """The FLOPs executed in one denoiser call: the executor adds each block, and a policy's
+    lazy reads (readout, UEM, LTE) add themselves through its :class:`ExitContext`."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.total = float(start)
+
+    def add(self, flops: float) -> None:
+        self.total += flops
