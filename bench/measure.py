@@ -35,7 +35,7 @@ def interleaved_times(
     calls: dict[str, Callable[[], object]], repeats: int
 ) -> dict[str, list[float]]:
     """Seconds of every repeat of each call after one warm-up, timed round-robin so that drifts
-    in machine load hit every variant alike (DESIGN.md "Wall-clock")."""
+    in machine load hit every variant alike (docs/design.md, "Accounting")."""
     for fn in calls.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in calls}

@@ -4,7 +4,7 @@ block by block, exits samples as the policy decides, and compacts the still-runn
 After every block (but the last) the policy returns a mask of exiting rows; their eps is read
 out and written into the output, and the hidden state, skip stack, timesteps, conditioning and
 the policy's per-row memory are index-selected down to the rows still running, so the next
-block's cost falls with the exit rate (DESIGN.md: the official AdaDiff code exits on a batch
+block's cost falls with the exit rate (docs/design.md: the official AdaDiff code exits on a batch
 mean and so never turns saved FLOPs into batched wall-clock).
 
 Accounting: the FLOPs of each component (embedding, block i, readout, UEM i, LTE) are measured

@@ -1,5 +1,6 @@
-"""The import rules of DESIGN.md, checked on the source: the library packages never import the
-harness, and no two modules import each other (directly or around a longer loop)."""
+"""The import rules of docs/design.md ("Layers"), checked on the source: the library packages
+never import the harness, and no two modules import each other (directly or around a longer
+loop)."""
 
 from __future__ import annotations
 
