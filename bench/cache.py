@@ -36,6 +36,8 @@ __all__ = [
     "atomic_write_bytes",
     "config_hash",
     "file_lock",
+    "os_error_line",
+    "preflight",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,3 +244,26 @@ class ArtifactCache:
             tensors, meta = build()
             self.save(kind, key, tensors, meta)
         return tensors, meta, False
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a filesystem error: what went wrong and where."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return f"{e.strerror or type(e).__name__}{where}"
+
+
+def preflight(*folders: Path) -> None:
+    """Check that every folder can be created and written (a real file is written and removed),
+    before any work; a read-only or full filesystem is one clear ``ValueError``."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".preflight-")
+            try:
+                os.write(fd, b"x" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as e:
+            raise ValueError(f"cannot write to {folder}: {os_error_line(e)}") from e

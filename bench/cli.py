@@ -61,9 +61,15 @@ def add_save_every(p: argparse.ArgumentParser) -> None:
     """``--save-every``: how often a training run saves its state to resume from."""
     from bench.resume import DEFAULT_SAVE_EVERY
 
+    def steps(text: str) -> int:
+        value = int(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"save_every must be >= 0 (0: never save), got {text}")
+        return value
+
     p.add_argument(
         "--save-every",
-        type=int,
+        type=steps,
         default=DEFAULT_SAVE_EVERY,
         help="training saves its whole state every N steps under <cache>/resume/, and the "
         "same command continues from it after a kill (0: never save)",

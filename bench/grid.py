@@ -374,7 +374,16 @@ def _run(cells: list[Cell], out: Path, executor: str, opts: RunOptions) -> int:
     unsaved = sum(s == "unsaved" for s in status.values())
     if unsaved:
         print(f"{unsaved} cell(s) finished but could not be saved (their records are in the log)")
-    return 1 if failures or unsaved else 0
+    # A cell with neither a record nor a failure record (and not another process's) is lost,
+    # e.g. when neither could be written: never exit 0 then.
+    failed = {f["key"] for f in failures}
+    lost = [k for k in keys - done - failed if status.get(k) != "claimed"]
+    if lost:
+        print(
+            f"{len(lost)} cell(s) have neither a record nor a failure record under {out}: "
+            "check the disk, then rerun"
+        )
+    return 1 if failures or unsaved or lost else 0
 
 
 if __name__ == "__main__":

@@ -23,14 +23,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.cache import atomic_write_bytes
+from bench.cache import atomic_write_bytes, os_error_line, preflight
 
 if TYPE_CHECKING:
     from bench.cell import Cell
@@ -80,7 +79,9 @@ def _mismatch(rec: Any, cell: Cell) -> str | None:
         # Records written before a field existed hold its default.
         have, want = rec.get(f.name, f.default), getattr(cell, f.name)
         if f.name in RESOLVED_FIELDS:  # e.g. "cnn" -> "cnn-digits-89de92c8"
-            same = str(have).startswith(str(want))
+            # A nonfinite cell is never scored, so its extractor is never resolved (None).
+            unresolved = have is None and want is not None and rec.get("nonfinite") is True
+            same = unresolved or str(have).startswith(str(want))
         else:
             same = have == want
         if not same:
@@ -171,29 +172,6 @@ def write_failure(out: Path, cell: Cell, error: str) -> None:
     rec = {**dataclasses.asdict(cell), "key": cell.key, "label": cell.label(), "error": error}
     rec["timestamp"] = datetime.now(UTC).isoformat(timespec="seconds")
     atomic_write_bytes(failure_path(out, cell), json.dumps(rec, indent=2).encode())
-
-
-def os_error_line(e: OSError) -> str:
-    """One line for a filesystem error: what went wrong and where."""
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    return f"{e.strerror or type(e).__name__}{where}"
-
-
-def preflight(*folders: Path) -> None:
-    """Check that every folder can be created and written (a real file is written and removed),
-    before any work; a read-only or full filesystem is one clear ``ValueError``."""
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".preflight-")
-            try:
-                os.write(fd, b"x" * 4096)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(tmp)
-        except OSError as e:
-            raise ValueError(f"cannot write to {folder}: {os_error_line(e)}") from e
 
 
 def load_records(out: Path, kind: str = "records") -> list[dict[str, Any]]:
@@ -287,6 +265,15 @@ def write_tables(
             "",
         ]
         lines += [f"- {r.label} ({r.key})" for r in flagged.itertuples()]
+    bad = df[df.nonfinite.fillna(False).astype(bool)]
+    if len(bad):
+        lines += ["", f"## Nonfinite cells ({len(bad)}; stored, never scored)", ""]
+        lines += [
+            "Their samples hold NaN or inf (a diverging sampler or guidance scale): the record "
+            "is kept so the cell is not rerun; FID and KID are empty.",
+            "",
+        ]
+        lines += [f"- {r.label} ({r.key})" for r in bad.itertuples()]
     if failures:
         lines += ["", f"## Failed cells ({len(failures)}; rerun to retry)", ""]
         lines += [f"- {f['label']} ({f['key']}): {f['error'].splitlines()[0]}" for f in failures]

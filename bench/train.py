@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
-from bench.cache import OMIT_DEFAULT, ArtifactCache, config_hash
+from bench.cache import OMIT_DEFAULT, ArtifactCache, config_hash, preflight
 from bench.cli import add_save_every, make_parser
 from bench.data import DATASETS, DataSource, data_source, dataset_info
 from bench.devices import AUTOCAST, resolve_device
@@ -407,13 +407,17 @@ def _parser() -> argparse.ArgumentParser:
         help="steps an exit recipe fine-tunes the cached `full` checkpoint",
     )
     p.add_argument(
-        "--lambda-u", type=float, default=d.lambda_u, help="uem recipes: weight of L_u (>= 0)"
+        "--lambda-u",
+        type=float,
+        default=None,
+        help=f"uem recipes: weight of L_u (>= 0; default: {d.lambda_u:g})",
     )
     p.add_argument(
         "--lambda-ual",
         type=float,
-        default=d.lambda_ual,
-        help="uem recipes: weight of L_UAL (>= 0; 0 = the 'L_u only' ablation)",
+        default=None,
+        help=f"uem recipes: weight of L_UAL (>= 0; 0 = the 'L_u only' ablation; default: "
+        f"{d.lambda_ual:g})",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
@@ -427,27 +431,40 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` ``python -m bench.train``'s options ask for; an option that has
+    no effect on it (a loss weight the recipe does not take) is a ``ValueError``."""
+    weights = get_recipe(a.recipe).weights
+    for name in LOSS_WEIGHTS:  # no option silently ignored
+        if getattr(a, name) is not None and name not in weights:
+            flag = "--" + name.replace("_", "-")
+            users = ", ".join(r for r in RECIPES if name in get_recipe(r).weights)
+            raise ValueError(f"{flag} has no effect with recipe {a.recipe!r} (it feeds: {users})")
+    return TrainConfig(
+        dataset=a.dataset,
+        model=a.model,
+        schedule=a.schedule,
+        recipe=a.recipe,
+        class_cond=a.class_cond,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        ema_decay=a.ema_decay,
+        seed=a.seed,
+        finetune_steps=a.finetune_steps,
+        text=a.text,
+        **{n: getattr(a, n) for n in LOSS_WEIGHTS if getattr(a, n) is not None},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = _parser()
     a = p.parse_args(argv)
     try:
-        cfg = TrainConfig(
-            dataset=a.dataset,
-            model=a.model,
-            schedule=a.schedule,
-            recipe=a.recipe,
-            class_cond=a.class_cond,
-            steps=a.steps,
-            batch_size=a.batch_size,
-            lr=a.lr,
-            ema_decay=a.ema_decay,
-            seed=a.seed,
-            finetune_steps=a.finetune_steps,
-            lambda_u=a.lambda_u,
-            lambda_ual=a.lambda_ual,
-        )
+        cfg = config_from_args(a)
         device = resolve_device(a.device)
+        preflight(ArtifactCache(a.cache_dir).root)  # a read-only cache: one line, before work
         trained = load_or_train(
             cfg,
             ArtifactCache(a.cache_dir),
@@ -459,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:  # DatasetError and ResumeError included
         p.error(str(e))
+    except FloatingPointError as e:  # a run that diverged: not bad input, but one line
+        print(f"{p.prog}: error: {e}; try a lower --lr", file=sys.stderr)
+        return 1
     m = trained.meta
     state = "cache hit" if trained.cached else "trained"
     print(
