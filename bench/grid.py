@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from adaptive.policies import POLICIES
-from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
 from bench.cell import CELL_CHOICES, Cell
 from bench.cli import make_parser
@@ -44,73 +43,16 @@ __all__ = ["default_cells", "load_config", "main", "quick_cells"]
 log = logging.getLogger(__name__)
 
 
+DEFAULT_SWEEP = Path(__file__).resolve().parent / "sweeps" / "default.toml"
+
+
 def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
-    """The default digits sweep (49 cells):
-
-    - every exit policy, calibrated to FLOP ratio 0.65 on its own recipe's model, and the
-      full-depth reference, x {DDPM 100, DDIM 20, DPM-Solver++ 10};
-    - the step axis for `full` and `uem`: DDIM 50 and DPM-Solver++ 20 as well;
-    - pruning: `full` and `uem` with 30% of heads / MLP channels pruned (diff-pruning, then
-      fine-tuned with :class:`bench.prune.PruneConfig`'s default recipe), x {DDIM 20,
-      DPM-Solver++ 10};
-    - every fine-tuned recipe's model at full depth (DDIM 20; `full-ft` is the equally-trained
-      control): what its training costs the full model;
-    - the headline cells (`full` and `uem` at 0.65, DDIM 20 and DPM-Solver++ 10) at two more
-      sampling seeds, so the report draws their spread (1,000-sample FID moves by 1-2 between
-      seeds).
-    """
-    main_runs = [("ddpm", 100), ("ddim", 20), ("dpm-solver++", 10)]
-    common = dict(samples=samples, device=device)
-    cells = []
-    for policy, cls in POLICIES.items():
-        target = None if policy == "full" else 0.65
-        runs = main_runs + ([("ddim", 50), ("dpm-solver++", 20)] if policy in REF else [])
-        for sampler, steps in runs:
-            cells.append(
-                Cell(
-                    recipe=cls.recipe,
-                    policy=policy,
-                    target_flop_ratio=target,
-                    sampler=sampler,
-                    steps=steps,
-                    **common,
-                )
-            )
-    for policy in REF:
-        for sampler, steps in main_runs[1:]:
-            cells.append(
-                Cell(
-                    recipe=POLICIES[policy].recipe,
-                    policy=policy,
-                    target_flop_ratio=None if policy == "full" else 0.65,
-                    prune_ratio=0.3,
-                    sampler=sampler,
-                    steps=steps,
-                    **common,
-                )
-            )
-    for recipe in RECIPES:
-        if recipe != "full":
-            cells.append(Cell(recipe=recipe, policy="full", sampler="ddim", steps=20, **common))
-    for policy in REF:
-        for sampler, steps in main_runs[1:]:
-            for seed in HEADLINE_SEEDS:
-                cells.append(
-                    Cell(
-                        recipe=POLICIES[policy].recipe,
-                        policy=policy,
-                        target_flop_ratio=None if policy == "full" else 0.65,
-                        sampler=sampler,
-                        steps=steps,
-                        seed=seed,
-                        **common,
-                    )
-                )
-    return cells
-
-
-REF = ("full", "uem")  # the cells that also sweep steps and pruning
-HEADLINE_SEEDS = (1, 2)  # extra sampling seeds of the headline cells (seed 0 is every cell's)
+    """The default digits sweep, ``bench/sweeps/default.toml`` (49 cells: every exit policy at
+    FLOP ratio 0.65 and the reference x three samplers, the step axis, 30% pruning, every
+    recipe at full depth, the headline cells at three seeds; the file says which), with
+    ``samples`` and ``device`` set on every cell."""
+    cells = load_config(DEFAULT_SWEEP, device=device)
+    return [dataclasses.replace(c, samples=samples) for c in cells]
 
 
 def quick_cells(device: str = "cpu") -> list[Cell]:
