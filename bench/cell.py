@@ -20,17 +20,20 @@ from adaptive.calibrate import check_target
 from adaptive.policies import POLICIES, make_policy
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, check_pairing
 from bench.cache import config_hash
-from bench.data import DATASETS, SPLITS
+from bench.data import DATASETS, SPLITS, dataset_info
 from bench.devices import AUTOCAST
 from bench.metrics import EXTRACTORS
 from bench.prune import PRUNE_REVISION, PruneConfig
-from bench.text import PROMPT_SPLITS, check_text
+from bench.text import PROMPT_SETS, PROMPT_SPLITS, check_text
 from bench.train import BUDGETS, TrainConfig
 from caching import CACHES, make_cache
 from caching.policies import check_composition
 from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS, check_options
+
+MAX_SEED = 2**32  # sampling seeds are multiplied by 100,003 into a 64-bit generator seed
+MAX_SAMPLES = 100_000  # per cell; the samples are held in memory for FID
 
 __all__ = ["CELL_CHOICES", "Cell", "cell_prune_config", "cell_train_config", "solver_label"]
 
@@ -126,8 +129,12 @@ class Cell:
             raise ValueError(
                 f"samples must be >= 2 and steps >= 1, got {self.samples}, {self.steps}"
             )
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.samples > MAX_SAMPLES:
+            raise ValueError(
+                f"samples must be <= {MAX_SAMPLES:,} (FID papers use 50,000), got {self.samples:,}"
+            )
         self._check_policy()
         self._check_training()
         tcfg = cell_train_config(self)  # validates the training fields (steps, loss weights)
@@ -139,6 +146,12 @@ class Cell:
         check_options(self.sampler, self.steps, T=T, schedule=tcfg.schedule, **self.sampler_options)
         if self.guidance is not None and not self.guidance >= 0:
             raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
+        if self.guidance is not None and self.text is None:
+            if dataset_info(self.dataset).num_classes == 0:
+                raise ValueError(
+                    f"guidance needs a condition: {self.dataset!r} has no class labels (set text, "
+                    "or use a labelled data set)"
+                )
         if self.cfg_exit_together and self.guidance is None:
             raise ValueError("cfg_exit_together needs a guidance scale")
         if self.cfg_exit_together and POLICIES[self.policy].batch_mean:
@@ -213,6 +226,11 @@ class Cell:
             raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {self.recipe!r}")
         if self.text is not None:
             check_text(self.text)
+            if self.dataset not in PROMPT_SETS:
+                raise ValueError(
+                    f"text needs a prompt set; {self.dataset!r} has none (prompt sets: "
+                    f"{', '.join(PROMPT_SETS)})"
+                )
         elif self.prompts != "heldout":
             raise ValueError("prompts applies to text-conditioned cells (set text)")
 

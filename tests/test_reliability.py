@@ -63,3 +63,19 @@ def test_bench_train_passes_text_and_refuses_weights_its_recipe_ignores():
         config_from_args(p.parse_args(["--lambda-u", "2"]))
     with pytest.raises(ValueError, match="unknown text encoder 'bogus'"):
         config_from_args(p.parse_args(["--text", "bogus"]))
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (dict(seed=2**40), r"seed must be in \[0, 2\*\*32\)"),
+        (dict(samples=10**12), "samples must be <= 100,000"),
+        (dict(text="minilm", dataset="mnist"), "'mnist' has none"),
+        (dict(guidance=1.0, dataset="celeba64"), "'celeba64' has no class labels"),
+    ],
+)
+def test_cell_fields_that_would_fail_at_run_time_are_refused_at_read(fields, match):
+    from bench.cell import Cell
+
+    with pytest.raises(ValueError, match=match):
+        Cell(**fields)
