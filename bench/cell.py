@@ -26,12 +26,13 @@ from bench.metrics import EXTRACTORS
 from bench.prune import PRUNE_REVISION, PruneConfig
 from bench.text import PROMPT_SETS, PROMPT_SPLITS, check_text
 from bench.train import BUDGETS, TrainConfig
-from caching import CACHES, make_cache
-from caching.policies import check_composition
+from caching import CACHES, check_composition, make_cache
 from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS, check_options
 
+# Cell fields that are a cache policy's options, and the cache each applies to.
+_CACHE_OPTION_FIELDS = {"cache_branch": "deepcache", "cache_order": "taylorseer"}
 MAX_SEED = 2**32  # sampling seeds are multiplied by 100,003 into a 64-bit generator seed
 MAX_SAMPLES = 100_000  # per cell; the samples are held in memory for FID
 
@@ -100,6 +101,7 @@ class Cell:
     cache: str = "none"
     cache_knob: float | None = None
     cache_branch: int | None = None
+    cache_order: int | None = None  # TaylorSeer's expansion order (None: its default, 1)
     samples: int = 1000
     seed: int = 0
     device: str = "cpu"
@@ -177,11 +179,14 @@ class Cell:
     def _check_cache(self) -> None:
         """The cache policy's knob and branch, and its composition with the exit policy."""
         if self.cache == "none":
-            if self.cache_knob is not None or self.cache_branch is not None:
-                raise ValueError("cache_knob / cache_branch need a cache policy (field 'cache')")
+            if any(getattr(self, f) is not None for f in ("cache_knob", *_CACHE_OPTION_FIELDS)):
+                raise ValueError(
+                    "cache_knob / cache_branch / cache_order need a cache policy (field 'cache')"
+                )
             return
-        if self.cache_branch is not None and self.cache != "deepcache":
-            raise ValueError(f"cache_branch applies to cache 'deepcache', not {self.cache!r}")
+        for name, cache in _CACHE_OPTION_FIELDS.items():
+            if getattr(self, name) is not None and self.cache != cache:
+                raise ValueError(f"{name} applies to cache {cache!r}, not {self.cache!r}")
         cls = CACHES[self.cache]
         cls.check_knob(self.cache_knob)
         if not cls.needs_router:  # (the l2c router is learned by the pipeline)
@@ -194,7 +199,8 @@ class Cell:
     def cache_options(self) -> dict[str, Any]:
         """Keyword options of the cache policy (those the cell sets; the l2c router is the
         pipeline's)."""
-        return {} if self.cache_branch is None else {"branch": self.cache_branch}
+        options = {"branch": self.cache_branch, "order": self.cache_order}
+        return {k: v for k, v in options.items() if v is not None}
 
     def _check_policy(self) -> None:
         """The exit policy's knob, options, heads and block range (each checked by its owner)."""
@@ -293,10 +299,12 @@ class Cell:
         return f"({','.join(parts)})" if parts else ""
 
     def cache_label(self) -> str:
-        """``cache[branch](@target|=knob)``, e.g. ``deepcache1@0.65``; empty without a cache."""
+        """``cache[branch|oORDER](@target|=knob)``, e.g. ``deepcache1@0.65``, ``taylorseero2=4``;
+        empty without a cache."""
         if self.cache == "none":
             return ""
         branch = "" if self.cache_branch is None else str(self.cache_branch)
+        branch += "" if self.cache_order is None else f"o{self.cache_order}"
         if self.calibrates_cache:
             knob = f"@{self.target_flop_ratio}"
         else:

@@ -32,7 +32,7 @@ from bench.sampling import generate, image_sampler_options
 from bench.text import TextContext, load_context
 from bench.train import TrainedModel, load_or_train
 from blockloop import CostModel, EarlyExitDenoiser
-from caching import CACHES, make_cache
+from caching import CACHE_OPTIONS, CACHES, make_cache
 from caching.l2c import train_router
 from models import UViT
 from samplers import ClassifierFreeGuidance, Denoiser, VPSchedule
@@ -204,6 +204,8 @@ def build_pipeline(
         model_key = pcfg.key
     sampler_kw = {**image_sampler_options(cell.sampler), **cell.sampler_options}
     cache_options = dict(cell.cache_options)
+    if cell.guidance is not None and "branches" in CACHE_OPTIONS.get(cell.cache, ()):
+        cache_options["branches"] = 2  # a batch-level rule decides per guidance branch
     if cell.cache != "none" and CACHES[cell.cache].needs_router:
         router_cond = None
         if cell.text is not None:  # the router learns on the cell's own prompts

@@ -1,6 +1,8 @@
 """Step-level feature caching (DeepCache, FORA, a TeaCache-style adaptive rule,
-Learning-to-Cache) as policies of the layer-wise executor; see :mod:`caching.policies`."""
+Learning-to-Cache, First-Block Cache, TaylorSeer) as policies of the layer-wise executor; see
+:mod:`caching.policies`, :mod:`caching.forecast` and the registry :mod:`caching.registry`."""
 
-from caching.policies import CACHE_OPTIONS, CACHES, CachePolicy, make_cache
+from blockloop.contracts import CachePolicy
+from caching.registry import CACHE_OPTIONS, CACHES, check_composition, make_cache
 
-__all__ = ["CACHES", "CACHE_OPTIONS", "CachePolicy", "make_cache"]
+__all__ = ["CACHES", "CACHE_OPTIONS", "CachePolicy", "check_composition", "make_cache"]

@@ -27,26 +27,17 @@ their full calls, which an exit removes, so the executor refuses them with an ex
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from blockloop.contracts import CachePolicy
-from blockloop.contracts import check_composition as _check_composition
 
 if TYPE_CHECKING:
     from models import UViTState
 
-__all__ = [
-    "CACHES",
-    "CachePolicy",
-    "DeepCache",
-    "Fora",
-    "LearningToCache",
-    "TeaCache",
-    "make_cache",
-]
+__all__ = ["DeepCache", "Fora", "LearningToCache", "TeaCache"]
 
 
 def _is_full_call(call: int, interval: float) -> bool:
@@ -232,32 +223,3 @@ class TeaCache(CachePolicy):
         residual[rows] = (h - h0).to(residual.dtype)
         self.store["valid"][rows] = True
         self._held()
-
-
-CACHES: dict[str, type[CachePolicy]] = {
-    c.name: c for c in (DeepCache, Fora, TeaCache, LearningToCache)
-}
-# Options a policy takes besides its knob (what a cell may set).
-CACHE_OPTIONS: dict[str, tuple[str, ...]] = {"deepcache": ("branch",), "l2c": ("router",)}
-
-
-def check_composition(cache: str, policy: str, exits: bool, paired: bool = False) -> None:
-    """:func:`blockloop.contracts.check_composition` for the cache registered as ``cache``."""
-    if cache not in CACHES:
-        raise ValueError(f"unknown cache policy {cache!r}; valid choices: {', '.join(CACHES)}")
-    per_row = ", ".join(name for name, c in CACHES.items() if c.per_row)
-    _check_composition(CACHES[cache], policy, exits, paired, per_row)
-
-
-def make_cache(name: str, knob: float | None = None, **options: Any) -> CachePolicy:
-    """The cache policy registered as ``name`` with its knob and options."""
-    if name not in CACHES:
-        raise ValueError(f"unknown cache policy {name!r}; valid choices: {', '.join(CACHES)}")
-    allowed = CACHE_OPTIONS.get(name, ())
-    extra = sorted(set(options) - set(allowed))
-    if extra:
-        raise ValueError(
-            f"cache policy {name!r} takes no option {', '.join(extra)}"
-            + (f" (it takes: {', '.join(allowed)})" if allowed else "")
-        )
-    return CACHES[name](knob, **options)

@@ -53,6 +53,9 @@ POLICIES = [
     ("deepcache", 1.0, 3.0, {"branch": 0}),
     ("teacache", 0.0, 0.3, {}),
     ("l2c", 0.0, 0.6, {}),
+    ("fbcache", 0.0, 0.5, {}),
+    ("taylorseer", 1.0, 2.0, {"order": 1}),
+    ("taylorseer", 1.0, 3.0, {"order": 2}),
 ]
 
 
@@ -159,6 +162,8 @@ def test_per_row_cache_refuses_paired_cfg_exits():
         (lambda: make_cache("deepcache", 2, branch=-1), "branch must be an integer >= 0"),
         (lambda: make_cache("l2c", 0.5), "needs a learned router"),
         (lambda: make_cache("l2c", 0.5, router=torch.rand(3, 4)), "router must be"),
+        (lambda: make_cache("taylorseer", 2, order=3), "no order 3; valid choices: 1, 2"),
+        (lambda: make_cache("fbcache", 0.1, branches=3), "branches must be 1 or 2"),
     ],
 )
 def test_bad_cache_arguments(call, match):
@@ -214,6 +219,9 @@ def test_l2c_router_learns_and_its_threshold_trades_flops():
         (dict(cache="fora", cache_branch=1), "cache_branch applies to cache 'deepcache'"),
         (dict(cache="deepcache", cache_branch=5), r"branch must be in \[0, 4\]"),
         (dict(cache="fora", cache_knob=0.2), "interval must be in"),
+        (dict(cache="fora", cache_order=2), "cache_order applies to cache 'taylorseer'"),
+        (dict(cache="taylorseer", cache_order=3), "no order 3; valid choices: 1, 2"),
+        (dict(cache_order=1), "need a cache policy"),
         (dict(cache="l2c", cache_knob=2.0), "threshold must be in"),
         (dict(recipe="uem", policy="uem", knob=0.2, cache="fora"), "does not compose"),
         (
@@ -241,9 +249,73 @@ def test_grid_cli_refuses_a_bad_cache_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         grid_main(["--config", str(cfg), "--out", str(tmp_path / "out")])
     assert e.value.code == 2
-    assert "valid choices: none, deepcache, fora, teacache, l2c" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "valid choices: none, deepcache, fora, teacache, l2c, fbcache, taylorseer" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_every_cache_is_listed():
-    assert set(CACHES) == {"deepcache", "fora", "teacache", "l2c"}
+    assert set(CACHES) == {"deepcache", "fora", "teacache", "l2c", "fbcache", "taylorseer"}
+
+
+def _fbcache_decisions(model, threshold, n=6, seed=3):
+    """FBCache's reuse decision per call, and the same decisions replayed from the recorded
+    first-block residuals with the upstream rule (diffusers' FirstBlockCache): compare with the
+    residual of the last *computed* call; reuse iff mean|r - r_prev| / mean|r_prev| <= t."""
+    cache = _cache("fbcache", threshold)
+    seen, real = [], cache._decide
+
+    def record(r0):
+        reuse = real(r0)
+        seen.append((r0.clone(), bool(reuse.all())))
+        return reuse
+
+    cache._decide = record
+    _sample(model, cache, n=n, seed=seed)
+    replay, prev = [], None
+    for r0, _ in seen:
+        reuse = (
+            prev is not None and float((r0 - prev).abs().mean() / prev.abs().mean()) <= threshold
+        )
+        replay.append(reuse)
+        if not reuse:
+            prev = r0
+    return [d for _, d in seen], replay
+
+
+def test_fbcache_decides_as_the_upstream_rule_on_a_recorded_trajectory():
+    model = _model()
+    decided, replayed = _fbcache_decisions(model, 0.5)
+    assert decided == replayed and any(decided) and not all(decided)
+
+
+def test_fbcache_decides_each_guidance_branch_on_its_own():
+    cache = make_cache("fbcache", 0.1, branches=2)
+    prev = torch.ones(4, 3, 2)
+    cache.store["r0"], cache.call = prev, 1
+    now = prev.clone()
+    now[2:] *= 2.0  # the unconditional half changed by 100%, the conditional half not at all
+    assert cache._decide(now).tolist() == [True, True, False, False]
+    assert make_cache("fbcache", 0.1)._decide(now).tolist() == [False] * 4  # no previous call
+
+
+def test_taylorseer_forecasts_with_finite_differences_between_full_calls():
+    ts = make_cache("taylorseer", 2.0, order=1)
+    a, b = torch.randn(2, 3), torch.randn(2, 3)
+    for call in (0, 2, 4):  # full calls of interval 2, features linear in the call
+        ts.call = call
+        ts.plan(None)
+        ts._update(0, {"attn": a + b * call, "mlp": a - b * call})
+    ts.call = 5
+    ts.plan(None)
+    torch.testing.assert_close(ts._forecast(0, "attn"), a + b * 5)  # order 1: exact on lines
+    torch.testing.assert_close(ts._forecast(0, "mlp"), a - b * 5)
+    q = make_cache("taylorseer", 2.0, order=2)
+    for call in (0, 2, 4):
+        q.call = call
+        q.plan(None)
+        q._update(0, {"attn": a * call**2, "mlp": a})
+    q.call = 5
+    q.plan(None)
+    # D1 = (16a - 4a) / 2 = 6a, D2 = (6a - 2a) / 2 = 2a: 16a + 6a + 2a / 2 = 23a
+    torch.testing.assert_close(q._forecast(0, "attn"), 23 * a)

@@ -1,0 +1,47 @@
+"""The registry of step-level caches: names, the options a cell may set, construction and the
+composition rule by name (:func:`blockloop.contracts.check_composition`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blockloop.contracts import CachePolicy
+from blockloop.contracts import check_composition as _check_composition
+from caching.forecast import FirstBlockCache, TaylorSeer
+from caching.policies import DeepCache, Fora, LearningToCache, TeaCache
+
+__all__ = ["CACHES", "CACHE_OPTIONS", "check_composition", "make_cache"]
+
+CACHES: dict[str, type[CachePolicy]] = {
+    c.name: c for c in (DeepCache, Fora, TeaCache, LearningToCache, FirstBlockCache, TaylorSeer)
+}
+# Options a policy takes besides its knob (what a cell may set; ``branches`` is set by the
+# pipeline under guidance).
+CACHE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "deepcache": ("branch",),
+    "l2c": ("router",),
+    "fbcache": ("branches",),
+    "taylorseer": ("order",),
+}
+
+
+def check_composition(cache: str, policy: str, exits: bool, paired: bool = False) -> None:
+    """:func:`blockloop.contracts.check_composition` for the cache registered as ``cache``."""
+    if cache not in CACHES:
+        raise ValueError(f"unknown cache policy {cache!r}; valid choices: {', '.join(CACHES)}")
+    per_row = ", ".join(name for name, c in CACHES.items() if c.per_row)
+    _check_composition(CACHES[cache], policy, exits, paired, per_row)
+
+
+def make_cache(name: str, knob: float | None = None, **options: Any) -> CachePolicy:
+    """The cache policy registered as ``name`` with its knob and options."""
+    if name not in CACHES:
+        raise ValueError(f"unknown cache policy {name!r}; valid choices: {', '.join(CACHES)}")
+    allowed = CACHE_OPTIONS.get(name, ())
+    extra = sorted(set(options) - set(allowed))
+    if extra:
+        raise ValueError(
+            f"cache policy {name!r} takes no option {', '.join(extra)}"
+            + (f" (it takes: {', '.join(allowed)})" if allowed else "")
+        )
+    return CACHES[name](knob, **options)
