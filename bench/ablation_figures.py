@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.ablation_tables import _control, _order, aggregate, variants
-from bench.report import _save, heatmap_grid, pareto_front
+from bench.studies.plotting import heatmap_grid, pareto_front, save
 
 __all__ = ["plot_ablation", "plot_composition", "plot_uem_heatmaps", "strategy"]
 
@@ -61,7 +61,7 @@ def plot_ablation(df, out: Path) -> list[Path]:
         ax.set_title(f"{setting}, {run}", fontsize=9)
         ax.grid(alpha=0.3, which="both")
     fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7)
-    paths = _save(fig, out, "ablation_fid_vs_flops")
+    paths = save(fig, out, "ablation_fid_vs_flops")
     plt.close(fig)
     return paths
 
@@ -150,6 +150,6 @@ def plot_composition(df, out: Path) -> list[Path]:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("Do exits compose with fewer steps and pruning? (digits, 1,000 samples)")
-    paths = _save(fig, out, "composition")
+    paths = save(fig, out, "composition")
     plt.close(fig)
     return paths
