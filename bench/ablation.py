@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         args = ["--config", str(a.config), "--out", str(a.out)]
         args += ["--cache-dir", a.cache_dir] if a.cache_dir else []
         args += ["--device", a.device] if a.device else []
-        rc = grid.main(args)
+        rc = grid.main(args, prog="bench.ablation")
     try:
         cache = ArtifactCache(a.cache_dir)
         device = a.device or "cpu"

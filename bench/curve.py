@@ -252,9 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = _parser()
     a = p.parse_args(argv)
-    for name in ("every", "samples", "sampling_steps"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    for name, least in (("every", 1), ("samples", 2), ("sampling_steps", 1)):
+        if getattr(a, name) < least:  # FID needs two samples for a covariance
+            p.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(a, name)}")
     try:
         budget = BUDGETS.get(a.model)
         steps = a.steps or (budget.steps if budget is not None else TrainConfig().steps)

@@ -83,7 +83,7 @@ def load_config(path: Path, device: str | None = None) -> list[Cell]:
     cell's values (:class:`Cell`). A failure is one ``ValueError`` naming the file, the table
     and the field."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is not TOML
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"cannot read config {path}: {e}") from e
     extra = set(data) - {"cell", "sweep"}
@@ -203,8 +203,8 @@ def _list_choices() -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = make_parser("bench.grid", __doc__)
+def _parser(prog: str = "bench.grid") -> argparse.ArgumentParser:
+    p = make_parser(prog, __doc__)
     p.add_argument(
         "--config",
         type=Path,
@@ -263,8 +263,10 @@ def _cells(a: argparse.Namespace) -> list[Cell]:
     return cells
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _parser()
+def main(argv: list[str] | None = None, prog: str = "bench.grid") -> int:
+    """``python -m bench.grid``; ``prog`` names the command in errors (a study that runs its
+    sweep through this one signs them with its own name)."""
+    p = _parser(prog)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.list:
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(cells, a.out, a.executor, opts)
     except OSError as e:  # e.g. the disk filled up between cells
-        print(f"python -m bench.grid: error: {os_error_line(e)}", file=sys.stderr)
+        print(f"{p.prog}: error: {os_error_line(e)}", file=sys.stderr)
         return 1
 
 

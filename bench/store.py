@@ -174,15 +174,50 @@ def write_failure(out: Path, cell: Cell, error: str) -> None:
     atomic_write_bytes(failure_path(out, cell), json.dumps(rec, indent=2).encode())
 
 
+# What a finished record holds beyond its cell's fields, by type (the tables and figures read
+# these; a record without them is listed and skipped, never a traceback).
+RECORD_SCHEMA: dict[str, tuple[type, ...]] = {
+    "key": (str,),
+    "label": (str,),
+    "sampler": (str,),
+    "steps": (int,),
+    "seed": (int,),
+    "nonfinite": (bool,),
+    "fid": (int, float, type(None)),
+    "flop_ratio_per_call": (int, float),
+    "flop_ratio_vs_reference": (int, float),
+}
+
+
+def record_problem(rec: Any) -> str | None:
+    """Why ``rec`` cannot be read as a finished record (None if it can)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    for name, types in RECORD_SCHEMA.items():
+        if name not in rec:
+            return f"no field {name!r}"
+        value = rec[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"field {name!r} is {value!r}"
+    return None
+
+
 def load_records(out: Path, kind: str = "records") -> list[dict[str, Any]]:
-    """Every readable record under ``out/<kind>`` (for tables; an unreadable file is skipped
-    with a warning here, and moved aside when its cell is next checked by :func:`pending`)."""
+    """Every readable record under ``out/<kind>`` (for tables; an unreadable file, or a finished
+    record that lacks a field the tables read, is skipped with a warning naming it, and moved
+    aside when its cell is next checked by :func:`pending`)."""
     records = []
     for path in sorted((out / kind).glob("*.json")):
         try:
-            records.append(json.loads(path.read_text()))
+            rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             log.warning("skipping unreadable record %s (%s)", path, e)
+            continue
+        problem = record_problem(rec) if kind == "records" else None
+        if problem is not None:
+            log.warning("skipping record %s: %s", path, problem)
+            continue
+        records.append(rec)
     return records
 
 

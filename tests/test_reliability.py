@@ -79,3 +79,21 @@ def test_cell_fields_that_would_fail_at_run_time_are_refused_at_read(fields, mat
 
     with pytest.raises(ValueError, match=match):
         Cell(**fields)
+
+
+def test_the_report_skips_a_record_that_parses_but_is_wrong(tmp_path, capsys, caplog):
+    from bench import report
+
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        report.main(["--grid", str(tmp_path)])
+    assert e.value.code == 2 and "no records" in capsys.readouterr().err
+    assert "skipping record" in caplog.text and "bad.json" in caplog.text
+
+
+def test_a_sweep_file_with_a_utf8_bom_reads(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_bytes(b"\xef\xbb\xbf" + MICRO.encode())
+    (cell,) = grid.load_config(cfg)
+    assert cell.model == "micro" and cell.steps == 2

@@ -5,7 +5,6 @@ floor and the exit heatmap grid."""
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +23,9 @@ def load_table(grid_dir: Path):
     """The grid's records as a DataFrame (from ``records/``, so a running sweep can be read)."""
     import pandas as pd
 
-    recs = []
-    for path in sorted((grid_dir / "records").glob("*.json")):
-        try:
-            recs.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("skipping unreadable record %s (%s)", path, e)
+    from bench.store import load_records
+
+    recs = load_records(grid_dir)  # validated: a bad record is named and skipped
     if not recs:
         raise ValueError(f"no records under {grid_dir / 'records'}; run python -m bench.grid")
     df = pd.DataFrame(recs)
