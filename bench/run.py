@@ -35,6 +35,7 @@ from bench.cell import Cell
 from bench.data import DataSource
 from bench.devices import AUTOCAST, autocast
 from bench.measure import OtherLoad, interleaved_times, spread
+from bench.paired import PAIRED_FIELDS, paired_fidelity
 from bench.pipeline import TIMING_BATCH, Pipeline, build_pipeline
 from bench.sampling import save_grid
 from bench.store import (
@@ -252,9 +253,11 @@ def run_cell(
     timing = _timing(pipe, capture, batch_seconds)
     nonfinite = not bool(torch.isfinite(imgs).all())
     metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None, "agreement": None}
+    metrics.update(dict.fromkeys(PAIRED_FIELDS))
     if not nonfinite:
         phase("score")
         metrics = pipe.evaluate(imgs, cache)
+        metrics.update(paired_fidelity(cell, imgs, cache, data))
     unpruned = pipe.unpruned_flops
     reference = unpruned * pipe.schedule.T * cell.samples * pipe.rows_per_sample
     return {
@@ -271,6 +274,8 @@ def run_cell(
         # Conditional cells: the share of samples the offline classifier puts in the class
         # their prompt or label asks for (None for unconditional cells).
         "agreement": metrics.get("agreement"),
+        # Against the uncompressed pipeline's samples from the same noise (bench.paired).
+        **{name: metrics[name] for name in PAIRED_FIELDS},
         "nonfinite": nonfinite,
         "nfe": nfe,
         "flop_ratio_per_call": executed_flops / (max(rows, 1) * unpruned),

@@ -257,6 +257,9 @@ def write_tables(
     ]
     if "agreement" in df and df.agreement.notna().any():  # conditional cells
         cols.insert(cols.index("kid") + 1, "agreement")
+    for name in ("psnr", "ssim"):  # paired with the uncompressed pipeline (bench.paired)
+        if name in df and df[name].notna().any():
+            cols.insert(cols.index("seconds_per_image"), name)
     if "timing_unstable" in df:  # records from before the flag existed lack it
         cols.append("timing_unstable")
     lines = [
