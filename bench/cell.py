@@ -59,11 +59,13 @@ CELL_CHOICES = {
 class Cell:
     """One pipeline configuration; its key (a hash of its non-default fields) names its record."""
 
-    dataset: str = "digits"
-    model: str = "tiny"
-    recipe: str = "full"
-    prune_ratio: float = 0.0
-    prune_importance: str = DEFAULT_IMPORTANCE
+    # The data and the model (bench.data, models.MODELS, adaptive.recipes).
+    dataset: str = "digits"  # the images the model trains on and FID is measured against
+    model: str = "tiny"  # the U-ViT size (`micro` for smoke runs)
+    recipe: str = "full"  # how the model is trained: plain, or with an exit method's heads/loss
+    # Structured pruning (pruning, bench.prune): heads and MLP channels, then a fine-tune.
+    prune_ratio: float = 0.0  # share of heads / MLP channels removed, in [0, 1); 0: unpruned
+    prune_importance: str = DEFAULT_IMPORTANCE  # the criterion that ranks what to remove
     # The pruned model's fine-tune (bench.prune.PruneConfig; None: its default recipe): budget,
     # learning rate, distillation weights (eps, block features), prune–fine-tune rounds, and
     # the train-small control (the pruned shape trained from scratch with the same compute).
@@ -74,12 +76,14 @@ class Cell:
     prune_rounds: int | None = None
     prune_scratch: bool = False
     prune_teacher: str | None = None  # distillation teacher: "base" or a checkpoint key
-    policy: str = "full"
-    knob: float | None = None
-    target_flop_ratio: float | None = None  # calibrate the knob to this (overrides knob)
+    # Early exits (adaptive.policies): the policy, and its knob set or calibrated.
+    policy: str = "full"  # the exit rule after each block (`full`: never exit)
+    knob: float | None = None  # the policy's knob (None: its default); not with a target
+    target_flop_ratio: float | None = None  # calibrate the knob to this FLOP ratio per call
     patience: int | None = None  # pabee / uem: exit on the n-th agreeing / confident block
-    sampler: str = "ddim"
-    steps: int = 20
+    # Sampling (samplers): the solver and its budget.
+    sampler: str = "ddim"  # the solver (samplers.SAMPLERS)
+    steps: int = 20  # denoiser evaluations (NFE) the sampler may spend, <= the schedule's T
     # The sampler's time grid and order (samplers.grid, samplers.ORDERS); None = its default.
     spacing: str | None = None
     end: str | None = None
@@ -102,9 +106,10 @@ class Cell:
     cache_knob: float | None = None
     cache_branch: int | None = None
     cache_order: int | None = None  # TaylorSeer's expansion order (None: its default, 1)
-    samples: int = 1000
-    seed: int = 0
-    device: str = "cpu"
+    # Evaluation, and where the cell runs.
+    samples: int = 1000  # images generated and scored
+    seed: int = 0  # sampling seed (same seed: same initial noise in every cell)
+    device: str = "cpu"  # cpu, cuda or cuda:N (bench.grid --device overrides it)
     autocast: str = "none"  # "bf16" / "fp16": sample under torch.autocast
     extractor: str = "cnn"  # FID features: the offline CNN, or clean-fid's InceptionV3
     reference: str = "train"  # FID against the training images, or the held-out ones

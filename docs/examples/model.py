@@ -1,0 +1,48 @@
+"""A new model size: a deeper, narrower U-ViT, registered by name.
+
+Every backbone of the suite is the layer-wise U-ViT (models/uvit.py: ``embed`` -> ``run_block(i)``
+-> ``readout``, the interface the block loop, exits, caches and pruning use); a size is a dict
+of its config fields in ``models.MODELS``. Registering one there makes its name valid for
+training, cells and sweep files; an entry in ``bench.train.BUDGETS`` sets how long it trains
+(otherwise the defaults: 4,000 steps). Both in this Python process only.
+
+A backbone of another architecture would implement the same layer-wise interface (see
+``docs/design.md``, "Layers"); the suite has only the U-ViT today.
+
+Runs in seconds: ``python docs/examples/model.py`` (trains 2 steps into a temporary cache).
+"""
+
+import tempfile
+
+import torch
+
+import samplers
+from adaptive.policies import make_policy
+from bench.cache import ArtifactCache
+from bench.cell import Cell, cell_train_config
+from bench.train import BUDGETS, Budget, load_or_train
+from blockloop.executor import EarlyExitDenoiser
+from models import MODELS
+
+# 7 blocks (3 in, mid, 3 out) of width 32 with 2 heads, 2x2 patches; geometry (image size,
+# channels, classes) comes from the data set.
+MODELS["micro-deep"] = dict(patch_size=2, embed_dim=32, depth=7, num_heads=2)
+BUDGETS["micro-deep"] = Budget(steps=2, finetune_steps=1, prune_finetune_steps=1)
+
+
+def main() -> None:
+    cell = Cell(model="micro-deep", policy="static", knob=3, sampler="ddim", steps=5)
+    print("cell:", cell.label())
+    with tempfile.TemporaryDirectory() as tmp:
+        # What a cell's pipeline does first: train (or load) the model its fields describe.
+        tm = load_or_train(cell_train_config(cell), ArtifactCache(tmp, shipped=()), progress=False)
+        print(f"{tm.config.model}: {sum(p.numel() for p in tm.model.parameters())} parameters")
+        # Exit after block 3 of 7 (0-based), in the block loop.
+        ex = EarlyExitDenoiser(tm.model, make_policy("static", 3), tm.schedule.T)
+        gen = torch.Generator().manual_seed(0)
+        out = samplers.sample("ddim", ex, tm.schedule, (8, 1, 8, 8), 5, generator=gen)
+        print(f"static exit: NFE {out.nfe}, FLOP ratio {ex.flop_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
