@@ -74,3 +74,34 @@ def add_save_every(p: argparse.ArgumentParser) -> None:
         help="training saves its whole state every N steps under <cache>/resume/, and the "
         "same command continues from it after a kill (0: never save)",
     )
+
+
+def add_config_options(
+    p: argparse.ArgumentParser, cls: type, names: tuple[str, ...], explicit: tuple[str, ...] = ()
+) -> None:
+    """One ``--field-name`` option per dataclass field in ``names``, its type, default, help and
+    choices read from the field (``metadata={"help": ..., "choices": ...}``): the config class
+    is the one source of the command's options. A ``bool`` field is a flag; ``T | None`` takes
+    a ``T``. Fields in ``explicit`` default to None, so that a caller can tell whether the option
+    was given (and refuse one that has no effect), their help naming the real default."""
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        f, hint = fields[name], hints[name]
+        flag, meta = "--" + name.replace("_", "-"), f.metadata
+        if hint is bool:
+            p.add_argument(flag, action="store_true", help=meta["help"])
+            continue
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kind = next(a for a in args if a is not type(None))
+        kw: dict = {"type": kind, "default": f.default, "help": meta["help"]}
+        if "choices" in meta:
+            kw["choices"] = list(meta["choices"])
+        if name in explicit:
+            kw["default"] = None
+            kw["help"] = f"{meta['help']} (default: {f.default:g})"
+        p.add_argument(flag, **kw)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
 from bench.cache import OMIT_DEFAULT, ArtifactCache, config_hash, preflight
-from bench.cli import add_save_every, make_parser
+from bench.cli import add_config_options, add_save_every, make_parser
 from bench.data import DATASETS, DataSource, data_source, dataset_info
 from bench.devices import AUTOCAST, resolve_device
 from bench.devices import autocast as amp_context
@@ -50,34 +50,54 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _opt(help: str, choices=None) -> dict[str, Any]:
+    """A field's command-line description (:func:`bench.cli.add_config_options`)."""
+    return {"help": help} if choices is None else {"help": help, "choices": choices}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a trained checkpoint (its cache key is a hash of this)."""
 
-    dataset: str = "digits"
-    model: str = "tiny"
-    schedule: str = "cosine"
+    dataset: str = field(default="digits", metadata=_opt("training data", DATASETS))
+    model: str = field(default="tiny", metadata=_opt("size by name", MODELS))
+    schedule: str = field(default="cosine", metadata=_opt("noise schedule (betas)", SCHEDULES))
     T: int = 1000
-    recipe: str = "full"
-    class_cond: bool = False
+    recipe: str = field(default="full", metadata=_opt("training loss", RECIPES))
+    class_cond: bool = field(default=False, metadata=_opt("class token + null class for CFG"))
     p_uncond: float = 0.1  # label dropout for classifier-free guidance
-    steps: int = 4000
-    batch_size: int = 128
-    lr: float = 2e-3
+    steps: int = field(default=4000, metadata=_opt("training steps from scratch (full recipes)"))
+    batch_size: int = field(default=128, metadata=_opt("images per step"))
+    lr: float = field(default=2e-3, metadata=_opt("peak learning rate (warm-up, cosine)"))
     min_lr: float = 1e-4  # cosine decay to this after warm-up
     weight_decay: float = 0.03
     warmup: int = 200
-    ema_decay: float = 0.999
+    ema_decay: float = field(default=0.999, metadata=_opt("EMA decay of the weights"))
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = field(default=0, metadata=_opt("initialisation and batch-order seed"))
     # Exit recipes fine-tune the `full` checkpoint (same fields, recipe="full") for this many steps.
-    finetune_steps: int = 1000
+    finetune_steps: int = field(
+        default=1000, metadata=_opt("steps an exit recipe fine-tunes the cached `full` checkpoint")
+    )
     finetune_lr: float = 3e-4
-    lambda_u: float = 1.0  # DeeDiff's weights (official code: 1 and 1)
-    lambda_ual: float = 1.0
+    # DeeDiff's weights (official code: 1 and 1).
+    lambda_u: float = field(default=1.0, metadata=_opt("uem recipes: weight of L_u (>= 0)"))
+    lambda_ual: float = field(
+        default=1.0,
+        metadata=_opt("uem recipes: weight of L_UAL (>= 0; 0 = the 'L_u only' ablation)"),
+    )
     # Text conditioning (bench.text): the encoder whose prompt states are the context tokens;
     # None: unconditional or class-conditional. Hashed only when set (existing keys hold).
-    text: str | None = field(default=None, metadata=OMIT_DEFAULT)
+    text: str | None = field(
+        default=None,
+        metadata={
+            **OMIT_DEFAULT,
+            **_opt(
+                "text conditioning by encoder: minilm (offline, needs the [text] extra) or "
+                "clip:NAME (default: none)"
+            ),
+        },
+    )
 
     def __post_init__(self) -> None:
         choices = {"dataset": DATASETS, "model": MODELS, "schedule": SCHEDULES, "recipe": RECIPES}
@@ -377,48 +397,27 @@ def load_or_train(
     return TrainedModel(model.to(device).eval(), cfg, meta, cached)
 
 
+# TrainConfig's fields that python -m bench.train sets (the rest keep their defaults).
+CLI_FIELDS = (
+    "dataset",
+    "model",
+    "schedule",
+    "recipe",
+    "class_cond",
+    "text",
+    "steps",
+    "batch_size",
+    "lr",
+    "ema_decay",
+    "seed",
+    "finetune_steps",
+    *LOSS_WEIGHTS,
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
     p = make_parser("bench.train", __doc__)
-    p.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="training data")
-    p.add_argument("--model", default=d.model, choices=list(MODELS), help="size by name")
-    p.add_argument(
-        "--schedule", default=d.schedule, choices=list(SCHEDULES), help="noise schedule (betas)"
-    )
-    p.add_argument("--recipe", default=d.recipe, choices=list(RECIPES), help="training loss")
-    p.add_argument("--class-cond", action="store_true", help="class token + null class for CFG")
-    p.add_argument(
-        "--text",
-        default=None,
-        help="text conditioning by encoder: minilm (offline, needs the [text] extra) or "
-        "clip:NAME (default: none)",
-    )
-    p.add_argument(
-        "--steps", type=int, default=d.steps, help="training steps from scratch (full recipes)"
-    )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up, cosine)")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the weights")
-    p.add_argument("--seed", type=int, default=d.seed, help="initialisation and batch-order seed")
-    p.add_argument(
-        "--finetune-steps",
-        type=int,
-        default=d.finetune_steps,
-        help="steps an exit recipe fine-tunes the cached `full` checkpoint",
-    )
-    p.add_argument(
-        "--lambda-u",
-        type=float,
-        default=None,
-        help=f"uem recipes: weight of L_u (>= 0; default: {d.lambda_u:g})",
-    )
-    p.add_argument(
-        "--lambda-ual",
-        type=float,
-        default=None,
-        help=f"uem recipes: weight of L_UAL (>= 0; 0 = the 'L_u only' ablation; default: "
-        f"{d.lambda_ual:g})",
-    )
+    add_config_options(p, TrainConfig, CLI_FIELDS, explicit=LOSS_WEIGHTS)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
     p.add_argument("--download", action="store_true", help="download the dataset (online)")
@@ -440,21 +439,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
             flag = "--" + name.replace("_", "-")
             users = ", ".join(r for r in RECIPES if name in get_recipe(r).weights)
             raise ValueError(f"{flag} has no effect with recipe {a.recipe!r} (it feeds: {users})")
-    return TrainConfig(
-        dataset=a.dataset,
-        model=a.model,
-        schedule=a.schedule,
-        recipe=a.recipe,
-        class_cond=a.class_cond,
-        steps=a.steps,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        ema_decay=a.ema_decay,
-        seed=a.seed,
-        finetune_steps=a.finetune_steps,
-        text=a.text,
-        **{n: getattr(a, n) for n in LOSS_WEIGHTS if getattr(a, n) is not None},
-    )
+    given = {n: getattr(a, n) for n in CLI_FIELDS if getattr(a, n) is not None}
+    return TrainConfig(**given)
 
 
 def main(argv: list[str] | None = None) -> int:
