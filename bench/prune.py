@@ -31,7 +31,7 @@ import torch
 
 from adaptive.recipes import RECIPES
 from bench.cache import ArtifactCache
-from bench.cli import add_run_options, add_save_every, make_parser
+from bench.cli import add_config_options, add_run_options, add_save_every, make_parser
 from bench.data import DataSource, as_tensors, data_source
 from bench.devices import resolve_device
 from bench.distill import Distiller
@@ -65,19 +65,44 @@ class PruneConfig:
     """Everything that determines a pruned model (its cache key is a hash of this)."""
 
     base: TrainConfig = field(default_factory=TrainConfig)
-    ratio: float = 0.3
-    importance: str = DEFAULT_IMPORTANCE
+    ratio: float = field(default=0.3, metadata={"help": "fraction removed, in [0, 1)"})
+    importance: str = field(
+        default=DEFAULT_IMPORTANCE,
+        metadata={"help": "importance criterion", "choices": IMPORTANCES},
+    )
     # The default recipe is the best the pruning sweep found on digits (bench/sweeps/
     # pruning.toml): 4,000 steps (the pre-training length) of the task loss, one-shot
     # (distilling from the unpruned model did worse: it copies the teacher's errors).
-    finetune_steps: int = 4000
-    finetune_lr: float = 5e-4
-    seed: int = 0
-    distill: float = 0.0  # weight of eps distillation from the teacher (0: task loss alone)
-    distill_features: float = 0.0  # weight of block-feature distillation
-    rounds: int = 1  # prune–fine-tune rounds (1: one-shot); the budget is split between them
-    scratch: bool = False  # the train-small control: pruned shape, new weights, same compute
-    teacher: str = "base"  # the unpruned base checkpoint, or a cached checkpoint's key
+    finetune_steps: int = field(
+        default=4000, metadata={"help": "fine-tune budget in steps (>= 1; split between rounds)"}
+    )
+    finetune_lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    seed: int = field(default=0, metadata={"help": "importance scoring seed"})
+    distill: float = field(
+        default=0.0,
+        metadata={"help": "weight of eps distillation from the teacher beside the task loss "
+                  "(0: off)"},
+    )  # fmt: skip
+    distill_features: float = field(
+        default=0.0,
+        metadata={"help": "weight of block-feature distillation (mean MSE of every block's "
+                  "hidden state)"},
+    )  # fmt: skip
+    rounds: int = field(
+        default=1,
+        metadata={"help": "prune-fine-tune rounds (1: one-shot; k: iterative, importance "
+                  "re-scored each round)"},
+    )  # fmt: skip
+    scratch: bool = field(
+        default=False,
+        metadata={"help": "the train-small control: the pruned shape trained from scratch with "
+                  "the same total compute (pre-training + fine-tune)"},
+    )  # fmt: skip
+    teacher: str = field(
+        default="base",
+        metadata={"help": "distillation teacher: 'base' (the unpruned checkpoint) or a cached "
+                  "checkpoint key"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_prune(self.ratio, self.importance, self.rounds)
@@ -308,75 +333,27 @@ def pruned_before_finetune(
     return replay(base, pm.meta["history"], pm.meta["num_heads"]).eval()
 
 
+# PruneConfig's fields that python -m bench.prune sets (its base: --recipe and --model).
+CLI_FIELDS = (
+    "ratio",
+    "importance",
+    "finetune_steps",
+    "finetune_lr",
+    "distill",
+    "distill_features",
+    "teacher",
+    "rounds",
+    "scratch",
+    "seed",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    d = PruneConfig()
     p = make_parser("bench.prune", __doc__)
-    p.add_argument(
-        "--ratio",
-        type=float,
-        default=d.ratio,
-        help="fraction removed, in [0, 1)",
-    )
-    p.add_argument(
-        "--importance",
-        default=d.importance,
-        choices=list(IMPORTANCES),
-        help="importance criterion",
-    )
-    p.add_argument(
-        "--recipe",
-        default="full",
-        choices=list(RECIPES),
-        help="checkpoint to prune",
-    )
-    p.add_argument(
-        "--model",
-        default=TrainConfig().model,
-        choices=list(MODELS),
-        help="size",
-    )
-    p.add_argument(
-        "--finetune-steps",
-        type=int,
-        default=d.finetune_steps,
-        help="fine-tune budget in steps (>= 1; split evenly between rounds)",
-    )
-    p.add_argument(
-        "--finetune-lr",
-        type=float,
-        default=d.finetune_lr,
-        help="peak learning rate",
-    )
-    p.add_argument(
-        "--distill",
-        type=float,
-        default=d.distill,
-        help="weight of eps distillation from the teacher beside the task loss (0: off) ",
-    )
-    p.add_argument(
-        "--distill-features",
-        type=float,
-        default=d.distill_features,
-        help="weight of block-feature distillation (mean MSE of every block's hidden state) ",
-    )
-    p.add_argument(
-        "--teacher",
-        default=d.teacher,
-        help="distillation teacher: 'base' (the unpruned checkpoint) or a cached checkpoint key ",
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=d.rounds,
-        help="prune-fine-tune rounds (1: one-shot; k: iterative, importance re-scored each round) ",
-    )
-    p.add_argument(
-        "--scratch",
-        action="store_true",
-        help="the train-small control: the pruned shape trained from scratch with the same "
-        "total compute (pre-training + fine-tune)",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="importance scoring seed")
+    add_config_options(p, PruneConfig, CLI_FIELDS[:2])
+    p.add_argument("--recipe", default="full", choices=list(RECIPES), help="checkpoint to prune")
+    p.add_argument("--model", default=TrainConfig().model, choices=list(MODELS), help="size")
+    add_config_options(p, PruneConfig, CLI_FIELDS[2:])
     add_run_options(p)
     add_save_every(p)
     p.add_argument("--data-root", default=None, help="folder of a torchvision dataset")
@@ -387,16 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pc = PruneConfig(
             base=TrainConfig(recipe=a.recipe, model=a.model).normalised(),
-            ratio=a.ratio,
-            importance=a.importance,
-            finetune_steps=a.finetune_steps,
-            finetune_lr=a.finetune_lr,
-            distill=a.distill,
-            distill_features=a.distill_features,
-            teacher=a.teacher,
-            rounds=a.rounds,
-            scratch=a.scratch,
-            seed=a.seed,
+            **{name: getattr(a, name) for name in CLI_FIELDS},
         )
         device = resolve_device(a.device)
         data = DataSource(a.data_root, a.download)
