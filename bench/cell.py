@@ -136,8 +136,10 @@ class Cell:
             raise ValueError(
                 f"samples must be >= 2 and steps >= 1, got {self.samples}, {self.steps}"
             )
-        if not 0 <= self.seed < MAX_SEED:
-            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.seed >= MAX_SEED:
+            raise ValueError(f"seed must be < 2**32, got {self.seed}")
         if self.samples > MAX_SAMPLES:
             raise ValueError(
                 f"samples must be <= {MAX_SAMPLES:,} (FID papers use 50,000), got {self.samples:,}"
