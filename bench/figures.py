@@ -1,10 +1,11 @@
-"""Every figure in the README, redrawn from the records of the sweep that makes it.
+"""Every figure of the documentation (README, docs/findings/), redrawn from its sweep's records.
 
 python -m bench.figures redraws each figure under docs/figures/ from its sweep's records
 (bench.report for grid sweeps, the ablation's own report for the DeeDiff ablation) and copies
 the PNG in atomically. A sweep without records is listed with the command that makes them,
 and the command exits 1 after drawing the rest; --run runs those sweeps first (resumable;
-from a cold cache the DeeDiff ablation alone is about 95 minutes on 2 cores, see the README).
+from a cold cache the DeeDiff ablation alone is about 95 minutes on 2 cores: see
+docs/findings/deediff.md).
 
 Sweeps (--only picks some):
 
@@ -41,9 +42,9 @@ DOCS = ROOT / "docs" / "figures"
 
 @dataclass(frozen=True)
 class Sweep:
-    """A sweep the README draws from: its records' folder (under ``--results``), the grid
+    """A sweep the documentation draws from: its records' folder (under ``--results``), the grid
     arguments that make them (``None``: the DeeDiff ablation's own command), and the figures
-    of its report that the README shows."""
+    of its report that the documentation shows."""
 
     folder: str
     config: str | None
@@ -80,7 +81,7 @@ SWEEPS: dict[str, Sweep] = {
         ("fid_vs_flops", "samples", "exit_heatmap"),
         prefix="mnist_",
     ),
-    # The README's curve: the better of the two measured runs (see "A second scale").
+    # The MNIST curve (docs/findings/mnist.md): the better of the two measured runs.
     "curve": Sweep(
         "curve-mnist-b64",
         None,
@@ -111,7 +112,7 @@ def _run(sweep: Sweep, folder: Path, cache_dir: str | None) -> int:
 
 
 def redraw(sweep: Sweep, folder: Path, docs: Path, cache: ArtifactCache) -> list[Path]:
-    """Draw ``sweep``'s report from the records under ``folder`` and copy its README figures
+    """Draw ``sweep``'s report from the records under ``folder`` and copy its documented figures
     into ``docs``; returns the copies. A figure the report did not draw is a ValueError."""
     from bench.ablation import write_ablation
     from bench.report import make_report
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--results", type=Path, default=ROOT / "results", help="folder holding each sweep's --out"
     )
-    p.add_argument("--docs", type=Path, default=DOCS, help="where the README's figures live")
+    p.add_argument("--docs", type=Path, default=DOCS, help="where the documented figures live")
     p.add_argument("--run", action="store_true", help="run sweeps that have no records first")
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
     a = p.parse_args(argv)
