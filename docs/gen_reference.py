@@ -180,6 +180,23 @@ def command_parser(module: str) -> argparse.ArgumentParser:
     return seen["parser"]
 
 
+def _without_root(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with the checkout's path shown as ``<repo>`` *before* argparse wraps its
+    help: replaced after wrapping, a longer checkout path (a CI clone) wraps lines
+    differently and the page would depend on where the repository lives."""
+    root = str(ROOT)
+    for action in parser._actions:
+        if isinstance(action.default, (str, Path)) and root in str(action.default):
+            action.default = str(action.default).replace(root, "<repo>")
+        if action.help and root in action.help:
+            action.help = action.help.replace(root, "<repo>")
+    for name in ("description", "epilog", "usage"):
+        text = getattr(parser, name)
+        if isinstance(text, str) and root in text:
+            setattr(parser, name, text.replace(root, "<repo>"))
+    return parser
+
+
 def _help(module: str) -> str:
     """``--help`` of ``module`` at a fixed width and without colour (Python 3.14 colours help
     on a terminal), machine paths replaced by ``<repo>``."""
@@ -187,7 +204,7 @@ def _help(module: str) -> str:
     previous = {name: os.environ.get(name) for name in fixed}
     os.environ.update(fixed)
     try:
-        text = command_parser(module).format_help()
+        text = _without_root(command_parser(module)).format_help()
     finally:
         for name, value in previous.items():
             if value is None:
