@@ -10,19 +10,27 @@ target may fall between two achievable ratios.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 import samplers
-from adaptive.policies import POLICIES, make_policy
+from adaptive.policies import POLICIES, ExitSpec, make_policy
 from blockloop.executor import EarlyExitDenoiser
-from caching import CACHES, make_cache
+from caching import CacheSpec
 from models import UViT
 from samplers import ClassifierFreeGuidance, VPSchedule
 
-__all__ = ["Calibration", "calibrate", "check_target", "measure", "search_knob"]
+__all__ = [
+    "Calibration",
+    "CalibrationRun",
+    "calibrate",
+    "check_target",
+    "measure",
+    "search_knob",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,70 +56,75 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+@dataclass(frozen=True)
+class CalibrationRun:
+    """The sampling pass a knob is measured on. ``sampler_kw`` and ``autocast`` must match what
+    the evaluation uses (e.g. ``clip_denoised``, bf16): exit decisions depend on the trajectory
+    and the numerics, so a knob calibrated on other trajectories does not transfer. With
+    ``guidance`` (conditional models) the batch is sampled with classifier-free guidance, its
+    conditions ``cond`` or, for a class-conditional model, the classes in turn; ``paired`` makes
+    cond/uncond rows exit together. The seed is distinct from evaluation seeds by default."""
+
+    sampler: str = "ddim"
+    steps: int = 20
+    n: int = 64
+    seed: int = 1234
+    sampler_kw: Mapping[str, Any] | None = None
+    guidance: float | None = None
+    paired: bool = False
+    autocast: torch.dtype | None = None
+    cond: torch.Tensor | None = None
+
+
 @torch.inference_mode()
 def measure(
     model: UViT,
     schedule: VPSchedule,
-    policy_name: str,
-    knob: float | None,
+    exit: ExitSpec | str,
+    run: CalibrationRun = CalibrationRun(),
     *,
-    sampler: str = "ddim",
-    steps: int = 20,
-    n: int = 64,
-    seed: int = 1234,
-    options: dict | None = None,
-    cond: torch.Tensor | None = None,
-    sampler_kw: dict | None = None,
-    guidance: float | None = None,
-    paired: bool = False,
-    autocast: torch.dtype | None = None,
+    cache: CacheSpec | None = None,
     executor: EarlyExitDenoiser | None = None,
-    cache: str | None = None,
-    cache_knob: float | None = None,
-    cache_options: dict | None = None,
 ) -> EarlyExitDenoiser:
-    """Run one sampling pass with the policy; the returned executor holds its ratios.
-
-    ``sampler_kw`` and ``autocast`` must match what the evaluation uses (e.g.
-    ``clip_denoised``, bf16): exit decisions depend on the trajectory and the numerics, so a
-    knob calibrated on other trajectories does not transfer. With ``guidance``
-    (class-conditional models) the batch cycles through the classes and is sampled with
-    classifier-free guidance; ``paired`` makes cond/uncond rows exit together. ``executor``: an
-    executor of this model whose cost model is reused (calibration runs many passes).
-    ``cache``: a step-level cache policy (:mod:`caching`) with its knob and options.
-    """
-    policy = make_policy(policy_name, knob, **(options or {}))
-    cp = None if cache is None else make_cache(cache, cache_knob, **(cache_options or {}))
+    """Run one sampling pass (``run``) with the exit policy ``exit`` and the step-level cache
+    ``cache`` (:mod:`caching`); the returned executor holds the ratios. ``executor``: an
+    executor of this model whose cost model is reused (calibration runs many passes)."""
+    policy = _exit_spec(exit).build()
+    cp = None if cache is None else cache.build()
     if executor is None:
-        ex = EarlyExitDenoiser(model, policy, schedule.T, paired=paired, cache=cp)
+        ex = EarlyExitDenoiser(model, policy, schedule.T, paired=run.paired, cache=cp)
     else:
         ex = executor.with_policy(policy, cache=cp)
     cfg = model.cfg
-    shape = (n, cfg.in_chans, cfg.img_size, cfg.img_size)
+    shape = (run.n, cfg.in_chans, cfg.img_size, cfg.img_size)
     dev = next(model.parameters()).device
-    denoiser = ex
-    if guidance is not None:
+    denoiser, cond = ex, run.cond
+    if run.guidance is not None:
         null = model.null_cond()
         if null is None:
             raise ValueError("guidance needs a conditional model (classes or text)")
-        denoiser = ClassifierFreeGuidance(ex, guidance, null)
+        denoiser = ClassifierFreeGuidance(ex, run.guidance, null)
         if cond is None:
             if not cfg.num_classes:
                 raise ValueError("a text-conditional model calibrates on given prompts: pass cond")
-            cond = torch.arange(n, device=dev) % cfg.num_classes
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    with _autocast(dev, autocast):
+            cond = torch.arange(run.n, device=dev) % cfg.num_classes
+    gen = torch.Generator(device=dev).manual_seed(run.seed)
+    with _autocast(dev, run.autocast):
         samplers.sample(
-            sampler,
+            run.sampler,
             denoiser,
             schedule,
             shape,
-            steps,
+            run.steps,
             generator=gen,
             cond=cond,
-            **(sampler_kw or {}),
+            **(run.sampler_kw or {}),
         )
     return ex
+
+
+def _exit_spec(exit: ExitSpec | str) -> ExitSpec:
+    return ExitSpec(exit) if isinstance(exit, str) else exit
 
 
 def search_knob(
@@ -184,54 +197,35 @@ def search_knob(
 def calibrate(
     model: UViT,
     schedule: VPSchedule,
-    policy_name: str,
+    exit: ExitSpec | str,
     target: float,
     *,
-    sampler: str = "ddim",
-    steps: int = 20,
-    n: int = 64,
+    cache: CacheSpec | None = None,
+    run: CalibrationRun = CalibrationRun(),
     iters: int = 14,
     tol: float = 0.005,
-    seed: int = 1234,
-    options: dict | None = None,
-    sampler_kw: dict | None = None,
-    guidance: float | None = None,
-    paired: bool = False,
-    autocast: torch.dtype | None = None,
-    knob: float | None = None,
-    cond: torch.Tensor | None = None,
-    cache: str | None = None,
-    cache_knob: float | None = None,
-    cache_options: dict | None = None,
 ) -> Calibration:
-    """Find the knob whose FLOP ratio on a calibration batch is closest to ``target``.
+    """Find the knob whose FLOP ratio on the calibration pass ``run`` is closest to ``target``.
 
-    The calibration batch uses a seed distinct from evaluation seeds by default; ``sampler_kw``
-    and ``autocast`` must be the evaluation's. The model's cost model is measured once.
-    (:func:`search_knob` checks the policy name and the target before any pass runs.)
-
-    With a step-level ``cache`` whose ``cache_knob`` is None, the cache's knob is calibrated
-    (the exit policy runs with ``knob``); otherwise the exit policy's knob is (the cache keeps
-    ``cache_knob``). The ratio is that of the whole denoiser, exits and cache together.
-    ``cond``: the calibration batch's conditions (text models need their prompts' contexts;
-    class-conditional ones cycle through the classes when it is None).
+    The knob tuned is the one the specs leave open: with a step-level ``cache`` whose knob is
+    None, the cache's (the exit policy runs with ``exit.knob``); otherwise the exit policy's
+    (the cache keeps its knob). The ratio is that of the whole denoiser, exits and cache
+    together. The model's cost model is measured once. (:func:`search_knob` checks the policy
+    and the target before any pass runs.)
     """
-    base = EarlyExitDenoiser(model, make_policy("full"), schedule.T, paired=paired)
-    kw = dict(sampler=sampler, steps=steps, n=n, seed=seed, options=options)
-    kw.update(sampler_kw=sampler_kw, guidance=guidance, paired=paired, autocast=autocast)
-    kw.update(cache=cache, cache_options=cache_options, cond=cond)
-    if cache is not None and cache_knob is None:
-        if cache not in CACHES:
-            raise ValueError(f"unknown cache policy {cache!r}; valid choices: {', '.join(CACHES)}")
+    exit = _exit_spec(exit)
+    base = EarlyExitDenoiser(model, make_policy("full"), schedule.T, paired=run.paired)
+    if cache is not None and cache.knob is None:
 
         def run_cache(k: float | None) -> tuple[float, float]:
-            ex = measure(model, schedule, policy_name, knob, executor=base, cache_knob=k, **kw)
+            ex = measure(model, schedule, exit, run, cache=cache.with_knob(k), executor=base)
             return ex.flop_ratio, ex.layer_ratio
 
-        return search_knob(CACHES[cache], target, run_cache, model.depth, iters=iters, tol=tol)
+        cls = cache.policy_class
+        return search_knob(cls, target, run_cache, model.depth, iters=iters, tol=tol)
 
-    def run(k: float | None) -> tuple[float, float]:
-        ex = measure(model, schedule, policy_name, k, executor=base, cache_knob=cache_knob, **kw)
+    def run_exit(k: float | None) -> tuple[float, float]:
+        ex = measure(model, schedule, exit.with_knob(k), run, cache=cache, executor=base)
         return ex.flop_ratio, ex.layer_ratio
 
-    return search_knob(policy_name, target, run, model.depth, iters=iters, tol=tol)
+    return search_knob(exit.name, target, run_exit, model.depth, iters=iters, tol=tol)

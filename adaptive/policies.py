@@ -13,6 +13,9 @@ calibrator can bisect it to a target FLOP ratio. Register new policies in :data:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,7 @@ from torch import Tensor
 
 from blockloop.contracts import ExitContext, ExitPolicy
 
-__all__ = ["POLICIES", "ExitPolicy", "make_policy"]
+__all__ = ["POLICIES", "ExitPolicy", "ExitSpec", "make_policy"]
 
 
 def _no_exit(ctx: ExitContext) -> tuple[Tensor, Tensor]:
@@ -245,3 +248,28 @@ def make_policy(name: str, knob: float | None = None, **options) -> ExitPolicy:
         return POLICIES[name](knob, **options)
     except TypeError as e:
         raise ValueError(f"bad options for policy {name!r}: {e}") from e
+
+
+@dataclass(frozen=True)
+class ExitSpec:
+    """An exit policy by registry name with its knob (None: the policy's default, or the one a
+    calibration finds) and keyword options: what a cell, the calibrator and the pipeline pass
+    around instead of the three separately. :meth:`build` validates by constructing it."""
+
+    name: str = "full"
+    knob: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self) -> ExitPolicy:
+        return make_policy(self.name, self.knob, **self.options)
+
+    def with_knob(self, knob: float | None) -> ExitSpec:
+        return replace(self, knob=knob)
+
+    @property
+    def policy_class(self) -> type[ExitPolicy]:
+        if self.name not in POLICIES:
+            raise ValueError(
+                f"unknown exit policy {self.name!r}; valid choices: {', '.join(POLICIES)}"
+            )
+        return POLICIES[self.name]

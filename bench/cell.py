@@ -10,33 +10,42 @@ bad sweep fails when it is read, never inside a run. :func:`cell_train_config` a
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from adaptive.calibrate import check_target
-from adaptive.policies import POLICIES, make_policy
-from adaptive.recipes import LOSS_WEIGHTS, RECIPES, check_pairing
+from adaptive.policies import POLICIES, ExitSpec
+from adaptive.recipes import RECIPES
 from bench.cache import config_hash
-from bench.data import DATASETS, SPLITS, dataset_info
+from bench.cellcheck import (
+    check_cache,
+    check_conditioning,
+    check_policy,
+    check_training,
+    check_types,
+)
+from bench.data import DATASETS, SPLITS
 from bench.devices import AUTOCAST
 from bench.metrics import EXTRACTORS
 from bench.prune import PRUNE_REVISION, PruneConfig
-from bench.text import PROMPT_SETS, PROMPT_SPLITS, check_text
+from bench.text import PROMPT_SPLITS
 from bench.train import BUDGETS, TrainConfig
-from caching import CACHES, check_composition, make_cache
+from caching import CACHES, CacheSpec
 from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS, check_options
 
-# Cell fields that are a cache policy's options, and the cache each applies to.
-_CACHE_OPTION_FIELDS = {"cache_branch": "deepcache", "cache_order": "taylorseer"}
 MAX_SEED = 2**32  # sampling seeds are multiplied by 100,003 into a 64-bit generator seed
 MAX_SAMPLES = 100_000  # per cell; the samples are held in memory for FID
 
-__all__ = ["CELL_CHOICES", "Cell", "cell_prune_config", "cell_train_config", "solver_label"]
+__all__ = [
+    "CELL_CHOICES",
+    "Cell",
+    "cell_model_key",
+    "cell_prune_config",
+    "cell_train_config",
+    "solver_label",
+]
 
 
 # The registry behind each named axis of a cell (validation and --list share it).
@@ -80,6 +89,9 @@ class Cell:
     policy: str = "full"  # the exit rule after each block (`full`: never exit)
     knob: float | None = None  # the policy's knob (None: its default); not with a target
     target_flop_ratio: float | None = None  # calibrate the knob to this FLOP ratio per call
+    # With a calibrated cache: the exits calibrated alone to this FLOP ratio first, then the
+    # cache to target_flop_ratio in total ("exits at 0.65, a cache to 0.5 in total").
+    exit_flop_ratio: float | None = None
     patience: int | None = None  # pabee / uem: exit on the n-th agreeing / confident block
     # Sampling (samplers): the solver and its budget.
     sampler: str = "ddim"  # the solver (samplers.SAMPLERS)
@@ -120,7 +132,7 @@ class Cell:
     lambda_ual: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         for name, registry in CELL_CHOICES.items():
             if getattr(self, name) not in registry:
                 raise ValueError(
@@ -131,7 +143,7 @@ class Cell:
             raise ValueError(f"{', '.join(PRUNE_FIELDS)} need prune_ratio > 0")
         if self.target_flop_ratio is not None:
             check_target(self.target_flop_ratio)
-        self._check_cache()
+        check_cache(self)
         if self.samples < 2 or self.steps < 1:
             raise ValueError(
                 f"samples must be >= 2 and steps >= 1, got {self.samples}, {self.steps}"
@@ -144,8 +156,8 @@ class Cell:
             raise ValueError(
                 f"samples must be <= {MAX_SAMPLES:,} (FID papers use 50,000), got {self.samples:,}"
             )
-        self._check_policy()
-        self._check_training()
+        check_policy(self)
+        check_training(self)
         tcfg = cell_train_config(self)  # validates the training fields (steps, loss weights)
         if self.prune_ratio > 0:
             cell_prune_config(self, tcfg)  # validates the fine-tune fields
@@ -153,22 +165,7 @@ class Cell:
         if self.steps > T:
             raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
         check_options(self.sampler, self.steps, T=T, schedule=tcfg.schedule, **self.sampler_options)
-        if self.guidance is not None and not self.guidance >= 0:
-            raise ValueError(f"guidance must be >= 0 (or unset), got {self.guidance}")
-        if self.guidance is not None and self.text is None:
-            if dataset_info(self.dataset).num_classes == 0:
-                raise ValueError(
-                    f"guidance needs a condition: {self.dataset!r} has no class labels (set text, "
-                    "or use a labelled data set)"
-                )
-        if self.cfg_exit_together and self.guidance is None:
-            raise ValueError("cfg_exit_together needs a guidance scale")
-        if self.cfg_exit_together and POLICIES[self.policy].batch_mean:
-            raise ValueError(
-                f"cfg_exit_together cannot apply to {self.policy!r}, which decides once per batch"
-            )
-        if self.device != "cpu" and not self.device.startswith(("cuda", "mps")):
-            raise ValueError(f"unknown device {self.device!r}; valid choices: cpu, cuda, cuda:N")
+        check_conditioning(self)
 
     def _sets(self, name: str) -> bool:
         """Whether an optional field is set (not None; a flag: True)."""
@@ -183,24 +180,26 @@ class Cell:
             self.target_flop_ratio is not None and self.cache != "none" and self.cache_knob is None
         )
 
-    def _check_cache(self) -> None:
-        """The cache policy's knob and branch, and its composition with the exit policy."""
+    @property
+    def calibrates_exit(self) -> bool:
+        """The exit policy's knob is calibrated: to ``target_flop_ratio`` (no calibrated
+        cache), or to ``exit_flop_ratio`` before the cache is calibrated to the total."""
+        own = self.target_flop_ratio is not None and not self.calibrates_cache
+        return own or self.exit_flop_ratio is not None
+
+    @property
+    def exit_spec(self) -> ExitSpec:
+        """The exit policy, its knob (None where calibrated or default) and options."""
+        return ExitSpec(self.policy, None if self.calibrates_exit else self.knob, self.options)
+
+    @property
+    def cache_spec(self) -> CacheSpec | None:
+        """The step-level cache (None without one), its knob (None where calibrated or
+        default) and the options the cell sets (the pipeline adds the l2c router and the
+        guidance branches)."""
         if self.cache == "none":
-            if any(getattr(self, f) is not None for f in ("cache_knob", *_CACHE_OPTION_FIELDS)):
-                raise ValueError(
-                    "cache_knob / cache_branch / cache_order need a cache policy (field 'cache')"
-                )
-            return
-        for name, cache in _CACHE_OPTION_FIELDS.items():
-            if getattr(self, name) is not None and self.cache != cache:
-                raise ValueError(f"{name} applies to cache {cache!r}, not {self.cache!r}")
-        cls = CACHES[self.cache]
-        cls.check_knob(self.cache_knob)
-        if not cls.needs_router:  # (the l2c router is learned by the pipeline)
-            policy = make_cache(self.cache, self.cache_knob, **self.cache_options)
-            policy.check_model(MODELS[self.model]["depth"])
-        exits = POLICIES[self.policy].knob_name is not None
-        check_composition(self.cache, self.policy, exits, self.cfg_exit_together)
+            return None
+        return CacheSpec(self.cache, self.cache_knob, self.cache_options)
 
     @property
     def cache_options(self) -> dict[str, Any]:
@@ -208,44 +207,6 @@ class Cell:
         pipeline's)."""
         options = {"branch": self.cache_branch, "order": self.cache_order}
         return {k: v for k, v in options.items() if v is not None}
-
-    def _check_policy(self) -> None:
-        """The exit policy's knob, options, heads and block range (each checked by its owner)."""
-        cls = POLICIES[self.policy]
-        exit_target = self.target_flop_ratio is not None and not self.calibrates_cache
-        if self.knob is not None and exit_target:
-            raise ValueError("set a policy's knob or a target_flop_ratio to calibrate it, not both")
-        if exit_target and cls.knob_name is None:
-            raise ValueError(
-                f"policy {self.policy!r} never exits, so it has no FLOP ratio to calibrate; "
-                f"drop target_flop_ratio or pick an exit policy ({', '.join(_EXITING)})"
-                + (" (or leave cache_knob unset to calibrate the cache)" if self.cache_knob else "")
-            )
-        check_pairing(cls, self.recipe)
-        knob = None if exit_target else self.knob
-        policy = make_policy(self.policy, knob, **self.options)  # the knob's range, the options
-        policy.check_model(RECIPES[self.recipe].heads, MODELS[self.model]["depth"], self.model)
-
-    def _check_training(self) -> None:
-        """The fields that feed the cell's training config (which checks their values)."""
-        recipe = RECIPES[self.recipe]
-        for name in LOSS_WEIGHTS:
-            if getattr(self, name) != 1.0 and name not in recipe.weights:
-                takes = [r for r, rec in RECIPES.items() if name in rec.weights]
-                raise ValueError(
-                    f"{name} applies to recipes {', '.join(takes)}, not {self.recipe!r}"
-                )
-        if self.finetune_steps is not None and not recipe.finetune:
-            raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {self.recipe!r}")
-        if self.text is not None:
-            check_text(self.text)
-            if self.dataset not in PROMPT_SETS:
-                raise ValueError(
-                    f"text needs a prompt set; {self.dataset!r} has none (prompt sets: "
-                    f"{', '.join(PROMPT_SETS)})"
-                )
-        elif self.prompts != "heldout":
-            raise ValueError("prompts applies to text-conditioned cells (set text)")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -320,7 +281,9 @@ class Cell:
 
     def label(self) -> str:
         cache = f" {self.cache_label()}" if self.cache != "none" else ""
-        if self.target_flop_ratio is not None and not self.calibrates_cache:
+        if self.exit_flop_ratio is not None:
+            knob = f"@{self.exit_flop_ratio}"
+        elif self.target_flop_ratio is not None and not self.calibrates_cache:
             knob = f"@{self.target_flop_ratio}"
         elif self.knob is not None:
             knob = f"={self.knob:g}"
@@ -333,9 +296,6 @@ class Cell:
             cfg += f" text:{self.text}/{self.prompts}"
         cfg += "+together" if self.cfg_exit_together else ""
         return f"{self.model_label()} {self.policy}{knob}{cache} {self.sampler_label()}{cfg}"
-
-
-_EXITING = [name for name, cls in POLICIES.items() if cls.knob_name is not None]
 
 
 def solver_label(
@@ -355,30 +315,6 @@ def solver_label(
     label += "".join(f" {v}" for v in (spacing, end) if v)
     label += " taylor" if taylor_3m else ""
     return label + ("" if lower_order_final is None else f" lof={bool(lower_order_final)}")
-
-
-def _check_types(cell: Cell) -> None:
-    """Every field's type, from the dataclass's annotations: integers are integers (not bools
-    or floats), floats are finite numbers, booleans are booleans, strings are strings; ``None``
-    only where the annotation allows it. One ``ValueError`` naming the field."""
-    for name, hint in typing.get_type_hints(type(cell)).items():
-        value = getattr(cell, name)
-        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        if value is None:
-            if type(None) in allowed:
-                continue
-            raise ValueError(f"field {name!r} must be set, got None")
-        if bool in allowed:
-            ok, what = isinstance(value, bool), "a boolean (true / false)"
-        elif int in allowed:
-            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        elif float in allowed:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            ok, what = ok and math.isfinite(value), "a finite number"
-        else:
-            ok, what = isinstance(value, str), "a string"
-        if not ok:
-            raise ValueError(f"field {name!r} must be {what}, got {value!r}")
 
 
 def cell_train_config(cell: Cell) -> TrainConfig:
@@ -418,3 +354,10 @@ def cell_prune_config(cell: Cell, tcfg: TrainConfig) -> PruneConfig:
         {field: getattr(cell, name) for name, field in PRUNE_FIELDS.items() if cell._sets(name)}
     )
     return PruneConfig(base=tcfg, ratio=cell.prune_ratio, importance=cell.prune_importance, **kw)
+
+
+def cell_model_key(cell: Cell) -> str:
+    """The artifact key of the model the cell runs (its pruned model's, or its checkpoint's).
+    Records carry it, so a record made before its model was retrained is not reused."""
+    tcfg = cell_train_config(cell)
+    return cell_prune_config(cell, tcfg).key if cell.prune_ratio > 0 else tcfg.key

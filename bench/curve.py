@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,33 @@ from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.cli import add_run_options, add_save_every, make_parser
 from bench.data import DATASETS, DatasetError, DataSource, as_tensors, data_source, dataset_info
 from bench.devices import resolve_device
-from bench.metrics import evaluate, fid_floor, get_extractor
+from bench.metrics import FeatureExtractor, evaluate, fid_floor, get_extractor
 from bench.resume import DEFAULT_SAVE_EVERY, Resume
 from bench.sampling import generate, save_grid
-from bench.train import BUDGETS, TrainConfig, build_model, train
+from bench.train import BUDGETS, TrainConfig, TrainOptions, build_model, train
 from models import MODELS
 from samplers import SAMPLERS
 
-__all__ = ["main", "training_curve"]
+__all__ = ["CurveOptions", "main", "training_curve"]
 
 log = logging.getLogger(__name__)
 
 TARGET_OVER_FLOOR = 3.0  # issue 19: the full model within 3x the data set's floor
+
+
+@dataclass(frozen=True)
+class CurveOptions:
+    """How :func:`training_curve` scores its snapshots (``samples`` images from ``sampler`` in
+    ``sampling_steps`` steps each) and runs: ``device``, ``data``, progress bars, and the
+    training state saved every ``save_every`` steps (:mod:`bench.resume`)."""
+
+    samples: int = 1000
+    sampler: str = "ddim"
+    sampling_steps: int = 20
+    device: torch.device | str = "cpu"
+    data: DataSource | None = None
+    progress: bool = True
+    save_every: int = DEFAULT_SAVE_EVERY
 
 
 def _snapshots(out: Path) -> ArtifactCache:
@@ -55,11 +71,11 @@ def _snapshot_key(step: int) -> str:
 
 
 def _train_with_snapshots(
-    cfg: TrainConfig, every: int, out: Path, cache: ArtifactCache, run: dict[str, Any]
+    cfg: TrainConfig, every: int, out: Path, cache: ArtifactCache, opts: CurveOptions
 ) -> None:
     """Train ``cfg``, saving each EMA snapshot under ``out``, and cache the final checkpoint
     under ``cfg.key`` (a later ``load_or_train(cfg)`` is a hit). The run saves its state every
-    ``run["save_every"]`` steps; a killed run continues from it."""
+    ``opts.save_every`` steps; a killed run continues from it."""
     snaps = _snapshots(out)
 
     def keep(step: int, seconds: float, ema) -> None:
@@ -67,18 +83,18 @@ def _train_with_snapshots(
         snaps.save("snapshot", _snapshot_key(step), tensors, {"step": step, "seconds": seconds})
 
     resume = Resume.under(
-        cache, f"curve-{cfg.key}", {"curve": cfg.key, "every": every}, run["save_every"]
+        cache, f"curve-{cfg.key}", {"curve": cfg.key, "every": every}, opts.save_every
     )
-    tensors, meta = train(
-        cfg,
-        run["device"],
-        run["data"],
-        run["progress"],
+    run = TrainOptions(
+        device=opts.device,
+        data=opts.data,
+        progress=opts.progress,
         cache=cache,
         snapshot=keep,
         snapshot_every=every,
         resume=resume,
     )
+    tensors, meta = train(cfg, run)
     if not cache.has("checkpoint", cfg.key):
         cache.save("checkpoint", cfg.key, tensors, meta)
     resume.discard()
@@ -96,76 +112,97 @@ def _snapshot_steps(cfg: TrainConfig, every: int) -> list[int]:
     return [*steps, cfg.steps]
 
 
+@dataclass(frozen=True)
+class _References:
+    """What every snapshot is scored against (computed once per curve)."""
+
+    train_images: Tensor
+    nn_real: float  # held-out real images' mean distance to their nearest training image
+    ext: FeatureExtractor
+    floor: float
+
+
 def training_curve(
     cfg: TrainConfig,
     every: int,
     out: Path,
     cache: ArtifactCache,
-    *,
-    samples: int = 1000,
-    sampler: str = "ddim",
-    sampling_steps: int = 20,
-    device: torch.device | str = "cpu",
-    data: DataSource | None = None,
-    progress: bool = True,
-    save_every: int = DEFAULT_SAVE_EVERY,
+    opts: CurveOptions | None = None,
 ) -> pd.DataFrame:
     """Rows of (step, train_minutes, fid, kid, fid_over_floor) for every snapshot of ``cfg``'s
-    training run (trained here unless every snapshot is already in ``out``)."""
-    info = dataset_info(cfg.dataset)
+    training run (trained here unless every snapshot is already in ``out``); ``opts``: sampling
+    and run options (:class:`CurveOptions`; default: its defaults)."""
+    opts = opts if opts is not None else CurveOptions()
+    data = opts.data
     steps = _snapshot_steps(cfg, every)
     snaps = _snapshots(out)
     if not all(snaps.has("snapshot", _snapshot_key(s)) for s in steps):
-        run = {"device": device, "data": data, "progress": progress, "save_every": save_every}
-        _train_with_snapshots(cfg, every, out, cache, run)
+        _train_with_snapshots(cfg, every, out, cache, opts)
     train_images, _ = as_tensors(data_source(data).load(cfg.dataset, "train"))
     held_images, _ = as_tensors(data_source(data).load(cfg.dataset, "heldout"))
     nn_real = nearest_distance(held_images, train_images).mean().item()
     ext = get_extractor("cnn", cfg.dataset, cache, data=data)
-    floor = fid_floor(cfg.dataset, ext, cache, data)
-    shape = (info.channels, info.img_size, info.img_size)
-    schedule = cfg.make_schedule()
+    refs = _References(train_images, nn_real, ext, fid_floor(cfg.dataset, ext, cache, data))
     rows: list[dict[str, Any]] = []
     last: Tensor | None = None
     for s in steps:
         hit = snaps.load("snapshot", _snapshot_key(s))
         if hit is None:
             raise RuntimeError(f"snapshot of step {s} is missing or corrupt in {out}; rerun")
-        tensors, meta = hit
-        model = build_model(cfg)
-        model.load_state_dict(tensors)
-        model = model.to(device).eval()
-        imgs, _ = generate(model, schedule, sampler, sampling_steps, samples, shape, device=device)
-        res = evaluate(imgs, cfg.dataset, ext, cache, data=data)
-        held = evaluate(imgs, cfg.dataset, ext, cache, data=data, split="heldout")
-        rows.append(
-            {
-                "step": s,
-                "train_minutes": meta["seconds"] / 60,
-                "fid": res["fid"],
-                "kid": res["kid"],
-                "fid_over_floor": res["fid"] / floor,
-                "floor": floor,
-                "fid_heldout": held["fid"],
-                "nn_train": nearest_distance(imgs, train_images).mean().item(),
-                "nn_train_real": nn_real,
-                "samples": samples,
-                "sampler": f"{sampler}-{sampling_steps}",
-                "extractor": ext.name,
-            }
-        )
+        row, last = _score(cfg, hit, refs, cache, opts)
+        rows.append({"step": s, **row})
         log.info(
             "step %d (%.1f min): FID %.2f (%.2f x floor %.2f)",
             s,
-            rows[-1]["train_minutes"],
-            res["fid"],
-            res["fid"] / floor,
-            floor,
+            row["train_minutes"],
+            row["fid"],
+            row["fid_over_floor"],
+            refs.floor,
         )
-        last = imgs
     df = pd.DataFrame(rows)
     _write(df, cfg, out, last)
     return df
+
+
+def _score(
+    cfg: TrainConfig,
+    snapshot: tuple[dict[str, Tensor], dict[str, Any]],
+    refs: _References,
+    cache: ArtifactCache,
+    opts: CurveOptions,
+) -> tuple[dict[str, Any], Tensor]:
+    """One snapshot's row of the curve (all but its step) and its samples."""
+    tensors, meta = snapshot
+    info = dataset_info(cfg.dataset)
+    model = build_model(cfg)
+    model.load_state_dict(tensors)
+    model = model.to(opts.device).eval()
+    shape = (info.channels, info.img_size, info.img_size)
+    imgs, _ = generate(
+        model,
+        cfg.make_schedule(),
+        opts.sampler,
+        opts.sampling_steps,
+        opts.samples,
+        shape,
+        device=opts.device,
+    )
+    res = evaluate(imgs, cfg.dataset, refs.ext, cache, data=opts.data)
+    held = evaluate(imgs, cfg.dataset, refs.ext, cache, data=opts.data, split="heldout")
+    row = {
+        "train_minutes": meta["seconds"] / 60,
+        "fid": res["fid"],
+        "kid": res["kid"],
+        "fid_over_floor": res["fid"] / refs.floor,
+        "floor": refs.floor,
+        "fid_heldout": held["fid"],
+        "nn_train": nearest_distance(imgs, refs.train_images).mean().item(),
+        "nn_train_real": refs.nn_real,
+        "samples": opts.samples,
+        "sampler": f"{opts.sampler}-{opts.sampling_steps}",
+        "extractor": refs.ext.name,
+    }
+    return row, imgs
 
 
 def _flatness(df: pd.DataFrame) -> str:
@@ -269,11 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(
             dataset=a.dataset, model=a.model, steps=steps, batch_size=a.batch_size, lr=a.lr
         ).normalised()
-        df = training_curve(
-            cfg,
-            a.every,
-            Path(a.out),
-            ArtifactCache(a.cache_dir),
+        opts = CurveOptions(
             samples=a.samples,
             sampler=a.sampler,
             sampling_steps=a.sampling_steps,
@@ -281,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not a.no_progress,
             save_every=a.save_every,
         )
+        df = training_curve(cfg, a.every, Path(a.out), ArtifactCache(a.cache_dir), opts)
     except (DatasetError, ValueError) as e:
         p.error(str(e))
     print((Path(a.out) / "curve.md").read_text(), end="")

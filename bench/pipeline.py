@@ -14,14 +14,14 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from adaptive.calibrate import Calibration, calibrate
-from adaptive.policies import make_policy
+from adaptive.calibrate import Calibration, CalibrationRun, calibrate
+from adaptive.policies import ExitSpec
 from bench.cache import ArtifactCache, config_hash
 from bench.cell import Cell, cell_prune_config, cell_train_config
 from bench.data import DatasetInfo, DataSource, dataset_info
@@ -32,7 +32,7 @@ from bench.sampling import generate, image_sampler_options
 from bench.text import TextContext, load_context
 from bench.train import TrainedModel, load_or_train
 from blockloop import CostModel, EarlyExitDenoiser
-from caching import CACHE_OPTIONS, CACHES, make_cache
+from caching import CACHE_OPTIONS, CacheSpec
 from caching.l2c import train_router
 from models import UViT
 from samplers import ClassifierFreeGuidance, Denoiser, VPSchedule
@@ -62,19 +62,13 @@ class Pipeline:
     executor: EarlyExitDenoiser
     calibration: Calibration | None
     info: DatasetInfo
+    knob: float | None  # the exit policy's knob as run (calibrated, set, or None: its default)
     data: DataSource | None = None
     context: TextContext | None = None  # a text model's encoded prompts
 
     @property
     def schedule(self) -> VPSchedule:
         return self.base.schedule
-
-    @property
-    def knob(self) -> float | None:
-        """The exit policy's knob as run (calibrated, set, or None for its default)."""
-        if self.calibration is None or self.cell.calibrates_cache:
-            return self.cell.knob
-        return self.calibration.knob
 
     @property
     def cache_knob(self) -> float | None:
@@ -184,82 +178,125 @@ def build_pipeline(
     progress: bool = True,
     phase: Callable[[str], None] | None = None,
 ) -> Pipeline:
-    """The cell's trained (and, if asked, pruned) model, its exit policy with the knob calibrated
-    to ``cell.target_flop_ratio`` where one is set, on ``device`` (default: ``cell.device``).
-    Trained and pruned models come from the cache (built on first use). ``phase`` is told
-    "train", "prune" and "calibrate" as each begins (:mod:`bench.progress`)."""
+    """The cell's trained (and, if asked, pruned) model, its exit policy and cache with their
+    knobs calibrated where the cell sets a FLOP target, on ``device`` (default:
+    ``cell.device``). Trained and pruned models come from the cache (built on first use).
+    ``phase`` is told "train", "prune" and "calibrate" as each begins (:mod:`bench.progress`)."""
     phase = phase or (lambda name: None)
     cache = cache or ArtifactCache()
     device = resolve_device(cell.device) if device is None else device
+    base, model, model_key = _models(cell, cache, device, data, progress, phase)
+    info = dataset_info(cell.dataset)
+    context = None if cell.text is None else load_context(cell.text, cell.dataset, cache)
+    sampler_kw = {**image_sampler_options(cell.sampler), **cell.sampler_options}
+    built = _Built(cell, model, base.schedule, sampler_kw, device)
+    cache_spec = _cache_spec(built, model_key, cache, progress, (info, context))
+    exit_spec, calibration = cell.exit_spec, None
+    if cell.target_flop_ratio is not None:
+        phase("calibrate")
+        run = _calibration_run(built, info, context)
+        exit_spec, cache_spec, calibration = _calibrate(built, exit_spec, cache_spec, run)
+    executor = EarlyExitDenoiser(
+        model,
+        exit_spec.build(),
+        base.schedule.T,
+        paired=cell.cfg_exit_together,
+        cache=None if cache_spec is None else cache_spec.build(),
+    )
+    return Pipeline(
+        cell, device, base, model, executor, calibration, info, exit_spec.knob, data, context
+    )
+
+
+@dataclass(frozen=True)
+class _Built:
+    """What the pipeline builder has settled for a cell: the model that runs, its schedule,
+    the sampler's options and the device."""
+
+    cell: Cell
+    model: UViT
+    schedule: VPSchedule
+    sampler_kw: dict[str, Any]
+    device: torch.device
+
+
+def _models(cell, cache, device, data, progress, phase) -> tuple[TrainedModel, UViT, str]:
+    """The base checkpoint, the model that runs (it, or its pruned version) and that model's
+    artifact key."""
     tcfg = cell_train_config(cell)
     phase("train")
     base = load_or_train(tcfg, cache, device, data, progress=progress)
-    info = dataset_info(cell.dataset)
-    context = None if cell.text is None else load_context(cell.text, cell.dataset, cache)
-    model, model_key = base.model, tcfg.key
-    if cell.prune_ratio > 0:
-        phase("prune")
-        pcfg = cell_prune_config(cell, tcfg)
-        model = load_or_prune(pcfg, cache, device, progress=progress, data=data).model
-        model_key = pcfg.key
-    sampler_kw = {**image_sampler_options(cell.sampler), **cell.sampler_options}
-    cache_options = dict(cell.cache_options)
+    if cell.prune_ratio == 0:
+        return base, base.model, tcfg.key
+    phase("prune")
+    pcfg = cell_prune_config(cell, tcfg)
+    model = load_or_prune(pcfg, cache, device, progress=progress, data=data).model
+    return base, model, pcfg.key
+
+
+def _cache_spec(
+    built: _Built, model_key: str, cache: ArtifactCache, progress: bool, conditions
+) -> CacheSpec | None:
+    """The cell's cache spec with the options the pipeline owns: the guidance branches of a
+    batch-level rule, and Learning-to-Cache's router (learned for this model, or cached)."""
+    cell, spec = built.cell, built.cell.cache_spec
+    if spec is None:
+        return None
+    options = dict(spec.options)
     if cell.guidance is not None and "branches" in CACHE_OPTIONS.get(cell.cache, ()):
-        cache_options["branches"] = 2  # a batch-level rule decides per guidance branch
-    if cell.cache != "none" and CACHES[cell.cache].needs_router:
+        options["branches"] = 2  # a batch-level rule decides per guidance branch
+    if spec.policy_class.needs_router:
         router_cond = None
         if cell.text is not None:  # the router learns on the cell's own prompts
-            router_cond = cell_conditions(cell, L2C_TRAINING["n"], info, context)[0].to(device)
-        cache_options["router"] = load_or_learn_router(
-            model,
+            info, context = conditions
+            router_cond = cell_conditions(cell, L2C_TRAINING["n"], info, context)[0]
+            router_cond = router_cond.to(built.device)
+        options["router"] = load_or_learn_router(
+            built.model,
             model_key,
-            base.schedule,
+            built.schedule,
             cell,
-            sampler_kw,
+            built.sampler_kw,
             cache,
             progress=progress,
             cond=router_cond,
         )
-    calibration = None
-    # Text cells calibrate on their own prompts; class-conditional ones cycle the classes.
-    cal_cond = None
+    return replace(spec, options=options)
+
+
+def _calibration_run(built: _Built, info: DatasetInfo, context) -> CalibrationRun:
+    """The calibration pass of the cell: its sampler, steps, options, guidance and numerics.
+    Text cells calibrate on their own prompts; class-conditional ones cycle the classes."""
+    cell, cond = built.cell, None
     if cell.text is not None:
-        cal_cond = cell_conditions(cell, CALIBRATION_SAMPLES, info, context)[0].to(device)
-    if cell.target_flop_ratio is not None:
-        phase("calibrate")
-        calibration = calibrate(
-            model,
-            base.schedule,
-            cell.policy,
-            cell.target_flop_ratio,
-            sampler=cell.sampler,
-            steps=cell.steps,
-            n=CALIBRATION_SAMPLES,
-            options=cell.options,
-            sampler_kw=sampler_kw,
-            guidance=cell.guidance,
-            paired=cell.cfg_exit_together,
-            autocast=AUTOCAST[cell.autocast],
-            knob=cell.knob if cell.calibrates_cache else None,
-            cache=None if cell.cache == "none" else cell.cache,
-            cache_knob=cell.cache_knob,
-            cache_options=cache_options,
-            cond=cal_cond,
-        )
-    knob, cache_knob = cell.knob, cell.cache_knob
-    if calibration is not None:
-        if cell.calibrates_cache:
-            cache_knob = calibration.knob
-        else:
-            knob = calibration.knob
-    policy = make_policy(cell.policy, knob, **cell.options)
-    cache_policy = None
-    if cell.cache != "none":
-        cache_policy = make_cache(cell.cache, cache_knob, **cache_options)
-    executor = EarlyExitDenoiser(
-        model, policy, base.schedule.T, paired=cell.cfg_exit_together, cache=cache_policy
+        cond = cell_conditions(cell, CALIBRATION_SAMPLES, info, context)[0].to(built.device)
+    return CalibrationRun(
+        sampler=cell.sampler,
+        steps=cell.steps,
+        n=CALIBRATION_SAMPLES,
+        sampler_kw=built.sampler_kw,
+        guidance=cell.guidance,
+        paired=cell.cfg_exit_together,
+        autocast=AUTOCAST[cell.autocast],
+        cond=cond,
     )
-    return Pipeline(cell, device, base, model, executor, calibration, info, data, context)
+
+
+def _calibrate(
+    built: _Built, exit_spec: ExitSpec, cache_spec: CacheSpec | None, run: CalibrationRun
+) -> tuple[ExitSpec, CacheSpec | None, Calibration]:
+    """Each FLOP target on the knob it tunes: ``exit_flop_ratio`` on the exit knob with no
+    cache, then ``target_flop_ratio`` on the knob the specs leave open (the cache's where the
+    cell calibrates a cache, else the exit policy's). Returns the specs with their knobs set
+    and the last calibration (its ratio is the whole denoiser's)."""
+    cell, model, schedule = built.cell, built.model, built.schedule
+    if cell.exit_flop_ratio is not None:
+        alone = calibrate(model, schedule, exit_spec, cell.exit_flop_ratio, run=run)
+        exit_spec = exit_spec.with_knob(alone.knob)
+    cal = calibrate(model, schedule, exit_spec, cell.target_flop_ratio, cache=cache_spec, run=run)
+    if cell.calibrates_cache:
+        return exit_spec, cache_spec.with_knob(cal.knob), cal
+    return exit_spec.with_knob(cal.knob), cache_spec, cal
 
 
 # Learning-to-Cache's router training (caching.l2c.train_router): trajectories of this many

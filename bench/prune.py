@@ -36,7 +36,7 @@ from bench.data import DataSource, as_tensors, data_source
 from bench.devices import resolve_device
 from bench.distill import Distiller
 from bench.resume import DEFAULT_SAVE_EVERY, Resume
-from bench.train import TrainConfig, build_model, load_or_train, train
+from bench.train import TrainConfig, TrainOptions, build_model, load_or_train, train
 from blockloop import CostModel
 from models import MODELS, UViT
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune, prune, replay
@@ -235,17 +235,14 @@ class _Job:
         resume = Resume.under(
             self.cache, f"pruned-{pc.key}-{part}", {"pruned": pc.key, "part": part}, self.save_every
         )
-        tensors, meta = train(
-            cfg,
-            self.device,
-            self.data,
+        opts = TrainOptions(
+            device=self.device,
+            data=self.data,
             progress=self.progress,
-            model=model,
-            distiller=self.distiller,
-            scratch=scratch,
             cache=self.cache,
             resume=resume,
         )
+        tensors, meta = train(cfg, opts, model=model, distiller=self.distiller, scratch=scratch)
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         model.load_state_dict(ema)
         return ema, meta

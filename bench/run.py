@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from bench.cache import ArtifactCache
-from bench.cell import Cell
+from bench.cell import Cell, cell_model_key
 from bench.data import DataSource
 from bench.devices import AUTOCAST, autocast
 from bench.measure import OtherLoad, interleaved_times, spread
@@ -263,6 +263,7 @@ def run_cell(
     return {
         **dataclasses.asdict(cell),
         "key": cell.key,
+        "model_key": cell_model_key(cell),  # which checkpoint / pruned model made the record
         "label": cell.label(),
         "knob_used": pipe.knob,
         "cache_knob_used": pipe.cache_knob,

@@ -3,6 +3,8 @@ composition rule by name (:func:`blockloop.contracts.check_composition`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from blockloop.contracts import CachePolicy
@@ -10,7 +12,7 @@ from blockloop.contracts import check_composition as _check_composition
 from caching.forecast import FirstBlockCache, TaylorSeer
 from caching.policies import DeepCache, Fora, LearningToCache, TeaCache
 
-__all__ = ["CACHES", "CACHE_OPTIONS", "check_composition", "make_cache"]
+__all__ = ["CACHES", "CACHE_OPTIONS", "CacheSpec", "check_composition", "make_cache"]
 
 CACHES: dict[str, type[CachePolicy]] = {
     c.name: c for c in (DeepCache, Fora, TeaCache, LearningToCache, FirstBlockCache, TaylorSeer)
@@ -45,3 +47,28 @@ def make_cache(name: str, knob: float | None = None, **options: Any) -> CachePol
             + (f" (it takes: {', '.join(allowed)})" if allowed else "")
         )
     return CACHES[name](knob, **options)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A step-level cache by registry name with its knob (None: the cache's default, or the one
+    a calibration finds) and keyword options (:data:`CACHE_OPTIONS`). :meth:`build` validates
+    by constructing it; one spec builds a fresh policy object per executor."""
+
+    name: str
+    knob: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self) -> CachePolicy:
+        return make_cache(self.name, self.knob, **self.options)
+
+    def with_knob(self, knob: float | None) -> CacheSpec:
+        return replace(self, knob=knob)
+
+    @property
+    def policy_class(self) -> type[CachePolicy]:
+        if self.name not in CACHES:
+            raise ValueError(
+                f"unknown cache policy {self.name!r}; valid choices: {', '.join(CACHES)}"
+            )
+        return CACHES[self.name]

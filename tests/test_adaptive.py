@@ -235,13 +235,17 @@ def test_calibration_hits_target_flop_ratio(name, heads):
 
     model = _model(heads)
     schedule = samplers.make_schedule("linear")
-    cal = calibrate(model, schedule, name, 0.6, steps=4, n=8)
+    from adaptive.calibrate import CalibrationRun
+
+    run = CalibrationRun(steps=4, n=8)
+    cal = calibrate(model, schedule, name, 0.6, run=run)
     assert cal.knob is not None and len(cal.history) >= 3
     # The reported ratio is the closest one measured, and it is what a rerun gives.
     assert abs(cal.achieved - 0.6) == min(abs(r - 0.6) for _, r in cal.history)
     from adaptive.calibrate import measure
+    from adaptive.policies import ExitSpec
 
-    again = measure(model, schedule, name, cal.knob, steps=4, n=8)
+    again = measure(model, schedule, ExitSpec(name, cal.knob), run)
     assert again.flop_ratio == pytest.approx(cal.achieved)
     if name == "ase":  # a continuous knob on a smooth schedule: bisection gets close
         assert abs(cal.achieved - 0.6) < 0.05

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import samplers
-from adaptive.calibrate import calibrate
+from adaptive.calibrate import CalibrationRun, calibrate
 from adaptive.policies import make_policy
 from bench.cell import Cell
 from bench.grid import main as grid_main
 from blockloop.executor import EarlyExitDenoiser
 from blockloop.flops import flop_counter
-from caching import CACHES, make_cache
+from caching import CACHES, CacheSpec, make_cache
 from caching.l2c import train_router
 from models import make_model
 
@@ -187,7 +187,8 @@ def test_l2c_router_for_fewer_calls_is_refused():
 )
 def test_calibration_lands_on_the_target(name, opts):
     model = _model()
-    cal = calibrate(model, SCHEDULE, "full", 0.6, steps=STEPS, n=8, cache=name, cache_options=opts)
+    run = CalibrationRun(steps=STEPS, n=8)
+    cal = calibrate(model, SCHEDULE, "full", 0.6, cache=CacheSpec(name, options=opts), run=run)
     # fractional intervals reach a ratio per full call (1/8 of the way at 8 calls)
     tol = 0.08 if name != "teacache" else 0.04
     assert cal.achieved == pytest.approx(0.6, abs=tol)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
 
 import bench.curve as curve
 from bench.cache import ArtifactCache
+from bench.curve import CurveOptions
 from bench.train import TrainConfig, load_or_train
 
 CFG = TrainConfig(model="micro", steps=6, batch_size=16, warmup=2)
+QUICK = CurveOptions(samples=16, sampling_steps=2, progress=False)
 
 
 def test_curve_scores_every_snapshot_and_caches_the_final_model(tmp_path, monkeypatch):
     cache = ArtifactCache(tmp_path / "cache")  # the shipped digits extractor and stats
     out = tmp_path / "curve"
-    df = curve.training_curve(CFG, 4, out, cache, samples=16, sampling_steps=2, progress=False)
+    df = curve.training_curve(CFG, 4, out, cache, QUICK)
     assert df["step"].tolist() == [4, 6]  # every 4 steps, and the last one
     assert df["train_minutes"].is_monotonic_increasing and (df["train_minutes"] > 0).all()
     assert (df["fid"] > 0).all() and (df["fid_over_floor"] == df["fid"] / df["floor"]).all()
@@ -33,7 +37,7 @@ def test_curve_scores_every_snapshot_and_caches_the_final_model(tmp_path, monkey
         raise AssertionError("retrained although every snapshot was kept")
 
     monkeypatch.setattr(curve, "train", no_training)
-    again = curve.training_curve(CFG, 4, out, cache, samples=16, sampling_steps=2)
+    again = curve.training_curve(CFG, 4, out, cache, CurveOptions(samples=16, sampling_steps=2))
     assert again["fid"].tolist() == df["fid"].tolist()  # same snapshots, same seed
 
 
@@ -41,9 +45,7 @@ def test_a_killed_curve_run_resumes_training_and_scores_the_same(tmp_path, monke
     from bench.resume import Resume
 
     cache = ArtifactCache(tmp_path / "cache")
-    whole = curve.training_curve(
-        CFG, 4, tmp_path / "a", cache, samples=16, sampling_steps=2, progress=False
-    )
+    whole = curve.training_curve(CFG, 4, tmp_path / "a", cache, QUICK)
     assert (whole["fid_heldout"] > 0).all() and (whole["nn_train"] > 0).all()
     assert (whole["nn_train_real"] > 0).all()
     real = Resume.save
@@ -54,14 +56,13 @@ def test_a_killed_curve_run_resumes_training_and_scores_the_same(tmp_path, monke
             raise KeyboardInterrupt
 
     other = ArtifactCache(tmp_path / "cache2")
+    killed = CurveOptions(progress=False, save_every=2)
     with monkeypatch.context() as m:
         m.setattr(Resume, "save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            curve.training_curve(CFG, 4, tmp_path / "b", other, progress=False, save_every=2)
+            curve.training_curve(CFG, 4, tmp_path / "b", other, killed)
     assert list((other.root / "resume").glob("*.safetensors"))
-    again = curve.training_curve(
-        CFG, 4, tmp_path / "b", other, samples=16, sampling_steps=2, progress=False, save_every=2
-    )
+    again = curve.training_curve(CFG, 4, tmp_path / "b", other, replace(QUICK, save_every=2))
     assert again["fid"].tolist() == whole["fid"].tolist()
     assert not list((other.root / "resume").glob("*.safetensors"))
 

@@ -89,3 +89,33 @@ def test_the_cells_sampler_options_reach_calibration_and_sampling(tmp_path, monk
     assert seen == [("dpm-solver++", 3, "logSNR", "eps")]
     assert "dpm-solver++3-3 logSNR eps" in cell.label()
     assert _cell(order=None, spacing=None).key == _cell().key
+
+
+def test_each_flop_target_tunes_its_own_knob(tmp_path):
+    """Exits at 0.65 alone, a cache to 0.5 in total: exit_flop_ratio calibrates the exit knob
+    with no cache, then target_flop_ratio the cache's knob with those exits running."""
+    from adaptive.calibrate import CalibrationRun, measure
+
+    cell = _cell(exit_flop_ratio=0.8, cache="teacache", target_flop_ratio=0.5)
+    assert cell.label().startswith("micro uem uem@0.8 teacache@0.5")
+    pipe = build_pipeline(cell, ArtifactCache(tmp_path), progress=False)
+    assert pipe.knob is not None and pipe.cache_knob is not None
+    assert abs(pipe.calibration.achieved - 0.5) < 0.15  # the total, exits and cache together
+    # The exit knob alone gives (about) its own target; the cache takes the rest.
+    run = CalibrationRun(steps=3, n=64)
+    alone = measure(pipe.model, pipe.schedule, cell.exit_spec.with_knob(pipe.knob), run)
+    assert abs(alone.flop_ratio - 0.8) < 0.15
+    assert alone.flop_ratio > pipe.calibration.achieved
+
+
+def test_exit_flop_ratio_needs_a_calibrated_cache():
+    import pytest
+
+    with pytest.raises(ValueError, match="set cache and target_flop_ratio"):
+        _cell(exit_flop_ratio=0.7, target_flop_ratio=0.5)
+    with pytest.raises(ValueError, match="must be <= exit_flop_ratio"):
+        _cell(exit_flop_ratio=0.5, cache="teacache", target_flop_ratio=0.7)
+    with pytest.raises(ValueError, match="not both"):
+        _cell(exit_flop_ratio=0.7, knob=0.1, cache="teacache", target_flop_ratio=0.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        _cell(exit_flop_ratio=1.5, cache="teacache", target_flop_ratio=0.5)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from bench import train as train_mod
+from bench import trainloop
 from bench.cache import ArtifactCache
 from bench.resume import Resume, ResumeError
-from bench.train import TrainConfig, load_or_train, train
+from bench.train import TrainConfig, TrainOptions, load_or_train, train
 
 CFG = TrainConfig(model="micro", steps=30, batch_size=16, warmup=4)
 
@@ -38,18 +39,18 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 def test_a_killed_run_resumes_and_ends_in_the_same_weights(tmp_path, monkeypatch):
-    whole, _ = train(CFG, progress=False)
+    whole, _ = train(CFG, TrainOptions(progress=False))
     resume = Resume(tmp_path / "state.safetensors", {"run": "x"}, every=10)
     with monkeypatch.context() as m:
         _kill_after_save(m, at=20)
         with pytest.raises(Killed):
-            train(CFG, progress=False, resume=resume)
+            train(CFG, TrainOptions(progress=False, resume=resume))
     steps_run = []
-    real_noisy = train_mod.noisy_batch
+    real_noisy = trainloop.noisy_batch
     monkeypatch.setattr(
-        train_mod, "noisy_batch", lambda *a, **k: steps_run.append(1) or real_noisy(*a, **k)
+        trainloop, "noisy_batch", lambda *a, **k: steps_run.append(1) or real_noisy(*a, **k)
     )
-    resumed, meta = train(CFG, progress=False, resume=resume)
+    resumed, meta = train(CFG, TrainOptions(progress=False, resume=resume))
     assert len(steps_run) == 10  # steps 21..30 only
     _assert_same(whole, resumed)
     assert meta["steps"] == 30 and meta["train_seconds"] > 0
@@ -57,9 +58,9 @@ def test_a_killed_run_resumes_and_ends_in_the_same_weights(tmp_path, monkeypatch
 
 def test_a_finished_state_returns_its_weights_without_training(tmp_path, monkeypatch):
     resume = Resume(tmp_path / "state.safetensors", {"run": "x"}, every=10)
-    first, _ = train(CFG, progress=False, resume=resume)
-    monkeypatch.setattr(train_mod, "noisy_batch", lambda *a, **k: pytest.fail("trained again"))
-    again, _ = train(CFG, progress=False, resume=resume)
+    first, _ = train(CFG, TrainOptions(progress=False, resume=resume))
+    monkeypatch.setattr(trainloop, "noisy_batch", lambda *a, **k: pytest.fail("trained again"))
+    again, _ = train(CFG, TrainOptions(progress=False, resume=resume))
     _assert_same(first, again)
 
 
@@ -79,13 +80,17 @@ def test_load_or_train_resumes_a_killed_fine_tune_and_cleans_up(tmp_path, monkey
 
 def test_a_state_of_another_run_is_refused_and_kept(tmp_path):
     path = tmp_path / "state.safetensors"
-    train(CFG, progress=False, resume=Resume(path, {"checkpoint": "aaaa"}, every=10))
+
+    def saving_as(key: str) -> TrainOptions:
+        return TrainOptions(progress=False, resume=Resume(path, {"checkpoint": key}, every=10))
+
+    train(CFG, saving_as("aaaa"))
     with pytest.raises(ResumeError, match=r"belongs to another run.*kept: delete it"):
-        train(CFG, progress=False, resume=Resume(path, {"checkpoint": "bbbb"}, every=10))
+        train(CFG, saving_as("bbbb"))
     assert path.exists()
     bigger = dataclasses.replace(CFG, model="tiny")
     with pytest.raises(ResumeError, match="does not fit this model"):
-        train(bigger, progress=False, resume=Resume(path, {"checkpoint": "aaaa"}, every=10))
+        train(bigger, saving_as("aaaa"))
 
 
 def test_the_cli_refuses_a_corrupt_state_in_one_line_and_keeps_it(tmp_path, capsys):

@@ -11,12 +11,12 @@ Runs in seconds on an untrained ``micro`` model: ``python docs/examples/cache_po
 import torch
 
 import samplers
-from adaptive.calibrate import calibrate
+from adaptive.calibrate import CalibrationRun, calibrate
 from adaptive.policies import make_policy
 from bench.cell import CELL_CHOICES, Cell
 from blockloop.contracts import CachePolicy
 from blockloop.executor import EarlyExitDenoiser
-from caching import CACHES, make_cache
+from caching import CACHES, CacheSpec, make_cache
 from models import UViTState, make_model
 
 
@@ -68,7 +68,8 @@ def main() -> None:
     print(f"reused {ex.cache.reuse_ratio:.3f} of block FLOPs, held {ex.cache.peak_bytes} bytes")
 
     # 2. Its knob calibrated to a FLOP ratio, as a cell's target_flop_ratio does for a cache.
-    cal = calibrate(model, schedule, "full", 0.9, sampler="ddim", steps=6, n=16, cache="midcache")
+    run = CalibrationRun(sampler="ddim", steps=6, n=16)
+    cal = calibrate(model, schedule, "full", 0.9, cache=CacheSpec("midcache"), run=run)
     print(f"calibrated interval={cal.knob:.3g} -> FLOP ratio {cal.achieved:.3f} (target 0.9)")
 
     # 3. A cell may name it now.

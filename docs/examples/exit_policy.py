@@ -11,7 +11,7 @@ Runs in seconds on an untrained ``micro`` model: ``python docs/examples/exit_pol
 import torch
 
 import samplers
-from adaptive.calibrate import calibrate
+from adaptive.calibrate import CalibrationRun, calibrate
 from adaptive.policies import POLICIES, make_policy
 from bench.cell import Cell
 from blockloop.contracts import ExitContext, ExitPolicy
@@ -57,7 +57,8 @@ def main() -> None:
     print(f"rel=0.5: NFE {out.nfe}, FLOP ratio {ex.flop_ratio:.2f}, layers {ex.layer_ratio:.2f}")
 
     # 2. Calibrated to a FLOP ratio, as a cell's target_flop_ratio does.
-    cal = calibrate(model, schedule, "relchange", 0.5, sampler="ddim", steps=5, n=16)
+    run = CalibrationRun(sampler="ddim", steps=5, n=16)
+    cal = calibrate(model, schedule, "relchange", 0.5, run=run)
     print(f"calibrated rel={cal.knob:.3g} -> FLOP ratio {cal.achieved:.2f} (target 0.5)")
 
     # 3. A cell (or a sweep file read in this process) may now name it.

@@ -1,0 +1,157 @@
+"""The checks a :class:`~bench.cell.Cell` runs when it is made, one per component: field types,
+the exit policy, the step-level cache, the training fields. Each component is validated by
+building its object once from the cell's spec (:class:`adaptive.policies.ExitSpec`,
+:class:`caching.CacheSpec`), so a bad sweep fails when it is read, never inside a run, and
+with the message of the component that owns the rule."""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from typing import Any
+
+from adaptive.calibrate import check_target
+from adaptive.policies import POLICIES
+from adaptive.recipes import LOSS_WEIGHTS, RECIPES, check_pairing
+from bench.data import dataset_info
+from bench.text import PROMPT_SETS, check_text
+from caching import check_composition
+from models import MODELS
+
+# A bench.cell.Cell: not imported, since bench.cell imports this module (no import circle).
+Cell = Any
+
+__all__ = [
+    "CACHE_OPTION_FIELDS",
+    "check_cache",
+    "check_conditioning",
+    "check_policy",
+    "check_training",
+    "check_types",
+]
+
+# Cell fields that are a cache policy's options, and the cache each applies to.
+CACHE_OPTION_FIELDS = {"cache_branch": "deepcache", "cache_order": "taylorseer"}
+EXITING = [name for name, cls in POLICIES.items() if cls.knob_name is not None]
+
+
+def check_types(cell: Cell) -> None:
+    """Every field's type, from the dataclass's annotations: integers are integers (not bools
+    or floats), floats are finite numbers, booleans are booleans, strings are strings; ``None``
+    only where the annotation allows it. One ``ValueError`` naming the field."""
+    for name, hint in typing.get_type_hints(type(cell)).items():
+        value = getattr(cell, name)
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if value is None:
+            if type(None) in allowed:
+                continue
+            raise ValueError(f"field {name!r} must be set, got None")
+        if bool in allowed:
+            ok, what = isinstance(value, bool), "a boolean (true / false)"
+        elif int in allowed:
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif float in allowed:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok, what = ok and math.isfinite(value), "a finite number"
+        else:
+            ok, what = isinstance(value, str), "a string"
+        if not ok:
+            raise ValueError(f"field {name!r} must be {what}, got {value!r}")
+
+
+def check_cache(cell: Cell) -> None:
+    """The cache policy's knob and options (by building it), and its composition with the
+    exit policy."""
+    if cell.cache == "none":
+        if any(getattr(cell, f) is not None for f in ("cache_knob", *CACHE_OPTION_FIELDS)):
+            raise ValueError(
+                "cache_knob / cache_branch / cache_order need a cache policy (field 'cache')"
+            )
+        return
+    for name, cache in CACHE_OPTION_FIELDS.items():
+        if getattr(cell, name) is not None and cell.cache != cache:
+            raise ValueError(f"{name} applies to cache {cache!r}, not {cell.cache!r}")
+    spec = cell.cache_spec
+    spec.policy_class.check_knob(spec.knob)
+    if not spec.policy_class.needs_router:  # (the l2c router is learned by the pipeline)
+        spec.build().check_model(MODELS[cell.model]["depth"])
+    exits = POLICIES[cell.policy].knob_name is not None
+    check_composition(cell.cache, cell.policy, exits, cell.cfg_exit_together)
+
+
+def check_policy(cell: Cell) -> None:
+    """The exit policy's knob, options, heads and block range (each checked by its owner), and
+    which FLOP target tunes it."""
+    cls = POLICIES[cell.policy]
+    if cell.knob is not None and cell.calibrates_exit:
+        raise ValueError("set a policy's knob or a target_flop_ratio to calibrate it, not both")
+    if cell.calibrates_exit and cls.knob_name is None:
+        raise ValueError(
+            f"policy {cell.policy!r} never exits, so it has no FLOP ratio to calibrate; "
+            f"drop target_flop_ratio or pick an exit policy ({', '.join(EXITING)})"
+            + (" (or leave cache_knob unset to calibrate the cache)" if cell.cache_knob else "")
+        )
+    if cell.exit_flop_ratio is not None:
+        _check_exit_flop_ratio(cell)
+    check_pairing(cls, cell.recipe)
+    policy = cell.exit_spec.build()  # the knob's range, the options
+    policy.check_model(RECIPES[cell.recipe].heads, MODELS[cell.model]["depth"], cell.model)
+
+
+def _check_exit_flop_ratio(cell: Cell) -> None:
+    """``exit_flop_ratio`` calibrates the exits alone before the cache is calibrated to the
+    total: it needs a calibrated cache and an exit policy whose knob is not set."""
+    check_target(cell.exit_flop_ratio)
+    if not cell.calibrates_cache:
+        raise ValueError(
+            "exit_flop_ratio calibrates the exits before a cache is calibrated to "
+            "target_flop_ratio in total: set cache and target_flop_ratio, not cache_knob"
+        )
+    if cell.knob is not None:
+        raise ValueError("set a policy's knob or an exit_flop_ratio to calibrate it, not both")
+    if cell.target_flop_ratio > cell.exit_flop_ratio:
+        raise ValueError(
+            f"a cache only removes FLOPs: target_flop_ratio ({cell.target_flop_ratio}) must be "
+            f"<= exit_flop_ratio ({cell.exit_flop_ratio})"
+        )
+
+
+def check_training(cell: Cell) -> None:
+    """The fields that feed the cell's training config (which checks their values)."""
+    recipe = RECIPES[cell.recipe]
+    for name in LOSS_WEIGHTS:
+        if getattr(cell, name) != 1.0 and name not in recipe.weights:
+            takes = [r for r, rec in RECIPES.items() if name in rec.weights]
+            raise ValueError(f"{name} applies to recipes {', '.join(takes)}, not {cell.recipe!r}")
+    if cell.finetune_steps is not None and not recipe.finetune:
+        raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {cell.recipe!r}")
+    if cell.text is not None:
+        check_text(cell.text)
+        if cell.dataset not in PROMPT_SETS:
+            raise ValueError(
+                f"text needs a prompt set; {cell.dataset!r} has none (prompt sets: "
+                f"{', '.join(PROMPT_SETS)})"
+            )
+    elif cell.prompts != "heldout":
+        raise ValueError("prompts applies to text-conditioned cells (set text)")
+
+
+def check_conditioning(cell: Cell) -> None:
+    """Guidance, CFG-paired exits and the device."""
+    if cell.guidance is not None and not cell.guidance >= 0:
+        raise ValueError(f"guidance must be >= 0 (or unset), got {cell.guidance}")
+    if cell.guidance is not None and cell.text is None:
+        if dataset_info(cell.dataset).num_classes == 0:
+            raise ValueError(
+                f"guidance needs a condition: {cell.dataset!r} has no class labels (set text, "
+                "or use a labelled data set)"
+            )
+    if cell.cfg_exit_together and cell.guidance is None:
+        raise ValueError("cfg_exit_together needs a guidance scale")
+    if cell.cfg_exit_together and POLICIES[cell.policy].batch_mean:
+        raise ValueError(
+            f"cfg_exit_together cannot apply to {cell.policy!r}, which decides once per batch"
+        )
+    if cell.device != "cpu" and not cell.device.startswith(("cuda", "mps")):
+        raise ValueError(f"unknown device {cell.device!r}; valid choices: cpu, cuda, cuda:N")
