@@ -161,22 +161,12 @@ def search_knob(
         ratio(None)
         _, achieved, layer_ratio = history[0]
         return Calibration(policy_name, target, None, achieved, layer_ratio)
-    lo, hi = cls.knob_range
     if cls.integer_knob:
+        lo, hi = cls.knob_range
         for k in range(int(lo), min(int(hi), depth - 1) + 1):
             ratio(k)
     else:
-        # f(knob) is monotone with sign knob_direction; keep [a, b] bracketing the target.
-        a, b = float(lo), float(hi)
-        for _ in range(iters):
-            mid = 0.5 * (a + b)
-            r = ratio(mid)
-            if abs(r - target) <= tol:
-                break
-            if (r < target) == (cls.knob_direction > 0):
-                a = mid
-            else:
-                b = mid
+        _bisect(cls, target, ratio, iters, tol)
     knob, achieved, layer_ratio = min(history, key=lambda h: abs(h[1] - target))
     # Blocks are counted as run (1..depth), the numbering of every figure and table.
     log.info(
@@ -192,6 +182,22 @@ def search_knob(
     return Calibration(
         policy_name, target, knob, achieved, layer_ratio, [(k, r) for k, r, _ in history]
     )
+
+
+def _bisect(cls, target: float, ratio: Callable[[float], float], iters: int, tol: float) -> None:
+    """Bisect ``cls``'s continuous knob range for ``ratio(knob) == target`` (``ratio`` records
+    every evaluation): f(knob) is monotone with sign ``knob_direction``, and [a, b] keeps
+    bracketing the target; stops within ``tol`` or after ``iters`` evaluations."""
+    a, b = (float(x) for x in cls.knob_range)
+    for _ in range(iters):
+        mid = 0.5 * (a + b)
+        r = ratio(mid)
+        if abs(r - target) <= tol:
+            return
+        if (r < target) == (cls.knob_direction > 0):
+            a = mid
+        else:
+            b = mid
 
 
 def calibrate(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ __all__ = [
     "RECIPES",
     "UAL_WEIGHTINGS",
     "Recipe",
+    "UEMLoss",
     "check_pairing",
     "get_recipe",
     "uem_loss",
@@ -100,17 +100,7 @@ def berxit_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, 
 UAL_WEIGHTINGS = ("official", "summed")
 
 
-def uem_loss(
-    model: UViT,
-    x_t,
-    t,
-    cond,
-    eps,
-    step: int = 0,
-    lambda_u: float = 1.0,
-    lambda_ual: float = 1.0,
-    weighting: str = "official",
-) -> tuple[Tensor, dict]:
+class UEMLoss:
     """DeeDiff / AdaDiff (Tang et al. 2024, arXiv 2309.17074, Sec. 4, Eq. 6-9), as the official
     code computes it (github.com/Tangshengku/AdaDiff, ``sde.py``: ``LSimple``, ``mos_lte``,
     ``mos_layer_wise``).
@@ -120,7 +110,7 @@ def uem_loss(
       ``u_hat_i = tanh(|eps_i - eps|)``, detached (0 = exact). The official module predicts the
       certainty ``1 - u``; the MSE is the same.
     - ``L_u = mean_i MSE(u_i, u_hat_i)``.
-    - ``L_UAL``, by ``weighting``:
+    - ``L_UAL``, by ``weighting`` (chosen when the loss is made):
 
       - ``"official"``: ``c_i = mean(1 - u_i)`` over the whole batch and every pixel,
         ``w_i = c_i / sum_j c_j`` (the last layer included), ``L_UAL = sum_i w_i MSE(eps_i, eps)``.
@@ -139,31 +129,58 @@ def uem_loss(
     schedule and batch are this project's (CPU budget; official: 75k-200k steps at batch 512,
     constant lr 4e-4 after 2.5k warm-up steps, fp16).
     """
-    if weighting not in UAL_WEIGHTINGS:
-        raise ValueError(f"unknown UAL weighting {weighting!r}; valid: {', '.join(UAL_WEIGHTINGS)}")
-    state = model.embed(x_t, t, cond)
-    mse, l_u, certainty, l_summed = [], 0.0, [], 0.0
-    for i in range(model.depth):
-        model.run_block(i, state)
-        eps_i = model.readout(state.h)
-        u_i = model.uncertainty(i, state)
-        err = eps_i - eps
-        mse.append(err.pow(2).mean())
-        l_u = l_u + F.mse_loss(u_i, torch.tanh(err.detach().abs()))
-        if weighting == "official":
-            certainty.append((1 - u_i).mean())
+
+    def __init__(self, weighting: str = "official") -> None:
+        if weighting not in UAL_WEIGHTINGS:
+            raise ValueError(
+                f"unknown UAL weighting {weighting!r}; valid: {', '.join(UAL_WEIGHTINGS)}"
+            )
+        self.weighting = weighting
+
+    def __call__(
+        self,
+        model: UViT,
+        x_t,
+        t,
+        cond,
+        eps,
+        step: int = 0,
+        lambda_u: float = 1.0,
+        lambda_ual: float = 1.0,
+    ) -> tuple[Tensor, dict]:
+        """The recipe loss contract (module docstring); ``step`` is unused (no alternation)."""
+        official = self.weighting == "official"
+        state = model.embed(x_t, t, cond)
+        mse, l_u, certainty, l_summed = [], 0.0, [], 0.0
+        for i in range(model.depth):
+            model.run_block(i, state)
+            eps_i = model.readout(state.h)
+            u_i = model.uncertainty(i, state)
+            err = eps_i - eps
+            mse.append(err.pow(2).mean())
+            l_u = l_u + F.mse_loss(u_i, torch.tanh(err.detach().abs()))
+            if official:
+                certainty.append((1 - u_i).mean())
+            else:
+                l_summed = l_summed + ((1 - u_i.detach()) * err.pow(2)).mean()
+        l_simple = mse[-1]
+        l_u = l_u / model.depth
+        if official:
+            c = torch.stack(certainty)
+            l_ual = (c / c.sum() * torch.stack(mse)).sum()
         else:
-            l_summed = l_summed + ((1 - u_i.detach()) * err.pow(2)).mean()
-    l_simple = mse[-1]
-    l_u = l_u / model.depth
-    if weighting == "official":
-        c = torch.stack(certainty)
-        l_ual = (c / c.sum() * torch.stack(mse)).sum()
-    else:
-        l_ual = l_summed
-    loss = l_simple + lambda_u * l_u + lambda_ual * l_ual
-    logs = {"loss": loss.item(), "simple": l_simple.item(), "u": l_u.item(), "ual": l_ual.item()}
-    return loss, logs
+            l_ual = l_summed
+        loss = l_simple + lambda_u * l_u + lambda_ual * l_ual
+        logs = {
+            "loss": loss.item(),
+            "simple": l_simple.item(),
+            "u": l_u.item(),
+            "ual": l_ual.item(),
+        }
+        return loss, logs
+
+
+uem_loss = UEMLoss("official")  # the DeeDiff recipe's loss
 
 
 # Loss weights a recipe may take (TrainConfig and Cell fields of these names feed them).
@@ -178,12 +195,8 @@ RECIPES: dict[str, Recipe] = {
     "pabee": Recipe("pabee", pabee_loss),
     "berxit": Recipe("berxit", berxit_loss, heads="lte"),
     # Revision 1: the official normalised UAL (revision 0 was today's `uem-summed`).
-    "uem": Recipe(
-        "uem", partial(uem_loss, weighting="official"), "uem", weights=LOSS_WEIGHTS, revision=1
-    ),
-    "uem-summed": Recipe(
-        "uem-summed", partial(uem_loss, weighting="summed"), "uem", weights=LOSS_WEIGHTS
-    ),
+    "uem": Recipe("uem", UEMLoss("official"), "uem", weights=LOSS_WEIGHTS, revision=1),
+    "uem-summed": Recipe("uem-summed", UEMLoss("summed"), "uem", weights=LOSS_WEIGHTS),
 }
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bench.cell import Cell
-from bench.data import DataSource
 from bench.run import run_and_store, threads_per_worker
+from bench.runoptions import RunOptions
 from bench.store import write_failure
 
 __all__ = ["run_dask"]
@@ -52,60 +52,68 @@ def _client(scheduler: str | None, workers: int, threads: int):
 def run_dask(
     cells: list[Cell],
     out: str | Path,
-    cache_dir: str | None = None,
+    opts: RunOptions | None = None,
     *,
-    scheduler: str | None = None,
-    workers: int = 2,
-    retries: int = 2,
     threads: int | None = None,
     progress: bool = True,
     client=None,
-    data: DataSource | None = None,
 ) -> dict[str, str]:
-    """Run ``cells`` on the cluster at ``scheduler`` (or a fresh ``LocalCluster`` of
-    ``workers`` processes, or an existing ``client``, left open); returns {cell key: "done" |
-    "failed"}. ``retries`` applies to clusters this function starts; a running scheduler
-    uses its own ``distributed.scheduler.allowed-failures``."""
+    """Run ``cells`` on the cluster at ``opts.scheduler`` (or a fresh ``LocalCluster`` of
+    ``opts.workers`` processes, or an existing ``client``, left open), with ``opts``'s artifact
+    cache and data source (default :class:`bench.executors.RunOptions`); returns {cell key:
+    "done" | "failed"}. ``opts.retries`` applies to clusters this function starts; a running
+    scheduler uses its own ``distributed.scheduler.allowed-failures``."""
     import dask
 
+    opts = RunOptions() if opts is None else opts
     out = Path(out)
-    threads = threads or threads_per_worker(workers)
-    status: dict[str, str] = {}
-    with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
+    threads = threads or threads_per_worker(opts.workers)
+    with dask.config.set({"distributed.scheduler.allowed-failures": opts.retries}):
         own = client is None
         cluster = None
         if own:
-            client, cluster = _client(scheduler, workers, threads)
+            client, cluster = _client(opts.scheduler, opts.workers, threads)
         try:
-            from dask.distributed import as_completed
-
-            futures = {
-                client.submit(
-                    run_and_store,
-                    cell,
-                    str(out),
-                    cache_dir,
-                    threads,
-                    data,
-                    key=f"cell-{cell.key}",
-                    pure=False,
-                ): cell
-                for cell in cells
-            }
-            bar = tqdm(total=len(futures), desc="cells", disable=not progress)
-            for fut in as_completed(futures):
-                cell = futures[fut]
-                try:
-                    state, _ = fut.result()
-                except Exception as e:  # KilledWorker after `retries` deaths, lost scheduler
-                    write_failure(out, cell, f"{type(e).__name__}: {e}")
-                    state = "failed"
-                status[cell.key] = state
-                bar.update()
-            bar.close()
+            return _run_on(client, cells, out, opts, threads, progress)
         finally:
             if own:
                 client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def _run_on(
+    client, cells: list[Cell], out: Path, opts: RunOptions, threads: int, progress: bool
+) -> dict[str, str]:
+    """Submit one :func:`bench.run.run_and_store` task per cell to ``client`` (``threads``
+    torch threads each) and collect the statuses as the tasks finish; a task whose result
+    cannot be had (its worker died ``retries`` times, the scheduler was lost) is recorded as
+    failed under ``out/failed``."""
+    from dask.distributed import as_completed
+
+    futures = {
+        client.submit(
+            run_and_store,
+            cell,
+            str(out),
+            opts.cache_dir,
+            threads,
+            opts.data,
+            key=f"cell-{cell.key}",
+            pure=False,
+        ): cell
+        for cell in cells
+    }
+    status: dict[str, str] = {}
+    bar = tqdm(total=len(futures), desc="cells", disable=not progress)
+    for fut in as_completed(futures):
+        cell = futures[fut]
+        try:
+            state, _ = fut.result()
+        except Exception as e:  # KilledWorker after `retries` deaths, lost scheduler
+            write_failure(out, cell, f"{type(e).__name__}: {e}")
+            state = "failed"
+        status[cell.key] = state
+        bar.update()
+    bar.close()
     return status

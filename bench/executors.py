@@ -10,32 +10,15 @@ guarantees: atomic records, claims, failures recorded, resumable.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cache import ArtifactCache
 from bench.cell import Cell
-from bench.data import DataSource
 from bench.progress import SweepProgress
 from bench.run import run_and_store, threads_per_worker
+from bench.runoptions import RunOptions
 
 __all__ = ["EXECUTORS", "RunOptions", "run_inprocess", "run_local"]
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What every executor needs besides the cells: the artifact cache, the data source, and
-    the worker settings (``workers`` processes; Dask's ``scheduler`` address and ``retries``)."""
-
-    cache_dir: str | None = None
-    data: DataSource | None = None
-    workers: int = 2
-    scheduler: str | None = None
-    retries: int = 2
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
 
 
 def run_inprocess(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
@@ -77,15 +60,7 @@ def run_local(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
 def _run_dask(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
     from bench.distributed import run_dask  # dask is an optional dependency
 
-    return run_dask(
-        cells,
-        out,
-        opts.cache_dir,
-        scheduler=opts.scheduler,
-        workers=opts.workers,
-        retries=opts.retries,
-        data=opts.data,
-    )
+    return run_dask(cells, out, opts)
 
 
 EXECUTORS: dict[str, Callable[[list[Cell], Path, RunOptions], dict[str, str]]] = {

@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from bench.cache import ArtifactCache
 from bench.cli import add_run_options, make_parser
@@ -60,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     ext = get_extractor("cnn", cfg.dataset, cache)
     info = dataset_info(cfg.dataset)
     shape = (info.channels, info.img_size, info.img_size)
-    floor = fid_floor(cfg.dataset, ext, cache)
+    judge = _Judge(cfg.dataset, ext, cache, fid_floor(cfg.dataset, ext, cache))
 
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg).to(device).eval()
     imgs, _ = generate(untrained, trained.schedule, "ddim", 50, n, shape, device=device)
-    fid_untrained = evaluate(imgs, cfg.dataset, ext, cache)["fid"]
+    fid_untrained = judge.score(imgs)["fid"]
 
-    rows = _sampler_rows(trained, runs, n, shape, ext, cache, device, floor, out)
+    rows = _sampler_rows(trained, runs, n, shape, device, judge, out)
     m = trained.meta
     report = {
         "checkpoint": trained.key,
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "extractor": ext.name,
         "extractor_heldout_accuracy": ext.accuracy,
         "samples": n,
-        "fid_floor_train_vs_heldout": floor,
+        "fid_floor_train_vs_heldout": judge.floor,
         "heldout_images": len(as_tensors(load_dataset(cfg.dataset, "heldout"))[0]),
         "fid_untrained_ddim50": fid_untrained,
         "runs": rows,
@@ -92,10 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sampler_rows(trained, runs, n, shape, ext, cache, device, floor, out) -> list[dict]:
-    """FID / KID / seconds of the trained model for each (sampler, steps); the DDIM 50 run's
-    samples are saved as a grid."""
-    dataset = trained.config.dataset
+@dataclass(frozen=True)
+class _Judge:
+    """How samples are scored: FID / KID against ``dataset`` with the feature extractor
+    ``ext`` (statistics from ``cache``), and the real-vs-real FID ``floor`` they are set
+    against."""
+
+    dataset: str
+    ext: Any
+    cache: ArtifactCache
+    floor: float
+
+    def score(self, imgs: Tensor) -> dict[str, float]:
+        """:func:`bench.metrics.evaluate` of ``imgs``."""
+        return evaluate(imgs, self.dataset, self.ext, self.cache)
+
+
+def _sampler_rows(trained, runs, n, shape, device, judge: _Judge, out: Path) -> list[dict]:
+    """FID / KID / seconds of the trained model for each (sampler, steps) of ``runs`` (``n``
+    samples of ``shape`` on ``device``), scored by ``judge``; the DDIM 50 run's samples are
+    saved as a grid under ``out``."""
     rows = []
     for sampler, steps in runs:
         t0 = time.perf_counter()
@@ -103,14 +122,14 @@ def _sampler_rows(trained, runs, n, shape, ext, cache, device, floor, out) -> li
             trained.model, trained.schedule, sampler, steps, n, shape, device=device, progress=True
         )
         secs = time.perf_counter() - t0
-        res = evaluate(imgs, dataset, ext, cache)
+        res = judge.score(imgs)
         rows.append(
             {
                 "sampler": sampler,
                 "steps": steps,
                 "nfe": nfe,
                 "fid": res["fid"],
-                "fid_over_floor": res["fid"] / floor,
+                "fid_over_floor": res["fid"] / judge.floor,
                 "kid": res["kid"],
                 "seconds": secs,
             }

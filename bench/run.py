@@ -251,33 +251,13 @@ def run_cell(
         save_grid(imgs[:100], sample_grid, nrow=10)
     phase("time")
     timing = _timing(pipe, capture, batch_seconds)
-    nonfinite = not bool(torch.isfinite(imgs).all())
-    metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None, "agreement": None}
-    metrics.update(dict.fromkeys(PAIRED_FIELDS))
-    if not nonfinite:
-        phase("score")
-        metrics = pipe.evaluate(imgs, cache)
-        metrics.update(paired_fidelity(cell, imgs, cache, data))
+    metrics = _score(pipe, imgs, cache, phase)
     unpruned = pipe.unpruned_flops
     reference = unpruned * pipe.schedule.T * cell.samples * pipe.rows_per_sample
     return {
-        **dataclasses.asdict(cell),
-        "key": cell.key,
-        "model_key": cell_model_key(cell),  # which checkpoint / pruned model made the record
-        "label": cell.label(),
-        "knob_used": pipe.knob,
-        "cache_knob_used": pipe.cache_knob,
+        **_identity(pipe),
         **cache_stats,
-        "calibration_flop_ratio": None if pipe.calibration is None else pipe.calibration.achieved,
-        "fid": metrics["fid"],
-        "kid": metrics["kid"],
-        "extractor": metrics["extractor"],
-        # Conditional cells: the share of samples the offline classifier puts in the class
-        # their prompt or label asks for (None for unconditional cells).
-        "agreement": metrics.get("agreement"),
-        # Against the uncompressed pipeline's samples from the same noise (bench.paired).
-        **{name: metrics[name] for name in PAIRED_FIELDS},
-        "nonfinite": nonfinite,
+        **metrics,
         "nfe": nfe,
         "flop_ratio_per_call": executed_flops / (max(rows, 1) * unpruned),
         "flop_ratio_vs_reference": executed_flops / reference,
@@ -288,6 +268,43 @@ def run_cell(
         "macs_per_call": ex.costs.full / 2,  # per sample, full depth (FLOPs = 2 x MACs)
         "exit_histogram": exit_hist,
         **_environment(pipe.device),
+    }
+
+
+def _identity(pipe) -> dict[str, Any]:
+    """The record's head: the cell's fields, its key, the model that ran, the knobs used."""
+    cell = pipe.cell
+    return {
+        **dataclasses.asdict(cell),
+        "key": cell.key,
+        "model_key": cell_model_key(cell),  # which checkpoint / pruned model made the record
+        "label": cell.label(),
+        "knob_used": pipe.knob,
+        "cache_knob_used": pipe.cache_knob,
+    }
+
+
+def _score(pipe, imgs: torch.Tensor, cache: ArtifactCache, phase) -> dict[str, Any]:
+    """FID / KID / agreement and the paired fidelity of ``imgs``; all None (and ``nonfinite``
+    True) when a sample is not finite, which is never scored."""
+    nonfinite = not bool(torch.isfinite(imgs).all())
+    metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None, "agreement": None}
+    metrics.update(dict.fromkeys(PAIRED_FIELDS))
+    if not nonfinite:
+        phase("score")
+        metrics = pipe.evaluate(imgs, cache)
+        metrics.update(paired_fidelity(pipe.cell, imgs, cache, pipe.data))
+    return {
+        "calibration_flop_ratio": None if pipe.calibration is None else pipe.calibration.achieved,
+        "fid": metrics["fid"],
+        "kid": metrics["kid"],
+        "extractor": metrics["extractor"],
+        # Conditional cells: the share of samples the offline classifier puts in the class
+        # their prompt or label asks for (None for unconditional cells).
+        "agreement": metrics.get("agreement"),
+        # Against the uncompressed pipeline's samples from the same noise (bench.paired).
+        **{name: metrics[name] for name in PAIRED_FIELDS},
+        "nonfinite": nonfinite,
     }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 import io
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,7 +17,14 @@ import samplers
 from bench.cache import atomic_write_bytes
 from samplers import Denoiser, VPSchedule
 
-__all__ = ["GRID_PADDING", "GRID_SCALE", "generate", "image_sampler_options", "save_grid"]
+__all__ = [
+    "GRID_PADDING",
+    "GRID_SCALE",
+    "GenerateOptions",
+    "generate",
+    "image_sampler_options",
+    "save_grid",
+]
 
 
 def image_sampler_options(sampler: str) -> dict[str, float]:
@@ -27,6 +36,24 @@ def image_sampler_options(sampler: str) -> dict[str, float]:
     return {"clip_denoised": 1.0} if "clip_denoised" in params else {}
 
 
+@dataclass(frozen=True, eq=False)
+class GenerateOptions:
+    """How :func:`generate` runs, apart from the sampler: ``batch_size`` samples per sampler
+    call, the ``seed`` of the noise, the samples' conditions ``cond`` (one row per sample, or
+    None), the ``device``, a progress bar, and ``timings``, a list the wall-clock seconds of
+    each batch are appended to (None: not timed)."""
+
+    batch_size: int = 500
+    seed: int = 0
+    cond: Tensor | None = None
+    device: torch.device | str = "cpu"
+    progress: bool = False
+    timings: list[float] | None = None
+
+
+_GENERATE_OPTIONS = frozenset(f.name for f in fields(GenerateOptions))
+
+
 @torch.inference_mode()
 def generate(
     denoiser: Denoiser,
@@ -35,35 +62,32 @@ def generate(
     steps: int,
     n: int,
     shape: tuple[int, ...],
-    *,
-    batch_size: int = 500,
-    seed: int = 0,
-    cond: Tensor | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    timings: list[float] | None = None,
-    **sampler_kw,
+    **options: Any,
 ) -> tuple[Tensor, int]:
     """``n`` samples of ``shape`` (C, H, W); returns (images on the CPU, NFE per batch).
 
-    Noise for sample ``j`` depends only on ``seed`` and ``j // batch_size``, so runs with the
-    same seed and batch size are reproducible. ``sampler_kw`` overrides
-    :func:`image_sampler_options`. If ``timings`` is a list, the wall-clock seconds of each
-    batch are appended to it (CUDA work is synchronised before the clock is read).
+    ``options``: the fields of :class:`GenerateOptions` (``batch_size``, ``seed``, ``cond``,
+    ``device``, ``progress``, ``timings``); every other keyword is a sampler option, and
+    these override :func:`image_sampler_options`. Noise for sample ``j`` depends only on
+    ``seed`` and ``j // batch_size``, so runs with the same seed and batch size are
+    reproducible. If ``timings`` is a list, the wall-clock seconds of each batch are appended
+    to it (CUDA work is synchronised before the clock is read).
     """
+    run = GenerateOptions(**{k: v for k, v in options.items() if k in _GENERATE_OPTIONS})
+    sampler_kw = {k: v for k, v in options.items() if k not in _GENERATE_OPTIONS}
     fn = samplers.get_sampler(sampler)
     sampler_kw = {**image_sampler_options(sampler), **sampler_kw}
     out, nfe = [], 0
-    starts = range(0, n, batch_size)
-    for b, start in enumerate(tqdm(starts, desc=f"{sampler}-{steps}", disable=not progress)):
-        m = min(batch_size, n - start)
+    starts = range(0, n, run.batch_size)
+    for b, start in enumerate(tqdm(starts, desc=f"{sampler}-{steps}", disable=not run.progress)):
+        m = min(run.batch_size, n - start)
         t0 = time.perf_counter()
-        gen = torch.Generator(device=device).manual_seed(seed * 100_003 + b)
-        c = cond[start : start + m].to(device) if cond is not None else None
+        gen = torch.Generator(device=run.device).manual_seed(run.seed * 100_003 + b)
+        c = run.cond[start : start + m].to(run.device) if run.cond is not None else None
         res = fn(denoiser, schedule, (m, *shape), steps, generator=gen, cond=c, **sampler_kw)
         out.append(res.samples.float().cpu())  # .cpu() waits for the device's work
-        if timings is not None:
-            timings.append(time.perf_counter() - t0)
+        if run.timings is not None:
+            run.timings.append(time.perf_counter() - t0)
         nfe = res.nfe
     return torch.cat(out), nfe
 

@@ -243,6 +243,21 @@ def write_tables(
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     atomic_write_bytes(out / "table.parquet", buf.getvalue())
+    sections = (
+        _cells_table(df),
+        ["", KID_NOTE],
+        _budget_table(df),
+        _timing_unstable(df),
+        _nonfinite(df),
+        _failed(failures),
+    )
+    lines = [line for section in sections for line in section]
+    atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
+
+
+def _summary_columns(df) -> list[str]:
+    """The summary's columns: the fixed ones, plus those the records carry values for
+    (agreement of conditional cells, PSNR / SSIM of paired ones, the timing flag)."""
     cols = [
         "label",
         "seed",
@@ -262,6 +277,12 @@ def write_tables(
             cols.insert(cols.index("seconds_per_image"), name)
     if "timing_unstable" in df:  # records from before the flag existed lack it
         cols.append("timing_unstable")
+    return cols
+
+
+def _cells_table(df) -> list[str]:
+    """The summary's title and its table of every cell (``df``'s order), as markdown lines."""
+    cols = _summary_columns(df)
     lines = [
         f"# Grid summary ({len(df)} cells, extractor {sorted(set(df.extractor.dropna()))})",
         "",
@@ -270,9 +291,14 @@ def write_tables(
     ]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    lines += ["", KID_NOTE]
+    return lines
+
+
+def _budget_table(df) -> list[str]:
+    """The best finite FID within each total-FLOP budget, a budget left out when its best cell
+    is the previous budget's, as markdown lines (a leading blank line included)."""
     ok = df[~df.nonfinite & df.fid.notna()]
-    lines += [
+    lines = [
         "",
         "## Best FID per total-FLOP budget (vs DDPM, all T steps, full model)",
         "",
@@ -293,29 +319,44 @@ def write_tables(
                 f"| {budget} | {b.label} | {b.seed} | {b.fid:.3f} | "
                 f"{b.flop_ratio_vs_reference:.4f} |"
             )
-    if "timing_unstable" in df and df.timing_unstable.fillna(False).astype(bool).any():
-        flagged = df[df.timing_unstable.fillna(False).astype(bool)]
-        lines += ["", f"## Timing unstable ({len(flagged)}; wall-clock not trusted)", ""]
-        lines += [
-            "The plain model's or the cell's timing varied by more than 25% between repeats "
-            "(the fastest and slowest left out), twice (a busy "
-            "machine): delete these records and rerun on an idle machine to time them.",
-            "",
-        ]
-        lines += [f"- {r.label} ({r.key})" for r in flagged.itertuples()]
+    return lines
+
+
+def _timing_unstable(df) -> list[str]:
+    """The section listing cells flagged ``timing_unstable`` (none: no lines)."""
+    if not ("timing_unstable" in df and df.timing_unstable.fillna(False).astype(bool).any()):
+        return []
+    flagged = df[df.timing_unstable.fillna(False).astype(bool)]
+    lines = ["", f"## Timing unstable ({len(flagged)}; wall-clock not trusted)", ""]
+    lines += [
+        "The plain model's or the cell's timing varied by more than 25% between repeats "
+        "(the fastest and slowest left out), twice (a busy "
+        "machine): delete these records and rerun on an idle machine to time them.",
+        "",
+    ]
+    return lines + [f"- {r.label} ({r.key})" for r in flagged.itertuples()]
+
+
+def _nonfinite(df) -> list[str]:
+    """The section listing cells whose samples were not finite (none: no lines)."""
     bad = df[df.nonfinite.fillna(False).astype(bool)]
-    if len(bad):
-        lines += ["", f"## Nonfinite cells ({len(bad)}; stored, never scored)", ""]
-        lines += [
-            "Their samples hold NaN or inf (a diverging sampler or guidance scale): the record "
-            "is kept so the cell is not rerun; FID and KID are empty.",
-            "",
-        ]
-        lines += [f"- {r.label} ({r.key})" for r in bad.itertuples()]
-    if failures:
-        lines += ["", f"## Failed cells ({len(failures)}; rerun to retry)", ""]
-        lines += [f"- {f['label']} ({f['key']}): {f['error'].splitlines()[0]}" for f in failures]
-    atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
+    if not len(bad):
+        return []
+    lines = ["", f"## Nonfinite cells ({len(bad)}; stored, never scored)", ""]
+    lines += [
+        "Their samples hold NaN or inf (a diverging sampler or guidance scale): the record "
+        "is kept so the cell is not rerun; FID and KID are empty.",
+        "",
+    ]
+    return lines + [f"- {r.label} ({r.key})" for r in bad.itertuples()]
+
+
+def _failed(failures: list[dict[str, Any]]) -> list[str]:
+    """The section listing failed cells with their error's first line (none: no lines)."""
+    if not failures:
+        return []
+    lines = ["", f"## Failed cells ({len(failures)}; rerun to retry)", ""]
+    return lines + [f"- {f['label']} ({f['key']}): {f['error'].splitlines()[0]}" for f in failures]
 
 
 def _fmt(v: Any) -> str:

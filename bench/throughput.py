@@ -19,9 +19,11 @@ import json
 import logging
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from adaptive.calibrate import check_target, search_knob
 from adaptive.policies import make_policy
@@ -34,7 +36,7 @@ from bench.measure import wall_table
 from blockloop.executor import EarlyExitDenoiser
 from models import MODELS, make_model
 
-__all__ = ["main", "measure_throughput"]
+__all__ = ["ThroughputSpec", "main", "measure_throughput"]
 
 log = logging.getLogger(__name__)
 
@@ -51,55 +53,75 @@ def _model(model_name: str, info, official: str | None, num_heads: int | None, s
     return make_model(model_name, info.img_size, info.channels, exit_heads="uem")
 
 
+@dataclass(frozen=True)
+class ThroughputSpec:
+    """One throughput measurement: ``model_name`` with UEM heads (random weights seeded by
+    ``seed``, or the ``official`` checkpoint with ``num_heads`` heads), one batch of ``batch``
+    noisy inputs of ``dataset``'s geometry at timesteps spread over [0, ``T``), timed
+    ``repeats`` times on ``device`` under ``autocast`` for each target FLOP ratio of
+    ``targets``."""
+
+    model_name: str = "uvit-s2"
+    dataset: str = "cifar10"
+    batch: int = 256
+    targets: tuple[float, ...] = (0.9, 0.75, 0.6, 0.45)
+    device: str = "cpu"
+    autocast: str = "none"
+    repeats: int = 10
+    official: str | None = None
+    num_heads: int | None = None
+    T: int = 1000
+    seed: int = 0
+
+
 @torch.inference_mode()
-def measure_throughput(
-    model_name: str = "uvit-s2",
-    dataset: str = "cifar10",
-    batch: int = 256,
-    targets: tuple[float, ...] = (0.9, 0.75, 0.6, 0.45),
-    device: str = "cpu",
-    autocast: str = "none",
-    repeats: int = 10,
-    official: str | None = None,
-    num_heads: int | None = None,
-    T: int = 1000,
-    seed: int = 0,
-) -> list[dict]:
+def measure_throughput(spec: ThroughputSpec = ThroughputSpec()) -> list[dict]:
     """Rows of :func:`bench.measure.wall_table` for the never-exiting executor and `uem` at
-    each target FLOP ratio (the threshold searched by :func:`adaptive.calibrate.search_knob`
-    on this one batched call), with the environment."""
-    for target in targets:
+    each of ``spec.targets`` (the threshold searched by :func:`adaptive.calibrate.search_knob`
+    on this one batched call), with the environment. A target outside (0, 1] is a
+    ValueError, raised before any work."""
+    for target in spec.targets:
         check_target(target)
-    dev = resolve_device(device)
-    info = dataset_info(dataset)
-    model = _model(model_name, info, official, num_heads, seed).to(dev).eval()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, info.channels, info.img_size, info.img_size, generator=g).to(dev)
-    t = torch.linspace(0, T - 1, batch).to(dev)
-    amp = AUTOCAST[autocast]
-    never = EarlyExitDenoiser(model, make_policy("full"), T)
-    executors = {"never-exit": never}
-    with amp_context(dev, amp):
-        for target in targets:
-
-            def run(tau: float | None) -> tuple[float, float]:
-                ex = never.with_policy(make_policy("uem", tau))
-                ex(x, t)
-                return ex.flop_ratio, ex.layer_ratio
-
-            tau = search_knob("uem", target, run, model.depth, iters=20, tol=0.0).knob
-            executors[f"uem tau={tau:.4f}"] = never.with_policy(make_policy("uem", tau))
-        rows = wall_table(model, executors, x, t, repeats)
+    dev = resolve_device(spec.device)
+    info = dataset_info(spec.dataset)
+    model = _model(spec.model_name, info, spec.official, spec.num_heads, spec.seed).to(dev).eval()
+    g = torch.Generator().manual_seed(spec.seed)
+    shape = (spec.batch, info.channels, info.img_size, info.img_size)
+    x = torch.randn(*shape, generator=g).to(dev)
+    t = torch.linspace(0, spec.T - 1, spec.batch).to(dev)
+    never = EarlyExitDenoiser(model, make_policy("full"), spec.T)
+    with amp_context(dev, AUTOCAST[spec.autocast]):
+        executors = _executors(never, x, t, spec.targets)
+        rows = wall_table(model, executors, x, t, spec.repeats)
     env = {
-        "model": model_name,
+        "model": spec.model_name,
         "params": sum(p.numel() for p in model.parameters()),
-        "batch": batch,
+        "batch": spec.batch,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
-        "autocast": autocast,
+        "autocast": spec.autocast,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     return [{**env, **r} for r in rows]
+
+
+def _executors(
+    never: EarlyExitDenoiser, x: Tensor, t: Tensor, targets: tuple[float, ...]
+) -> dict[str, EarlyExitDenoiser]:
+    """``never`` (the never-exiting executor) and, per target FLOP ratio of ``targets`` in
+    order, the `uem` executor whose threshold the calibrator's bisection finds on the batch
+    ``(x, t)``; keyed by the names the table shows."""
+    executors = {"never-exit": never}
+    for target in targets:
+
+        def run(tau: float | None) -> tuple[float, float]:
+            ex = never.with_policy(make_policy("uem", tau))
+            ex(x, t)
+            return ex.flop_ratio, ex.layer_ratio
+
+        tau = search_knob("uem", target, run, never.model.depth, iters=20, tol=0.0).knob
+        executors[f"uem tau={tau:.4f}"] = never.with_policy(make_policy("uem", tau))
+    return executors
 
 
 def _flop_ratio(text: str) -> float:
@@ -128,7 +150,8 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m bench.throughput``."""
     p = make_parser("bench.throughput", __doc__)
     p.add_argument("--model", default="uvit-s2", choices=list(MODELS), help="model size")
     p.add_argument(
@@ -162,31 +185,42 @@ def main(argv: list[str] | None = None) -> int:
         help="heads of --official's model (default: the model size's)",
     )
     p.add_argument("--out", type=Path, default=Path("results/throughput"), help="output folder")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.batch < 1 or a.repeats < 1:
-        p.error("--batch and --repeats must be >= 1")
-    try:
-        rows = measure_throughput(
-            a.model,
-            a.dataset,
-            a.batch,
-            tuple(a.targets),
-            a.device,
-            a.autocast,
-            a.repeats,
-            a.official,
-            a.num_heads,
-        )
-    except ValueError as e:
-        p.error(str(e))
-    print(_markdown(rows))
+    return p
+
+
+def _json_path(a: argparse.Namespace) -> Path:
+    """``<out>/<model>-<cpu|cuda>-<autocast>.json``: the device family the run asked for."""
     dev = (
         "cuda"
         if "cuda" in str(a.device) or (a.device == "auto" and torch.cuda.is_available())
         else "cpu"
     )
-    path = a.out / f"{a.model}-{dev}-{a.autocast}.json"
+    return a.out / f"{a.model}-{dev}-{a.autocast}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.batch < 1 or a.repeats < 1:
+        p.error("--batch and --repeats must be >= 1")
+    spec = ThroughputSpec(
+        a.model,
+        a.dataset,
+        a.batch,
+        tuple(a.targets),
+        a.device,
+        a.autocast,
+        a.repeats,
+        a.official,
+        a.num_heads,
+    )
+    try:
+        rows = measure_throughput(spec)
+    except ValueError as e:
+        p.error(str(e))
+    print(_markdown(rows))
+    path = _json_path(a)
     atomic_write_bytes(path, json.dumps(rows, indent=2).encode())
     print(path)
     return 0

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from blockloop.contracts import CachePolicy, ExitContext, ExitPolicy, check_composition
 from blockloop.cost import CostModel, FlopMeter
-from models import UViT
+from models import UViT, UViTState
 
 __all__ = ["EarlyExitDenoiser", "ExitTrace"]
 
@@ -56,6 +56,36 @@ class ExitTrace:
             "exit_block": torch.cat(self.exit_block).numpy(),
             "score": torch.cat(self.score).numpy(),
         }
+
+
+@dataclass
+class _Run:
+    """One denoiser call in progress: its outputs, FLOP meter and the rows still running
+    (their state, timesteps, embedded inputs and the policy's per-row memory)."""
+
+    out: Tensor
+    exit_block: Tensor
+    score: Tensor
+    meter: FlopMeter
+    state: UViTState
+    rows: Tensor  # indices into the call's batch
+    t_run: Tensor
+    h0: Tensor  # the running rows' embedded input (a cache's finish needs it)
+    cached: bool
+    memory: dict[str, Tensor] = field(default_factory=dict)
+
+    def context(self, ex: EarlyExitDenoiser, layer: int) -> ExitContext:
+        return ExitContext(
+            ex.model, layer, self.state, self.t_run, ex.T, self.memory, ex.costs, self.meter
+        )
+
+    def keep(self, keep: Tensor) -> None:
+        """Compact every per-row tensor down to the rows ``keep``."""
+        self.state = self.state.select(keep)
+        self.rows, self.t_run = self.rows[keep], self.t_run[keep]
+        if self.cached:
+            self.h0 = self.h0[keep]
+        self.memory = {k: v[keep] for k, v in self.memory.items()}
 
 
 class EarlyExitDenoiser:
@@ -122,79 +152,99 @@ class EarlyExitDenoiser:
 
     # ----- the denoiser -----
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        model, depth = self.model, self.model.depth
-        B = x.shape[0]
+        B, depth = x.shape[0], self.model.depth
         if self.paired and B % 2:
             raise ValueError(f"paired exits need an even batch (cond + uncond halves), got {B}")
-        # eps in the input's dtype: under autocast the readouts come out in bf16 / fp16.
-        out = torch.empty_like(x)
-        exit_block = torch.full((B,), depth - 1, dtype=torch.long, device=x.device)
-        score = torch.full((B,), float("nan"), device=x.device)
-        meter = FlopMeter(self.costs.embed * B)
-        state = model.embed(x, t, cond)
-        rows = torch.arange(B, device=x.device)
-        t_run, memory = t, {}
-        cache, h0 = self.cache, state.h
-        if cache is not None:
-            served = cache.begin(t, state)
-            if served is not None and bool(served.any()):
-                idx = served.nonzero().squeeze(1)
-                out[idx] = model.readout(cache.reused_hidden(idx, state)).to(out.dtype)
-                meter.add(self.costs.readout * idx.shape[0])
-                exit_block[idx] = -1  # no block ran
-                rows = (~served).nonzero().squeeze(1)
-                state, t_run, h0 = state.select(rows), t[rows], h0[rows]
-        ctx = ExitContext(model, -1, state, t_run, self.T, memory, self.costs, meter)
-        if rows.shape[0]:
-            self.policy.begin(ctx)
-        for i in range(depth if rows.shape[0] else 0):
-            if cache is None:
-                model.run_block(i, state)
-                meter.add(self.costs.blocks[i] * rows.shape[0])
+        run = self._start(x, t, cond)
+        if run.rows.shape[0]:
+            self.policy.begin(run.context(self, -1))
+        for i in range(depth if run.rows.shape[0] else 0):
+            if self.cache is None:
+                self.model.run_block(i, run.state)
+                run.meter.add(self.costs.blocks[i] * run.rows.shape[0])
             else:
-                meter.add(cache.run_block(i, state))
+                run.meter.add(self.cache.run_block(i, run.state))
             if i == depth - 1:
-                out[rows] = model.readout(state.h).to(out.dtype)
-                meter.add(self.costs.readout * rows.shape[0])
-                if cache is not None:
-                    cache.finish(rows, state.h, h0)
+                self._leave(run, run.rows, run.state.h, self._readout(run, run.state.h), run.h0)
                 break
-            ctx = ExitContext(model, i, state, t_run, self.T, memory, self.costs, meter)
+            ctx = run.context(self, i)
             mask, s = self.policy.decide(ctx)
             if self.paired:  # compaction keeps row order, so the halves stay aligned
                 both = mask.view(2, -1).all(0)
                 mask = torch.cat([both, both])
             # The one host sync per block, which compaction needs: how many rows exit.
             n_exit = int(mask.sum())
-            if n_exit == 0:
-                continue
-            # Running rows first (in order, so CFG halves stay aligned), exiting rows last.
-            order = torch.argsort(mask.to(torch.int8), stable=True)
-            n_keep = order.shape[0] - n_exit
-            keep, leaving = order[:n_keep], order[n_keep:]
-            done = rows[leaving]
-            if ctx.computed_readout is not None:
-                out[done] = ctx.computed_readout[leaving].to(out.dtype)
-            else:
-                out[done] = model.readout(state.h[leaving]).to(out.dtype)
-                meter.add(self.costs.readout * n_exit)
-            exit_block[done] = i
-            score[done] = s[leaving].float()
-            if cache is not None:
-                cache.finish(done, state.h[leaving], h0[leaving])
-                h0 = h0[keep]
-            if n_keep == 0:
+            if n_exit and not self._exit(run, ctx, mask, s, n_exit):
                 break
-            state = state.select(keep)
-            rows, t_run = rows[keep], t_run[keep]
-            memory = {k: v[keep] for k, v in memory.items()}
-        self.executed_flops += meter.total
+        self.executed_flops += run.meter.total
         self.rows += B
         self.trace.t.append(t.detach().float().cpu())
-        self.trace.exit_block.append(exit_block.cpu())
-        self.trace.score.append(score.cpu())
-        self.trace.flops.append(meter.total)
-        return out
+        self.trace.exit_block.append(run.exit_block.cpu())
+        self.trace.score.append(run.score.cpu())
+        self.trace.flops.append(run.meter.total)
+        return run.out
+
+    def _start(self, x: Tensor, t: Tensor, cond: Tensor | None) -> _Run:
+        """Embed the batch; rows the cache serves wholly leave now (exit block -1)."""
+        B = x.shape[0]
+        state = self.model.embed(x, t, cond)
+        run = _Run(
+            out=torch.empty_like(x),  # eps in the input's dtype: autocast readouts are bf16
+            exit_block=torch.full((B,), self.model.depth - 1, dtype=torch.long, device=x.device),
+            score=torch.full((B,), float("nan"), device=x.device),
+            meter=FlopMeter(self.costs.embed * B),
+            state=state,
+            rows=torch.arange(B, device=x.device),
+            t_run=t,
+            h0=state.h,
+            cached=self.cache is not None,
+        )
+        served = None if self.cache is None else self.cache.begin(t, state)
+        if served is not None and bool(served.any()):
+            idx = served.nonzero().squeeze(1)
+            eps = self._readout(run, self.cache.reused_hidden(idx, state))
+            run.out[idx] = eps.to(run.out.dtype)
+            run.exit_block[idx] = -1  # no block ran
+            run.keep((~served).nonzero().squeeze(1))
+        return run
+
+    def _readout(self, run: _Run, h: Tensor) -> Tensor:
+        """eps of hidden states ``h``, its FLOPs counted."""
+        eps = self.model.readout(h)
+        run.meter.add(self.costs.readout * h.shape[0])
+        return eps
+
+    def _exit(self, run: _Run, ctx: ExitContext, mask: Tensor, s: Tensor, n_exit: int) -> bool:
+        """Write out the ``n_exit`` rows ``mask`` lets exit after block ``ctx.layer`` (reusing
+        the readout a policy already asked for) and compact the rest; False when none is left."""
+        # Running rows first (in order, so CFG halves stay aligned), exiting rows last.
+        order = torch.argsort(mask.to(torch.int8), stable=True)
+        n_keep = order.shape[0] - n_exit
+        keep, leaving = order[:n_keep], order[n_keep:]
+        done = run.rows[leaving]
+        # (the leaving rows' hidden state is indexed only where something reads it)
+        need_h = run.cached or ctx.computed_readout is None
+        h = run.state.h[leaving] if need_h else None
+        if ctx.computed_readout is not None:
+            eps = ctx.computed_readout[leaving]
+        else:
+            eps = self._readout(run, h)
+        self._leave(run, done, h, eps, run.h0[leaving] if run.cached else None)
+        run.exit_block[done] = ctx.layer
+        run.score[done] = s[leaving].float()
+        if n_keep == 0:
+            return False
+        run.keep(keep)
+        return True
+
+    def _leave(
+        self, run: _Run, done: Tensor, h: Tensor | None, eps: Tensor, h0: Tensor | None
+    ) -> None:
+        """Rows ``done`` (indices into the call's batch) leave with hidden state ``h``, embedded
+        input ``h0`` and output ``eps``; the cache is told."""
+        run.out[done] = eps.to(run.out.dtype)
+        if self.cache is not None:
+            self.cache.finish(done, h, h0)
 
     def with_policy(
         self, policy: ExitPolicy, cache: CachePolicy | None = None

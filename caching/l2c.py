@@ -19,6 +19,7 @@ is on the noise prediction, and trajectories come from the suite's sampler of th
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ import samplers
 from models import UViT
 from samplers import ClassifierFreeGuidance, VPSchedule
 
-__all__ = ["train_router"]
+__all__ = ["RouterTraining", "train_router"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,27 @@ def _branches(model: UViT, x: Tensor, t: Tensor, cond: Tensor | None) -> list[li
     return out
 
 
+@dataclass(frozen=True)
+class RouterTraining:
+    """The router's training hyper-parameters: ``n`` recorded trajectories, ``iters`` Adam
+    steps of learning rate ``lr`` on ``batch`` rows of one call each, the sparsity weight
+    ``lam`` and the ``seed`` of the trajectories' noise (``seed + 1`` draws the batches)."""
+
+    n: int = 256
+    iters: int = 400
+    batch: int = 64
+    lam: float = 1e-3
+    lr: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iters < 1 or self.n < 2 or self.batch < 1 or not self.lam >= 0 or not self.lr > 0:
+            raise ValueError(
+                f"l2c training needs iters >= 1, n >= 2, batch >= 1, lam >= 0, lr > 0; got "
+                f"{self.iters}, {self.n}, {self.batch}, {self.lam}, {self.lr}"
+            )
+
+
 def train_router(
     model: UViT,
     schedule: VPSchedule,
@@ -79,27 +101,51 @@ def train_router(
     *,
     sampler_kw: dict[str, Any] | None = None,
     guidance: float | None = None,
-    n: int = 256,
-    iters: int = 400,
-    batch: int = 64,
-    lam: float = 1e-3,
-    lr: float = 0.05,
-    seed: int = 0,
     progress: bool = False,
     cond: Tensor | None = None,
+    **training: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
     """The router scores ``beta`` (calls, depth, 2) in [0, 1] for ``model`` sampled with
     ``sampler`` / ``steps`` (and ``guidance``: rows are then cond and uncond halves), and a
     summary of the training (final losses). ``cond``: the ``n`` trajectories' conditions
-    (default: the classes in turn for a class-conditional model under guidance)."""
-    if iters < 1 or n < 2 or batch < 1 or not lam >= 0 or not lr > 0:
-        raise ValueError(
-            f"l2c training needs iters >= 1, n >= 2, batch >= 1, lam >= 0, lr > 0; got "
-            f"{iters}, {n}, {batch}, {lam}, {lr}"
-        )
+    (default: the classes in turn for a class-conditional model under guidance).
+    ``training``: the fields of :class:`RouterTraining` (``n``, ``iters``, ``batch``, ``lam``,
+    ``lr``, ``seed``); an unknown one is a TypeError, a bad value a ValueError."""
+    opts = RouterTraining(**training)
     model = model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    calls = _record_calls(
+        model,
+        schedule,
+        sampler,
+        steps,
+        sampler_kw=sampler_kw,
+        guidance=guidance,
+        cond=cond,
+        opts=opts,
+    )
+    logits, mse, reg = _fit_logits(model, calls, opts, progress)
+    router = torch.sigmoid(logits.detach()).cpu()
+    router[0] = 1.0  # the first call has nothing cached: it always computes
+    log.info("l2c router: %d calls, final mse %.3g, mean beta %.3f", len(calls), mse, reg)
+    return router, {"calls": len(calls), "mse": mse, "mean_beta": float(router[1:].mean())}
+
+
+def _record_calls(
+    model: UViT,
+    schedule: VPSchedule,
+    sampler: str,
+    steps: int,
+    *,
+    sampler_kw: dict[str, Any] | None,
+    guidance: float | None,
+    cond: Tensor | None,
+    opts: RouterTraining,
+) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+    """Sample ``opts.n`` trajectories of the frozen ``model`` (noise seeded by ``opts.seed``,
+    under classifier-free ``guidance`` if given) and return every denoiser call's inputs
+    ``(x, t, cond)``, in call order: the teacher-forcing data of the router."""
     dev = next(model.parameters()).device
     cfg = model.cfg
     rec = _Recorder(model)
@@ -108,49 +154,64 @@ def train_router(
         if cond is None:
             if not cfg.num_classes:
                 raise ValueError("a text-conditional model learns its router on given prompts")
-            cond = torch.arange(n, device=dev) % cfg.num_classes
+            cond = torch.arange(opts.n, device=dev) % cfg.num_classes
         denoiser = ClassifierFreeGuidance(rec, guidance, model.null_cond())
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(opts.seed)
     with torch.no_grad():
         samplers.sample(
             sampler,
             denoiser,
             schedule,
-            (n, cfg.in_chans, cfg.img_size, cfg.img_size),
+            (opts.n, cfg.in_chans, cfg.img_size, cfg.img_size),
             steps,
             generator=gen,
             cond=cond,
             **(sampler_kw or {}),
         )
-    calls = len(rec.calls)
-    # Start near "compute everything" (beta ~ 0.95): the sparsity term lowers what is cheap.
-    logits = torch.full((calls, model.depth, 2), 3.0, device=dev, requires_grad=True)
-    opt = torch.optim.Adam([logits], lr=lr)
-    rng = torch.Generator().manual_seed(seed + 1)
-    rows_total = rec.calls[0][0].shape[0]
-    mse = reg = float("nan")
-    for _ in tqdm(range(iters), desc="l2c router", disable=not progress):
-        if calls < 2:
-            break
-        c = int(torch.randint(1, calls, (1,), generator=rng))
-        rows = torch.randperm(rows_total, generator=rng)[:batch].to(dev)
+    return rec.calls
 
-        prev, now = _rows(rec.calls[c - 1], rows), _rows(rec.calls[c], rows)
-        with torch.no_grad():
-            cached = _branches(model, *prev)
-            target = model(*now)
+
+def _fit_logits(
+    model: UViT,
+    calls: list[tuple[Tensor, Tensor, Tensor | None]],
+    opts: RouterTraining,
+    progress: bool,
+) -> tuple[Tensor, float, float]:
+    """Adam on the router's logits (calls, depth, 2), one random call ``c >= 1`` and
+    ``opts.batch`` random rows per step (drawn from a CPU generator seeded ``opts.seed + 1``);
+    returns the logits and the last step's MSE and mean beta (NaN when no step ran: fewer than
+    two calls)."""
+    dev = next(model.parameters()).device
+    # Start near "compute everything" (beta ~ 0.95): the sparsity term lowers what is cheap.
+    logits = torch.full((len(calls), model.depth, 2), 3.0, device=dev, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=opts.lr)
+    rng = torch.Generator().manual_seed(opts.seed + 1)
+    rows_total = calls[0][0].shape[0]
+    mse = reg = float("nan")
+    for _ in tqdm(range(opts.iters), desc="l2c router", disable=not progress):
+        if len(calls) < 2:
+            break
+        c = int(torch.randint(1, len(calls), (1,), generator=rng))
+        rows = torch.randperm(rows_total, generator=rng)[: opts.batch].to(dev)
         beta = torch.sigmoid(logits[c])  # (depth, 2)
-        state = model.embed(*now)
-        for i in range(model.depth):
-            model.block_parts(i, state, mix=_Mix(beta[i], cached[i]))
-        loss_mse = (model.readout(state.h) - target).pow(2).mean()
+        loss_mse = _mixed_mse(model, _rows(calls[c - 1], rows), _rows(calls[c], rows), beta)
         loss_reg = beta.mean()
-        loss = loss_mse + lam * loss_reg
+        loss = loss_mse + opts.lam * loss_reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         mse, reg = loss_mse.item(), loss_reg.item()
-    router = torch.sigmoid(logits.detach()).cpu()
-    router[0] = 1.0  # the first call has nothing cached: it always computes
-    log.info("l2c router: %d calls, final mse %.3g, mean beta %.3f", calls, mse, reg)
-    return router, {"calls": calls, "mse": mse, "mean_beta": float(router[1:].mean())}
+    return logits, mse, reg
+
+
+def _mixed_mse(model: UViT, prev: tuple, now: tuple, beta: Tensor) -> Tensor:
+    """Mean squared difference between the model's output at inputs ``now`` with every
+    block's branch ``p`` mixed as ``beta[i, p] * fresh + (1 - beta[i, p]) * cached`` (the
+    branches cached from inputs ``prev``) and its plain output at ``now``."""
+    with torch.no_grad():
+        cached = _branches(model, *prev)
+        target = model(*now)
+    state = model.embed(*now)
+    for i in range(model.depth):
+        model.block_parts(i, state, mix=_Mix(beta[i], cached[i]))
+    return (model.readout(state.h) - target).pow(2).mean()

@@ -33,7 +33,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from models.uvit import Attention
 __all__ = [
     "DEFAULT_IMPORTANCE",
     "IMPORTANCES",
+    "GradientScoring",
     "Importance",
     "PruneResult",
     "check_prune",
@@ -271,56 +272,66 @@ def _accumulate_gradients(
             F.mse_loss(model(x_t, t.float(), cond), eps).backward()
 
 
+@dataclass(frozen=True, eq=False)
+class GradientScoring:
+    """What the gradient-based criteria score with: real images ``data`` in [-1, 1], the noise
+    schedule's ``alphas_cumprod``, Diff-Pruning's ``timesteps`` (default: 10 evenly spaced
+    over [0, T)) and the number of ``batches`` of the eps loss. Criteria that need no
+    gradients ignore it."""
+
+    data: Tensor | None = None
+    alphas_cumprod: Tensor | None = None
+    timesteps: list[int] | None = None
+    batches: int = 4
+
+
 def prune(
     model: UViT,
     ratio: float,
     importance: str,
     *,
-    data: Tensor | None = None,
-    alphas_cumprod: Tensor | None = None,
-    timesteps: list[int] | None = None,
-    batches: int = 4,
     seed: int = 0,
     rounds: int = 1,
     between: Callable[[int, UViT], None] | None = None,
+    **scoring: Any,
 ) -> PruneResult:
     """Prune ``model`` in place: attention heads and MLP channels, each by ``ratio``.
 
-    ``data`` (real images in [-1, 1]) and ``alphas_cumprod`` are needed by the gradient-based
-    criteria. ``timesteps`` are Diff-Pruning's (default: 10 evenly spaced over [0, T)).
-    ``rounds > 1`` prunes iteratively: importance re-scored before each round, and
-    ``between(round, model)`` (a fine-tune that must update ``model``'s weights in place) run
-    after every round but the last.
+    ``scoring``: the fields of :class:`GradientScoring` (``data``, ``alphas_cumprod``,
+    ``timesteps``, ``batches``); ``data`` (real images in [-1, 1]) and ``alphas_cumprod`` are
+    needed by the gradient-based criteria, ``timesteps`` are Diff-Pruning's. An unknown
+    keyword is a TypeError. ``rounds > 1`` prunes iteratively: importance re-scored before
+    each round, and ``between(round, model)`` (a fine-tune that must update ``model``'s
+    weights in place) run after every round but the last.
     """
     check_prune(ratio, importance, rounds)
+    grads = GradientScoring(**scoring)
     torch.manual_seed(seed)
     with torch.enable_grad():  # torch-pruning traces the graph through autograd
-        return _prune_with_grad(
-            model,
-            ratio,
-            importance,
-            data,
-            alphas_cumprod,
-            timesteps,
-            batches,
-            seed,
-            rounds,
-            between,
-        )
+        return _prune_with_grad(model, ratio, importance, grads, seed, rounds, between)
 
 
 def _prune_with_grad(
-    model, ratio, importance, data, alphas_cumprod, timesteps, batches, seed, rounds, between
-):
-    criterion = IMPORTANCES[importance](timesteps)
-    if criterion.needs_gradients and (data is None or alphas_cumprod is None):
+    model: UViT,
+    ratio: float,
+    importance: str,
+    grads: GradientScoring,
+    seed: int,
+    rounds: int,
+    between: Callable[[int, UViT], None] | None,
+) -> PruneResult:
+    """:func:`prune`'s rounds, with autograd on: the criterion re-scored on the current model
+    before each round (its gradients drawn from a generator seeded ``seed``), torch-pruning's
+    step, the head counts written back, ``between`` after every round but the last."""
+    criterion = IMPORTANCES[importance](grads.timesteps)
+    if criterion.needs_gradients and (grads.data is None or grads.alphas_cumprod is None):
         raise ValueError(f"importance {importance!r} needs data and the noise schedule")
     pruner = _pruner(model, criterion.scorer(), ratio, rounds)
     gen = torch.Generator().manual_seed(seed)
     for r in range(rounds):
         if criterion.needs_gradients:
             model.train()
-            criterion.prepare(model, data, alphas_cumprod, batches, gen)
+            criterion.prepare(model, grads.data, grads.alphas_cumprod, grads.batches, gen)
         pruner.step()
         model.zero_grad(set_to_none=True)
         heads = _write_back_heads(model)

@@ -83,3 +83,76 @@ def test_packages_form_layers():
     order = ["samplers", "models", "blockloop", "caching", "adaptive", "pruning", "bench"]
     for pkg, deps in pkg_graph.items():
         assert all(order.index(d) < order.index(pkg) for d in deps), (pkg, deps)
+
+
+# Size limits of the code (docs/design.md, "Small pieces"): a file, a function's code (its
+# docstring, the contract, not counted) and its parameters (self / cls not counted).
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 60
+MAX_PARAMETERS = 8
+# The deliberate exceptions, each with its reason. The solvers' public functions take their
+# grid and order options as keyword-only arguments with defaults, the API of the solver
+# libraries they are checked against (diffusers, k-diffusion, the DPM-Solver and UniPC code);
+# `samplers.sample(name, ..., **options)` is how the suite calls them.
+PARAMETER_EXCEPTIONS = {
+    "samplers/ddim.py": {"ddpm", "ddim"},
+    "samplers/dpm.py": {
+        "_singlestep",
+        "_multistep",
+        "dpm_solver",
+        "dpm_solver_pp_singlestep",
+        "dpm_solver_pp",
+        "dpm_solver_multistep",
+        "dpm_solver_pp_sde",
+    },
+    "samplers/sde.py": {"euler_maruyama"},
+    "samplers/unipc.py": {"unipc"},
+}
+
+
+def _functions():
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield path.relative_to(ROOT).as_posix(), node
+
+
+def _code_lines(node) -> int:
+    """Lines from ``def`` to the function's end, its docstring left out."""
+    n = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        n -= first.end_lineno - first.lineno + 1
+    return n
+
+
+def test_no_source_file_is_over_the_size_limit():
+    long = {
+        path.relative_to(ROOT).as_posix(): n
+        for pkg in PACKAGES
+        for path in (ROOT / pkg).rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_FILE_LINES
+    }
+    assert not long, f"files over {MAX_FILE_LINES} lines: {long}"
+
+
+def test_no_function_is_over_the_length_limit():
+    long = {
+        f"{path}:{node.name}": n
+        for path, node in _functions()
+        if (n := _code_lines(node)) > MAX_FUNCTION_LINES
+    }
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines of code: {long}"
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    many = {}
+    for path, node in _functions():
+        a = node.args
+        names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+        n = len([x for x in names if x not in ("self", "cls")])
+        if n > MAX_PARAMETERS and node.name not in PARAMETER_EXCEPTIONS.get(path, ()):
+            many[f"{path}:{node.name}"] = n
+    assert not many, f"functions over {MAX_PARAMETERS} parameters: {many}"

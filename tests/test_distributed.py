@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench.cache import ArtifactCache
+from bench.executors import RunOptions
 from bench.grid import load_config, main
 from bench.store import load_records, pending
 
@@ -109,7 +110,8 @@ def test_dask_cluster_gives_the_same_records_even_when_a_worker_dies(
     killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
     try:
         killer.start()
-        status = run_dask(cells, out, str(shared_cache_dir), client=client, threads=1)
+        opts = RunOptions(cache_dir=str(shared_cache_dir))
+        status = run_dask(cells, out, opts, client=client, threads=1)
         killer.join()
     finally:
         client.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptive.recipes import RECIPES, get_recipe, uem_loss
+from adaptive.recipes import RECIPES, UEMLoss, get_recipe, uem_loss
 from bench.cache import config_hash
 from bench.train import TrainConfig, load_or_train
 from models import make_model
@@ -115,7 +115,7 @@ def test_lambda_ual_zero_is_l_simple_plus_l_u():
     loss, logs = uem_loss(model, x_t, t, None, eps, lambda_ual=0.0)
     assert loss.item() == pytest.approx(logs["simple"] + logs["u"], rel=1e-6)
     with pytest.raises(ValueError, match="valid: official, summed"):
-        uem_loss(model, x_t, t, None, eps, weighting="sum")
+        UEMLoss("sum")
 
 
 def test_recipe_revision_changes_only_its_own_keys():

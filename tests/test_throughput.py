@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from bench.throughput import main, measure_throughput
+from bench.throughput import ThroughputSpec, main, measure_throughput
 
 
 def test_throughput_rows_hit_their_flop_targets_on_the_cpu():
-    rows = measure_throughput("micro", "digits", batch=32, targets=(0.7,), repeats=2)
+    spec = ThroughputSpec("micro", "digits", batch=32, targets=(0.7,), repeats=2)
+    rows = measure_throughput(spec)
     assert [r["executor"].split()[0] for r in rows] == ["never-exit", "uem"]
     assert rows[0]["flop_ratio"] == pytest.approx(1.0, abs=0.02)  # UEM heads cost a little
     assert abs(rows[1]["flop_ratio"] - 0.7) < 0.1
