@@ -7,10 +7,16 @@ Layout under a sweep's ``out`` folder::
     samples/<key>.png    the cell's first 100 samples
     claims/<key>.lock    held (``fcntl.flock``) by the process running the cell
     corrupt/             unreadable or mismatched records, moved aside for inspection
+    superseded/          records made with a model the cell no longer runs (retrained)
 
 A record counts as done only if it parses and matches its cell (key and every cell field); any
 other file in its place is moved to ``corrupt/`` with a warning and its cell runs again, so no
-result is silently lost. A process claims a cell before running it, so concurrent sweeps on one
+result is silently lost. A record also names the model it measured (``model_key``, the artifact
+key of the checkpoint or pruned model): when the cell's model is now another one (a new training
+budget, retrained shipped checkpoints) the record is moved to ``superseded/`` and the cell runs
+again, so a table never mixes numbers of two models under one cell key.
+
+A process claims a cell before running it, so concurrent sweeps on one
 ``out`` split the work; the kernel drops the claim of a process that dies, so a killed sweep's
 cells are free again at once. Locks need a filesystem with working ``flock`` (local disks, most
 NFS setups); without ``fcntl`` (Windows) claims are no-ops and records stay atomic.
@@ -91,11 +97,26 @@ def _mismatch(rec: Any, cell: Cell) -> str | None:
     return None
 
 
+def _superseded(rec: dict[str, Any], cell: Cell) -> str | None:
+    """Why ``rec``, a finished record of ``cell``, measured another model than the one the
+    cell runs now (None if the same)."""
+    from bench.cell import cell_model_key  # lazily: the store itself needs no cell machinery
+
+    want = cell_model_key(cell)
+    have = rec.get("model_key")
+    if have == want:
+        return None
+    made = "an unnamed model (a record from before models were named)" if have is None else have
+    return f"made with {made}, the cell's model is now {want}"
+
+
 def read_record(out: Path, cell: Cell, move_bad: bool = True) -> dict[str, Any] | None:
     """The cell's finished record, or None. A file that does not parse or does not match the
-    cell is moved to ``out/corrupt/`` (kept for inspection; unless ``move_bad`` is False),
+    cell is moved to ``out/corrupt/``, one made with another model than the cell's current one
+    to ``out/superseded/`` (both kept for inspection; neither moved if ``move_bad`` is False),
     reported, and None returned."""
     path = record_path(out, cell)
+    folder = "corrupt"
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -108,13 +129,15 @@ def read_record(out: Path, cell: Cell, move_bad: bool = True) -> dict[str, Any] 
             problem = _mismatch(rec, cell)
         except json.JSONDecodeError as e:
             problem, rec = f"not valid JSON ({e})", None
+        if problem is None and (problem := _superseded(rec, cell)) is not None:
+            folder = "superseded"
     if problem is None:
         return rec
     if not move_bad:
         log.warning("record %s is %s; its cell will run again", path, problem)
         return None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-    dest = out / "corrupt" / f"{cell.key}.{stamp}.json"
+    dest = out / folder / f"{cell.key}.{stamp}.json"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)

@@ -17,7 +17,7 @@ import pytest
 
 from bench import run as runner
 from bench import store
-from bench.cell import Cell
+from bench.cell import Cell, cell_model_key
 from bench.grid import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +29,7 @@ def fake_record(cell: Cell) -> dict:
     return {
         **dataclasses.asdict(cell),
         "key": cell.key,
+        "model_key": cell_model_key(cell),
         "label": cell.label(),
         "fid": float(cell.steps),
         "kid": 0.0,
@@ -88,6 +89,30 @@ def test_a_bad_record_is_moved_aside_and_its_cell_rerun(tmp_path, monkeypatch, d
     assert kept.name.startswith(CELLS[0].key)
     table = (out / "summary.md").read_text()
     assert all(c.label() in table for c in CELLS[:2])
+
+
+@pytest.mark.parametrize("model_key", ["0123456789abcdef", None])
+def test_a_record_of_another_model_is_superseded_and_its_cell_rerun(
+    tmp_path, monkeypatch, caplog, model_key
+):
+    """A record made with a model the cell no longer runs (its checkpoint retrained, or a record
+    from before records named their model) is moved to superseded/, not mixed into tables."""
+    calls: list[str] = []
+    rc, out = _run(tmp_path, monkeypatch, CELLS[:2], calls)
+    path = store.record_path(out, CELLS[0])
+    rec = json.loads(path.read_text())
+    if model_key is None:
+        del rec["model_key"]
+    else:
+        rec["model_key"] = model_key
+    path.write_text(json.dumps(rec))
+    with caplog.at_level("WARNING"):
+        rc, _ = _run(tmp_path, monkeypatch, CELLS[:2], calls)
+    assert rc == 0 and calls[2:] == [CELLS[0].key]
+    assert json.loads(path.read_text())["model_key"] == cell_model_key(CELLS[0])
+    (kept,) = (out / "superseded").iterdir()
+    assert kept.name.startswith(CELLS[0].key) and not (out / "corrupt").exists()
+    assert f"the cell's model is now {cell_model_key(CELLS[0])}" in caplog.text
 
 
 def test_a_record_that_cannot_be_saved_is_reported_with_its_content(tmp_path, monkeypatch, caplog):
