@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache"
 # Read-only artifacts the project ships for its default sweep (EMA weights made by its own
-# training command; ``python -m bench.ship`` regenerates them). Same layout and checksums.
+# training command; ``python -m bench.studies.ship`` regenerates them). Same layout and checksums.
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 
 
@@ -205,7 +205,7 @@ class ArtifactCache:
     ) -> tuple[dict[str, Tensor], dict]:
         """Tensors and metadata of ``path``, both verified against their checksums. Files
         written before metadata had a checksum load with their tensors verified, unless
-        ``require_meta_checksum`` (as ``bench.ship --check`` asks of shipped files)."""
+        ``require_meta_checksum`` (as ``bench.studies.ship --check`` asks of shipped files)."""
         data = path.read_bytes()
         try:
             tensors = st_load(data)

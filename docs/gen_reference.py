@@ -147,10 +147,12 @@ def sweep_file_page() -> str:
 
 
 def commands() -> list[str]:
-    """Every ``python -m bench.X`` command: the modules of bench/ that run as a script."""
+    """Every ``python -m bench.X`` command: the modules of bench/ and bench/studies/ that run
+    as a script."""
     return sorted(
-        f"bench.{p.stem}"
-        for p in (ROOT / "bench").glob("*.py")
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for folder in (ROOT / "bench", ROOT / "bench" / "studies")
+        for p in folder.glob("*.py")
         if 'if __name__ == "__main__"' in p.read_text()
     )
 

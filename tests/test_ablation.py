@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ablation import main
+from bench.studies.ablation import main
 
 SWEEP = """
 [[sweep]]

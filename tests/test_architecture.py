@@ -85,6 +85,17 @@ def test_packages_form_layers():
         assert all(order.index(d) < order.index(pkg) for d in deps), (pkg, deps)
 
 
+def test_the_harness_core_never_imports_the_studies():
+    """Studies (bench/studies/) run the harness; the harness never reaches up into them. The
+    one exception is bench.report, the front door of the report's figure registry."""
+    bad = {
+        m: sorted(d for d in deps if d.startswith("bench.studies"))
+        for m, deps in _imports().items()
+        if m.startswith("bench") and not m.startswith("bench.studies") and m != "bench.report"
+    }
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
 # Size limits of the code (docs/design.md, "Small pieces"): a file, a function's code (its
 # docstring, the contract, not counted) and its parameters (self / cls not counted).
 MAX_FILE_LINES = 400

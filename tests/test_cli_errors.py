@@ -91,11 +91,23 @@ CASES = [
     ("bench.train", "--save-every -1 --cache-dir {cache}", "save_every must be >= 0"),
     ("bench.report", "--grid {out}", "no records"),
     ("bench.report", "--grid {grid} --cells nomatch --out {out}", "no cell label contains"),
-    ("bench.ablation", "--config {steps_str} --out {out}", "field 'steps' must be an integer"),
-    ("bench.ablation", "--config {steps_str} --out {out}", "python -m bench.ablation: error"),
-    ("bench.curve", "--samples 1 --out {out} --cache-dir {cache}", "--samples must be >= 2"),
-    ("bench.throughput", "--model micro --official {evil} --out {out}", "was refused"),
-    ("bench.throughput", "--model micro --targets 1.5 --out {out}", "--targets must be"),
+    (
+        "bench.studies.ablation",
+        "--config {steps_str} --out {out}",
+        "field 'steps' must be an integer",
+    ),
+    (
+        "bench.studies.ablation",
+        "--config {steps_str} --out {out}",
+        "python -m bench.studies.ablation: error",
+    ),
+    (
+        "bench.studies.curve",
+        "--samples 1 --out {out} --cache-dir {cache}",
+        "--samples must be >= 2",
+    ),
+    ("bench.studies.throughput", "--model micro --official {evil} --out {out}", "was refused"),
+    ("bench.studies.throughput", "--model micro --targets 1.5 --out {out}", "--targets must be"),
     ("bench.prune", "--ratio 1.5 --model micro --cache-dir {cache}", "ratio must be in [0, 1)"),
 ]
 

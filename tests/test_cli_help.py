@@ -10,18 +10,18 @@ import pytest
 from bench.cli import HelpFormatter, plain_text
 
 COMMANDS = [
-    "bench.ablation",
-    "bench.curve",
-    "bench.fig_backbone",
-    "bench.fig_exits",
-    "bench.fig_pruning",
-    "bench.figures",
+    "bench.studies.ablation",
+    "bench.studies.curve",
+    "bench.studies.fig_backbone",
+    "bench.studies.fig_exits",
+    "bench.studies.fig_pruning",
+    "bench.studies.figures",
     "bench.grid",
     "bench.prune",
     "bench.report",
-    "bench.ship",
+    "bench.studies.ship",
     "bench.text",
-    "bench.throughput",
+    "bench.studies.throughput",
     "bench.train",
 ]
 

@@ -1,4 +1,5 @@
-"""bench.curve: one training run, EMA snapshots, FID per snapshot; resumes without retraining."""
+"""bench.studies.curve: one training run, EMA snapshots, FID per snapshot; resumes without
+retraining."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-import bench.curve as curve
+import bench.studies.curve as curve
 from bench.cache import ArtifactCache
-from bench.curve import CurveOptions
+from bench.studies.curve import CurveOptions
 from bench.train import TrainConfig, load_or_train
 
 CFG = TrainConfig(model="micro", steps=6, batch_size=16, warmup=2)

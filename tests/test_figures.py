@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.fig_exits import main
+from bench.studies.fig_exits import main
 
 SWEEP = """
 [[sweep]]

@@ -292,7 +292,7 @@ def test_readme_figures_are_redrawn_from_records_and_missing_sweeps_named(
 ):
     import shutil
 
-    from bench import figures
+    from bench.studies import figures
 
     results = tmp_path / "results"
     shutil.copytree(grid_dir, results / "grid")
@@ -308,13 +308,13 @@ def test_readme_figures_are_redrawn_from_records_and_missing_sweeps_named(
 
 
 def test_figures_copy_the_training_curve_and_name_its_command(tmp_path, caplog):
-    from bench import figures
+    from bench.studies import figures
 
     results, docs = tmp_path / "results", tmp_path / "docs"
     args = ["--only", "curve", "--results", str(results), "--docs", str(docs)]
     with caplog.at_level("ERROR"):
         assert figures.main(args) == 1
-    assert "python -m bench.curve --steps 10000 --batch-size 64" in caplog.text
+    assert "python -m bench.studies.curve --steps 10000 --batch-size 64" in caplog.text
     folder = results / "curve-mnist-b64"
     folder.mkdir(parents=True)
     (folder / "curve.csv").write_text("step,fid\n1,2\n")

@@ -1,11 +1,12 @@
 """The shipped checkpoints must match what the default sweep asks for: a change to a training
 config, recipe or the cache version that changes a key fails here (regenerate them with
-``python -m bench.ship``) instead of silently retraining for 45 minutes on users' machines."""
+``python -m bench.studies.ship``) instead of silently retraining for 45 minutes on users'
+machines."""
 
 from __future__ import annotations
 
 from bench.cache import ArtifactCache
-from bench.ship import main
+from bench.studies.ship import main
 
 
 def test_every_artifact_of_the_default_sweep_is_shipped_and_intact(capsys):

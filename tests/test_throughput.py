@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.throughput import ThroughputSpec, main, measure_throughput
+from bench.studies.throughput import ThroughputSpec, main, measure_throughput
 
 
 def test_throughput_rows_hit_their_flop_targets_on_the_cpu():

@@ -1,6 +1,6 @@
 """Figures for structured pruning on the digits default.
 
-``python -m bench.fig_pruning`` prunes the default `full` checkpoint at each ratio with each
+``python -m bench.studies.fig_pruning`` prunes the default `full` checkpoint at each ratio with each
 criterion, fine-tunes it, and measures: parameters and MACs (torch-pruning's
 ``count_ops_and_params``) against the executor's FLOP count, wall-clock of one forward at batch
 256 relative to the unpruned model (interleaved medians), and FID (DDIM 50, 1,000 samples)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = make_parser("bench.fig_pruning", __doc__)
+    p = make_parser("bench.studies.fig_pruning", __doc__)
     p.add_argument(
         "--ratios", nargs="+", type=float, default=[0.2, 0.3, 0.5], help="prune ratios in [0, 1)"
     )

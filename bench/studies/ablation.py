@@ -1,7 +1,7 @@
 """The DeeDiff / AdaDiff ablation: which departure or which scale effect explains the gap.
 
-``python -m bench.ablation`` runs ``bench/sweeps/deediff.toml`` through the grid (cached models
-and records are reused; an interrupted run resumes) and writes, under ``--out``
+``python -m bench.studies.ablation`` runs ``bench/sweeps/deediff.toml`` through the grid
+(cached models and records are reused; an interrupted run resumes) and writes, under ``--out``
 (``results/deediff``):
 
 - ``ablation.md``: per variant (depth, fine-tune budget, UAL weighting, exit rule) the FID at
@@ -29,17 +29,17 @@ from pathlib import Path
 
 import torch
 
-from bench.ablation_figures import plot_ablation, plot_composition, plot_uem_heatmaps
-from bench.ablation_tables import ablation_table
 from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.cli import make_parser
 from bench.report import load_table, make_report
+from bench.studies.ablation_figures import plot_ablation, plot_composition, plot_uem_heatmaps
+from bench.studies.ablation_tables import ablation_table
 
 __all__ = ["layer_mse", "main", "write_ablation"]
 
 log = logging.getLogger(__name__)
 
-SWEEP = Path(__file__).parent / "sweeps" / "deediff.toml"
+SWEEP = Path(__file__).parents[1] / "sweeps" / "deediff.toml"
 
 
 @torch.inference_mode()
@@ -72,7 +72,8 @@ def layer_mse_table(df, cache, device: str = "cpu") -> str:
         "# Per-block denoising MSE on the held-out digits",
         "",
         "Readout after each block vs the true noise, t uniform in [0, T), 4 x 359 draws "
-        "(`bench.ablation.layer_mse`). The last column is L_simple of the full-depth model.",
+        "(`bench.studies.ablation.layer_mse`). "
+        "The last column is L_simple of the full-depth model.",
         "",
     ]
     models = df[(df.prune_ratio == 0) & df.guidance.isna()].drop_duplicates(
@@ -136,7 +137,7 @@ def write_ablation(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = make_parser("bench.ablation", __doc__)
+    p = make_parser("bench.studies.ablation", __doc__)
     p.add_argument("--config", type=Path, default=SWEEP, help="the ablation's sweep file")
     p.add_argument(
         "--out", type=Path, default=Path("results/deediff"), help="records, tables and figures"
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         args = ["--config", str(a.config), "--out", str(a.out)]
         args += ["--cache-dir", a.cache_dir] if a.cache_dir else []
         args += ["--device", a.device] if a.device else []
-        rc = grid.main(args, prog="bench.ablation")
+        rc = grid.main(args, prog="bench.studies.ablation")
     try:
         cache = ArtifactCache(a.cache_dir)
         device = a.device or "cpu"

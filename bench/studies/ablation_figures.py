@@ -1,5 +1,5 @@
 """The DeeDiff ablation's figures: FID against FLOP ratio per variant, exit heatmaps, and the
-composition of exits with fewer steps and pruning (used by :mod:`bench.ablation`)."""
+composition of exits with fewer steps and pruning (used by :mod:`bench.studies.ablation`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.ablation_tables import _control, _order, aggregate, variants
+from bench.studies.ablation_tables import _control, _order, aggregate, variants
 from bench.studies.plotting import heatmap_grid, pareto_front, save
 
 __all__ = ["plot_ablation", "plot_composition", "plot_uem_heatmaps", "strategy"]

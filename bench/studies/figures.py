@@ -1,6 +1,6 @@
 """Every figure of the documentation (README, docs/findings/), redrawn from its sweep's records.
 
-python -m bench.figures redraws each figure under docs/figures/ from its sweep's records
+python -m bench.studies.figures redraws each figure under docs/figures/ from its sweep's records
 (bench.report for grid sweeps, the ablation's own report for the DeeDiff ablation) and copies
 the PNG in atomically. A sweep without records is listed with the command that makes them,
 and the command exits 1 after drawing the rest; --run runs those sweeps first (resumable;
@@ -11,14 +11,14 @@ Sweeps (--only picks some):
 
   grid      python -m bench.grid                          fid_vs_flops, exit_heatmap,
                                                           wall_vs_flops, samples
-  deediff   python -m bench.ablation                      ablation_fid_vs_flops,
+  deediff   python -m bench.studies.ablation                      ablation_fid_vs_flops,
                                                           ablation_heatmaps, composition
   pruning   bench/sweeps/pruning.toml -> pruning-sweep    fid_vs_prune
   guidance  bench/sweeps/guidance.toml -> guidance        fid_vs_guidance
   text      bench/sweeps/text.toml -> text                text_fid_vs_guidance
   mnist     bench/sweeps/mnist.toml -> mnist              mnist_fid_vs_flops, mnist_samples,
                                                           mnist_exit_heatmap
-  curve     python -m bench.curve (batch 64, 10k steps)   mnist_curve, mnist_samples_53min
+  curve     python -m bench.studies.curve (batch 64, 10k steps)   mnist_curve, mnist_samples_53min
             -> curve-mnist-b64
 """
 
@@ -36,7 +36,7 @@ __all__ = ["SWEEPS", "main", "redraw"]
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "figures"
 
 
@@ -51,15 +51,15 @@ class Sweep:
     figures: tuple[str, ...]
     ablation: bool = False
     prefix: str = ""  # prepended to the figures' names in docs/ (two sweeps draw one name)
-    curve: bool = False  # bench.curve's training curve, not a grid
-    args: tuple[str, ...] = ()  # bench.curve's options beyond --out
+    curve: bool = False  # bench.studies.curve's training curve, not a grid
+    args: tuple[str, ...] = ()  # bench.studies.curve's options beyond --out
 
     def command(self, results: Path) -> str:
         out = results / self.folder
         if self.curve:
-            return " ".join(["python -m bench.curve", *self.args, "--out", str(out)])
+            return " ".join(["python -m bench.studies.curve", *self.args, "--out", str(out)])
         if self.ablation:
-            return f"python -m bench.ablation --out {out}"
+            return f"python -m bench.studies.ablation --out {out}"
         config = f" --config {self.config}" if self.config else ""
         return f"python -m bench.grid{config} --out {out}"
 
@@ -100,7 +100,8 @@ def _has_records(sweep: Sweep, folder: Path) -> bool:
 
 
 def _run(sweep: Sweep, folder: Path, cache_dir: str | None) -> int:
-    from bench import ablation, curve, grid
+    from bench import grid
+    from bench.studies import ablation, curve
 
     cache = ["--cache-dir", cache_dir] if cache_dir else []
     if sweep.curve:
@@ -114,12 +115,12 @@ def _run(sweep: Sweep, folder: Path, cache_dir: str | None) -> int:
 def redraw(sweep: Sweep, folder: Path, docs: Path, cache: ArtifactCache) -> list[Path]:
     """Draw ``sweep``'s report from the records under ``folder`` and copy its documented figures
     into ``docs``; returns the copies. A figure the report did not draw is a ValueError."""
-    from bench.ablation import write_ablation
     from bench.report import make_report
+    from bench.studies.ablation import write_ablation
 
     report = folder / "report"
     if sweep.curve:
-        report = folder  # bench.curve draws curve.png itself
+        report = folder  # bench.studies.curve draws curve.png itself
     elif sweep.ablation:
         write_ablation(folder, cache)
     else:
@@ -136,7 +137,7 @@ def redraw(sweep: Sweep, folder: Path, docs: Path, cache: ArtifactCache) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = make_parser("bench.figures", __doc__)
+    p = make_parser("bench.studies.figures", __doc__)
     p.add_argument(
         "--only", nargs="+", choices=list(SWEEPS), default=list(SWEEPS), help="sweeps to draw"
     )

@@ -1,6 +1,6 @@
 """Figures for adaptive early exiting on the digits default.
 
-``python -m bench.fig_exits`` runs the cells of ``bench/sweeps/fig_exits.toml`` (or
+``python -m bench.studies.fig_exits`` runs the cells of ``bench/sweeps/fig_exits.toml`` (or
 ``--config``) into the grid's store under ``<out>/grid`` (resumable: finished cells are reused),
 then writes from their records:
 
@@ -41,11 +41,11 @@ from bench.store import pending, preflight, read_record
 
 log = logging.getLogger(__name__)
 
-SWEEP = Path(__file__).parent / "sweeps" / "fig_exits.toml"
+SWEEP = Path(__file__).parents[1] / "sweeps" / "fig_exits.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = make_parser("bench.fig_exits", __doc__)
+    p = make_parser("bench.studies.fig_exits", __doc__)
     p.add_argument("--config", type=Path, default=SWEEP, help="the sweep file")
     p.add_argument(
         "--samples",

@@ -1,8 +1,8 @@
 """Figures for the backbone: training speed, the FID floor, and FID per sampler and step count.
 
-``python -m bench.fig_backbone`` trains (or loads) the default checkpoint, then measures on the
-digits default: seconds per training step, the real-vs-real FID floor (train statistics vs the
-held-out split), the FID of an untrained model, and the trained model's FID/KID for DDIM
+``python -m bench.studies.fig_backbone`` trains (or loads) the default checkpoint, then measures
+on the digits default: seconds per training step, the real-vs-real FID floor (train statistics
+vs the held-out split), the FID of an untrained model, and the trained model's FID/KID for DDIM
 10/20/50/100, DDPM 100 and DPM-Solver++ 10/20 (1,000 samples each, same seed). It writes
 ``results/backbone/figures.{md,json}`` and a sample grid PNG, atomically.
 """
@@ -40,7 +40,7 @@ DEFAULT_RUNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = make_parser("bench.fig_backbone", __doc__)
+    p = make_parser("bench.studies.fig_backbone", __doc__)
     p.add_argument("--samples", type=int, default=1000, help="generated samples per FID")
     p.add_argument("--steps", type=int, default=TrainConfig().steps, help="training steps")
     add_run_options(p, out="results/backbone")

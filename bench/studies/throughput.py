@@ -1,6 +1,6 @@
 """Executor throughput at paper size: wall-clock ratio vs FLOP ratio of `uem` exits.
 
-``python -m bench.throughput --model uvit-s2 --dataset cifar10 --batch 256 --device cuda``
+``python -m bench.studies.throughput --model uvit-s2 --dataset cifar10 --batch 256 --device cuda``
 builds U-ViT-S/2 with UEM heads (random weights, or ``--official PATH`` for an AdaDiff /
 U-ViT checkpoint), draws one batch of noisy inputs with timesteps spread over [0, T), and for
 each target FLOP ratio bisects the UEM threshold on that batch, then times one denoiser call
@@ -151,8 +151,8 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m bench.throughput``."""
-    p = make_parser("bench.throughput", __doc__)
+    """The command line of ``python -m bench.studies.throughput``."""
+    p = make_parser("bench.studies.throughput", __doc__)
     p.add_argument("--model", default="uvit-s2", choices=list(MODELS), help="model size")
     p.add_argument(
         "--dataset",

@@ -1,5 +1,5 @@
 """The DeeDiff ablation's tables: variants of the records, aggregated over seeds, against the
-equally-trained control, and the issue's targets (used by :mod:`bench.ablation`)."""
+equally-trained control, and the issue's targets (used by :mod:`bench.studies.ablation`)."""
 
 from __future__ import annotations
 

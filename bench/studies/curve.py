@@ -1,6 +1,6 @@
 """FID of a `full` model against its training time: one training run, EMA snapshots on the way.
 
-``python -m bench.curve --dataset mnist --model tiny13-p4`` trains the model the MNIST sweep
+``python -m bench.studies.curve --dataset mnist --model tiny13-p4`` trains the model the MNIST sweep
 uses (the same config, so the sweep loads the result from the cache), keeps the EMA weights
 every ``--every`` steps, then samples each snapshot (DDIM 20 by default, seed 0) and scores it
 against the training split with the offline extractor. Training time excludes the snapshots'
@@ -271,7 +271,7 @@ def _write(df: pd.DataFrame, cfg: TrainConfig, out: Path, last: Tensor | None) -
 
 
 def _parser():
-    p = make_parser("bench.curve", __doc__)
+    p = make_parser("bench.studies.curve", __doc__)
     p.add_argument("--dataset", default="mnist", choices=list(DATASETS), help="training data")
     p.add_argument("--model", default="tiny13-p4", choices=list(MODELS), help="size by name")
     p.add_argument(

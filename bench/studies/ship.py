@@ -1,6 +1,6 @@
 """Build the artifacts the default sweep needs and ship copies of them with the project.
 
-``python -m bench.ship`` trains (or loads from the cache) every checkpoint, pruned model,
+``python -m bench.studies.ship`` trains (or loads from the cache) every checkpoint, pruned model,
 feature extractor and reference-statistics file that ``python -m bench.grid`` uses by default,
 with the project's own training code, and writes read-only copies to ``models/checkpoints/``
 (checkpoints keep only their EMA weights, the ones every consumer loads). ``ArtifactCache``
@@ -11,7 +11,7 @@ ones are built. Delete the folder to train everything yourself: training is dete
 a given machine and thread count, but not across thread counts, so retrained weights (and the
 FIDs made with them) can differ slightly from the shipped ones.
 
-``python -m bench.ship --check`` verifies that every needed artifact is shipped and intact.
+``python -m bench.studies.ship --check`` verifies that every needed artifact is shipped and intact.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def needed_artifacts(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = make_parser("bench.ship", __doc__)
+    p = make_parser("bench.studies.ship", __doc__)
     p.add_argument("--check", action="store_true", help="verify the shipped files, build none")
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
     p.add_argument("--to", type=Path, default=SHIPPED_DIR, help="where to write the copies")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print(f"{len(problems)} of {len(used)} needed artifacts are not shipped intact:")
             print("\n".join(f"  {x}" for x in problems))
-            print("rebuild them with: python -m bench.ship")
+            print("rebuild them with: python -m bench.studies.ship")
             return 1
         print(f"all {len(used)} artifacts of the default sweep are shipped and intact")
         return 0
