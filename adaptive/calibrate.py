@@ -19,8 +19,8 @@ import torch
 import samplers
 from adaptive.policies import POLICIES, ExitSpec, make_policy
 from blockloop.executor import EarlyExitDenoiser
+from blockloop.model import LayerwiseModel
 from caching import CacheSpec
-from models import UViT
 from samplers import ClassifierFreeGuidance, VPSchedule
 
 __all__ = [
@@ -78,7 +78,7 @@ class CalibrationRun:
 
 @torch.inference_mode()
 def measure(
-    model: UViT,
+    model: LayerwiseModel,
     schedule: VPSchedule,
     exit: ExitSpec | str,
     run: CalibrationRun = CalibrationRun(),
@@ -95,8 +95,7 @@ def measure(
         ex = EarlyExitDenoiser(model, policy, schedule.T, paired=run.paired, cache=cp)
     else:
         ex = executor.with_policy(policy, cache=cp)
-    cfg = model.cfg
-    shape = (run.n, cfg.in_chans, cfg.img_size, cfg.img_size)
+    shape = (run.n, *model.input_shape)
     dev = next(model.parameters()).device
     denoiser, cond = ex, run.cond
     if run.guidance is not None:
@@ -105,9 +104,9 @@ def measure(
             raise ValueError("guidance needs a conditional model (classes or text)")
         denoiser = ClassifierFreeGuidance(ex, run.guidance, null)
         if cond is None:
-            if not cfg.num_classes:
+            if not model.num_classes:
                 raise ValueError("a text-conditional model calibrates on given prompts: pass cond")
-            cond = torch.arange(run.n, device=dev) % cfg.num_classes
+            cond = torch.arange(run.n, device=dev) % model.num_classes
     gen = torch.Generator(device=dev).manual_seed(run.seed)
     with _autocast(dev, run.autocast):
         samplers.sample(
@@ -201,7 +200,7 @@ def _bisect(cls, target: float, ratio: Callable[[float], float], iters: int, tol
 
 
 def calibrate(
-    model: UViT,
+    model: LayerwiseModel,
     schedule: VPSchedule,
     exit: ExitSpec | str,
     target: float,

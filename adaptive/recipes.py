@@ -88,7 +88,7 @@ def berxit_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, 
         feats, targets = [], []
         for i in range(model.depth):
             model.run_block(i, state)
-            err = (model.readout(state.h) - eps).abs().flatten(1).mean(1)
+            err = (model.readout(state) - eps).abs().flatten(1).mean(1)
             targets.append(torch.tanh(err))
             feats.append(state.h.mean(dim=1))
     pooled = torch.stack(feats)  # (depth, B, D)
@@ -154,7 +154,7 @@ class UEMLoss:
         mse, l_u, certainty, l_summed = [], 0.0, [], 0.0
         for i in range(model.depth):
             model.run_block(i, state)
-            eps_i = model.readout(state.h)
+            eps_i = model.readout(state)
             u_i = model.uncertainty(i, state)
             err = eps_i - eps
             mse.append(err.pow(2).mean())

@@ -94,7 +94,7 @@ class Distiller:
         self._student = [None] * len(self._student)
         if self.output == 0:
             return eps
-        eps_t = self.teacher.readout(state.h).to(eps.dtype)
+        eps_t = self.teacher.readout(state).to(eps.dtype)
         return (eps + self.output * eps_t) / (1 + self.output)
 
     def feature_loss(self) -> Tensor | None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from blockloop.cost import CostModel, FlopMeter
-from models import UViT, UViTState
+from blockloop.model import BlockState, LayerwiseModel, require
 
 __all__ = ["CachePolicy", "ExitContext", "ExitPolicy", "check_composition"]
 
@@ -30,9 +30,9 @@ class ExitContext:
     Every output a policy reads through it is computed for the running rows only, at most once,
     and its FLOPs are added to ``meter``: exit-head overhead is never free."""
 
-    model: UViT
+    model: LayerwiseModel
     layer: int
-    state: UViTState
+    state: BlockState
     t: Tensor  # (b,) model time
     T: int
     memory: dict[str, Tensor]
@@ -43,7 +43,7 @@ class ExitContext:
     def readout(self) -> Tensor:
         """eps read out at this block for every running row (computed once, FLOPs counted)."""
         if self._readout is None:
-            self._readout = self.model.readout(self.state.h)
+            self._readout = self.model.readout(self.state)
             self.meter.add(self.costs.readout * self.t.shape[0])
         return self._readout
 
@@ -159,11 +159,13 @@ class CachePolicy(ABC):
     integer_knob: ClassVar[bool] = False
     per_row: ClassVar[bool] = False  # decides per row: composes with exits
     needs_router: ClassVar[bool] = False  # a learned router (Learning-to-Cache)
+    # Optional model capabilities the rule needs (blockloop.model.CAPABILITIES).
+    requires: ClassVar[tuple[str, ...]] = ()
     revision: ClassVar[int] = 0
 
     def __init__(self, knob: float | None = None) -> None:
         self.knob = self.check_knob(knob)
-        self.model: UViT | None = None
+        self.model: LayerwiseModel | None = None
         self.costs: CostModel | None = None
         self.peak_bytes = 0  # the most bytes the cache held at once, over every run
         self.reused = 0.0  # reused (row x block) FLOPs-weighted units, over every run
@@ -184,8 +186,10 @@ class CachePolicy(ABC):
             raise ValueError(f"{cls.name}: {cls.knob_name} must be in [{lo}, {hi}], got {knob!r}")
         return float(knob)
 
-    def bind(self, model: UViT, costs: CostModel) -> None:
-        """Attach the model the executor runs and its cost model (called by the executor)."""
+    def bind(self, model: LayerwiseModel, costs: CostModel) -> None:
+        """Attach the model the executor runs and its cost model (called by the executor);
+        a ValueError if the model lacks a capability the rule ``requires``."""
+        require(model, self.requires, f"cache policy {self.name!r}")
         self.check_model(model.depth)
         self.model, self.costs = model, costs
 
@@ -204,7 +208,7 @@ class CachePolicy(ABC):
         """Block FLOPs reused instead of computed / block FLOPs of every call, over all runs."""
         return self.reused / self.total if self.total else float("nan")
 
-    def begin(self, t: Tensor, state: UViTState) -> Tensor | None:
+    def begin(self, t: Tensor, state: BlockState) -> Tensor | None:
         """Start a call on a batch (after embedding). Returns a bool mask of the rows served
         wholly from the cache, or None."""
         t_now = float(t.max())
@@ -216,15 +220,15 @@ class CachePolicy(ABC):
         return self.plan(state)
 
     @abstractmethod
-    def plan(self, state: UViTState) -> Tensor | None:
+    def plan(self, state: BlockState) -> Tensor | None:
         """Decide this call (``self.call``, 0 = the first of the run)."""
 
-    def reused_hidden(self, idx: Tensor, state: UViTState) -> Tensor:
+    def reused_hidden(self, idx: Tensor, state: BlockState) -> Tensor:
         """The final hidden state of the rows ``idx`` served from the cache."""
         raise NotImplementedError(f"{self.name} never serves whole rows from its cache")
 
     @abstractmethod
-    def run_block(self, i: int, state: UViTState) -> float:
+    def run_block(self, i: int, state: BlockState) -> float:
         """Run (or reuse, or skip) block ``i`` in place on ``state``; the FLOPs executed."""
 
     def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:  # noqa: B027

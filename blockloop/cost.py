@@ -12,18 +12,19 @@ from __future__ import annotations
 import torch
 
 from blockloop.flops import count_flops
-from models import UViT
+from blockloop.model import BlockState, LayerwiseModel, capabilities
 
 __all__ = ["CostModel", "FlopMeter"]
 
 
 class CostModel:
-    """FLOPs per row of each component of a layer-wise model, measured on one row."""
+    """FLOPs per row of each component of a layer-wise model, measured on one row. The
+    parts of a block (``fuse``, ``attn``, ``mlp``) are measured only for a model with the
+    ``block_parts`` capability (:mod:`blockloop.model`), empty otherwise."""
 
-    def __init__(self, model: UViT, T: int) -> None:
-        cfg = model.cfg
+    def __init__(self, model: LayerwiseModel, T: int) -> None:
         dev = next(model.parameters()).device
-        x = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
+        x = torch.zeros(1, *model.input_shape, device=dev)
         t = torch.full((1,), T / 2, device=dev)
         cond = model.example_cond(1)  # the null class or empty prompt: costs as any other
         with torch.inference_mode():
@@ -32,23 +33,30 @@ class CostModel:
             # A block's parts, for step-level caches that reuse some of them: the long-skip
             # fusion (out-blocks), the attention branch and the MLP branch.
             self.fuse, self.attn, self.mlp = [], [], []
-            one = torch.arange(1, device=dev)
+            heads = capabilities(model)
             for i in range(model.depth):
-                a, m = model.block_parts(i, state.select(one))
-                fuse = count_flops(model.block_parts, i, state.select(one), a, m)[0]
-                attn = count_flops(model.block_parts, i, state.select(one), None, m)[0] - fuse
+                if "block_parts" in heads:
+                    self._parts(model, i, state)
                 f, state = count_flops(model.run_block, i, state)
                 self.blocks.append(f)
-                self.fuse.append(fuse)
-                self.attn.append(attn)
-                self.mlp.append(f - fuse - attn)
-            self.readout, _ = count_flops(model.readout, state.h)
+                if "block_parts" in heads:
+                    self.mlp.append(f - self.fuse[-1] - self.attn[-1])
+            self.readout, _ = count_flops(model.readout, state)
             self.uem = (
                 [count_flops(model.uncertainty, i, state)[0] for i in range(model.depth)]
-                if model.uem is not None
+                if "uem" in heads
                 else [0] * model.depth
             )
-            self.lte = count_flops(model.lte_score, state)[0] if model.lte is not None else 0
+            self.lte = count_flops(model.lte_score, state)[0] if "lte" in heads else 0
+
+    def _parts(self, model: LayerwiseModel, i: int, state: BlockState) -> None:
+        """Measure block ``i``'s long-skip fusion and attention branch on copies of ``state``."""
+        one = torch.arange(1, device=state.h.device)
+        a, m = model.block_parts(i, state.select(one))
+        fuse = count_flops(model.block_parts, i, state.select(one), a, m)[0]
+        attn = count_flops(model.block_parts, i, state.select(one), None, m)[0] - fuse
+        self.fuse.append(fuse)
+        self.attn.append(attn)
 
     @property
     def full(self) -> int:

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from blockloop.contracts import CachePolicy, ExitContext, ExitPolicy, check_composition
 from blockloop.cost import CostModel, FlopMeter
-from models import UViT, UViTState
+from blockloop.model import BlockState, LayerwiseModel
 
 __all__ = ["EarlyExitDenoiser", "ExitTrace"]
 
@@ -67,7 +67,7 @@ class _Run:
     exit_block: Tensor
     score: Tensor
     meter: FlopMeter
-    state: UViTState
+    state: BlockState
     rows: Tensor  # indices into the call's batch
     t_run: Tensor
     h0: Tensor  # the running rows' embedded input (a cache's finish needs it)
@@ -99,14 +99,14 @@ class EarlyExitDenoiser:
 
     def __init__(
         self,
-        model: UViT,
+        model: LayerwiseModel,
         policy: ExitPolicy,
         T: int,
         paired: bool = False,
         costs: CostModel | None = None,
         cache: CachePolicy | None = None,
     ) -> None:
-        policy.check_model(model.cfg.exit_heads, model.depth)
+        policy.check_model(model.exit_heads, model.depth)
         if paired and policy.batch_mean:
             raise ValueError(
                 f"policy {policy.name!r} decides once for the whole batch; paired (CFG) exits "
@@ -165,7 +165,7 @@ class EarlyExitDenoiser:
             else:
                 run.meter.add(self.cache.run_block(i, run.state))
             if i == depth - 1:
-                self._leave(run, run.rows, run.state.h, self._readout(run, run.state.h), run.h0)
+                self._leave(run, run.rows, run.state.h, self._readout(run, run.state), run.h0)
                 break
             ctx = run.context(self, i)
             mask, s = self.policy.decide(ctx)
@@ -202,16 +202,18 @@ class EarlyExitDenoiser:
         served = None if self.cache is None else self.cache.begin(t, state)
         if served is not None and bool(served.any()):
             idx = served.nonzero().squeeze(1)
-            eps = self._readout(run, self.cache.reused_hidden(idx, state))
+            served_state = state.select(idx)
+            served_state.h = self.cache.reused_hidden(idx, state)
+            eps = self._readout(run, served_state)
             run.out[idx] = eps.to(run.out.dtype)
             run.exit_block[idx] = -1  # no block ran
             run.keep((~served).nonzero().squeeze(1))
         return run
 
-    def _readout(self, run: _Run, h: Tensor) -> Tensor:
-        """eps of hidden states ``h``, its FLOPs counted."""
-        eps = self.model.readout(h)
-        run.meter.add(self.costs.readout * h.shape[0])
+    def _readout(self, run: _Run, state: BlockState) -> Tensor:
+        """eps of ``state`` (the model's readout), its FLOPs counted."""
+        eps = self.model.readout(state)
+        run.meter.add(self.costs.readout * state.h.shape[0])
         return eps
 
     def _exit(self, run: _Run, ctx: ExitContext, mask: Tensor, s: Tensor, n_exit: int) -> bool:
@@ -223,12 +225,12 @@ class EarlyExitDenoiser:
         keep, leaving = order[:n_keep], order[n_keep:]
         done = run.rows[leaving]
         # (the leaving rows' hidden state is indexed only where something reads it)
-        need_h = run.cached or ctx.computed_readout is None
-        h = run.state.h[leaving] if need_h else None
         if ctx.computed_readout is not None:
             eps = ctx.computed_readout[leaving]
+            h = run.state.h[leaving] if run.cached else None
         else:
-            eps = self._readout(run, h)
+            left = run.state.select(leaving)
+            eps, h = self._readout(run, left), left.h
         self._leave(run, done, h, eps, run.h0[leaving] if run.cached else None)
         run.exit_block[done] = ctx.layer
         run.score[done] = s[leaving].float()

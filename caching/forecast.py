@@ -25,7 +25,7 @@ from blockloop.contracts import CachePolicy
 from caching.policies import _is_full_call
 
 if TYPE_CHECKING:
-    from models import UViTState
+    from blockloop.model import BlockState
 
 __all__ = ["FirstBlockCache", "TaylorSeer"]
 
@@ -52,7 +52,7 @@ class FirstBlockCache(CachePolicy):
         self.branches = branches
         super().__init__(knob)
 
-    def plan(self, state: UViTState) -> None:
+    def plan(self, state: BlockState) -> None:
         if state.h.shape[0] % self.branches:
             raise ValueError(f"fbcache: {self.branches} branches need an even batch")
         self._h0 = state.h
@@ -69,7 +69,7 @@ class FirstBlockCache(CachePolicy):
             reuse[rows] = bool(change / scale <= self.knob)
         return reuse
 
-    def run_block(self, i: int, state: UViTState) -> float:
+    def run_block(self, i: int, state: BlockState) -> float:
         n, depth = state.h.shape[0], self.model.depth
         if i == 0:
             self.model.run_block(0, state)
@@ -122,6 +122,7 @@ class TaylorSeer(CachePolicy):
     interval 4 (our choice for 10-20-step samplers; the paper sweeps it)."""
 
     name = "taylorseer"
+    requires = ("block_parts",)
     knob_name = "interval"
     knob_range = (1.0, 100.0)
     knob_default = 4.0
@@ -138,13 +139,13 @@ class TaylorSeer(CachePolicy):
     def __repr__(self) -> str:
         return f"TaylorSeer(interval={self.knob:g}, order={self.order})"
 
-    def plan(self, state: UViTState) -> None:
+    def plan(self, state: BlockState) -> None:
         self._full = _is_full_call(self.call, self.knob)
         if self._full:
             self._distance = self.call - self.store.get("last_full", self.call)
             self.store["last_full"] = self.call
 
-    def run_block(self, i: int, state: UViTState) -> float:
+    def run_block(self, i: int, state: BlockState) -> float:
         c, n = self.costs, state.h.shape[0]
         if self._full:
             a, m = self.model.block_parts(i, state)

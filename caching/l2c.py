@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import samplers
-from models import UViT
+from blockloop.model import LayerwiseModel
 from samplers import ClassifierFreeGuidance, VPSchedule
 
 __all__ = ["RouterTraining", "train_router"]
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class _Recorder:
     """A denoiser that runs the plain model and keeps every call's inputs."""
 
-    def __init__(self, model: UViT) -> None:
+    def __init__(self, model: LayerwiseModel) -> None:
         self.model = model
         self.calls: list[tuple[Tensor, Tensor, Tensor | None]] = []
 
@@ -63,7 +63,9 @@ class _Mix:
         return b * fresh + (1 - b) * self.cached[part]
 
 
-def _branches(model: UViT, x: Tensor, t: Tensor, cond: Tensor | None) -> list[list[Tensor]]:
+def _branches(
+    model: LayerwiseModel, x: Tensor, t: Tensor, cond: Tensor | None
+) -> list[list[Tensor]]:
     """Every block's (attention, MLP) branch of the plain forward pass."""
     state = model.embed(x, t, cond)
     out = []
@@ -94,7 +96,7 @@ class RouterTraining:
 
 
 def train_router(
-    model: UViT,
+    model: LayerwiseModel,
     schedule: VPSchedule,
     sampler: str,
     steps: int,
@@ -133,7 +135,7 @@ def train_router(
 
 
 def _record_calls(
-    model: UViT,
+    model: LayerwiseModel,
     schedule: VPSchedule,
     sampler: str,
     steps: int,
@@ -147,14 +149,13 @@ def _record_calls(
     under classifier-free ``guidance`` if given) and return every denoiser call's inputs
     ``(x, t, cond)``, in call order: the teacher-forcing data of the router."""
     dev = next(model.parameters()).device
-    cfg = model.cfg
     rec = _Recorder(model)
     denoiser = rec
     if guidance is not None:
         if cond is None:
-            if not cfg.num_classes:
+            if not model.num_classes:
                 raise ValueError("a text-conditional model learns its router on given prompts")
-            cond = torch.arange(opts.n, device=dev) % cfg.num_classes
+            cond = torch.arange(opts.n, device=dev) % model.num_classes
         denoiser = ClassifierFreeGuidance(rec, guidance, model.null_cond())
     gen = torch.Generator(device=dev).manual_seed(opts.seed)
     with torch.no_grad():
@@ -162,7 +163,7 @@ def _record_calls(
             sampler,
             denoiser,
             schedule,
-            (opts.n, cfg.in_chans, cfg.img_size, cfg.img_size),
+            (opts.n, *model.input_shape),
             steps,
             generator=gen,
             cond=cond,
@@ -172,7 +173,7 @@ def _record_calls(
 
 
 def _fit_logits(
-    model: UViT,
+    model: LayerwiseModel,
     calls: list[tuple[Tensor, Tensor, Tensor | None]],
     opts: RouterTraining,
     progress: bool,
@@ -204,7 +205,7 @@ def _fit_logits(
     return logits, mse, reg
 
 
-def _mixed_mse(model: UViT, prev: tuple, now: tuple, beta: Tensor) -> Tensor:
+def _mixed_mse(model: LayerwiseModel, prev: tuple, now: tuple, beta: Tensor) -> Tensor:
     """Mean squared difference between the model's output at inputs ``now`` with every
     block's branch ``p`` mixed as ``beta[i, p] * fresh + (1 - beta[i, p]) * cached`` (the
     branches cached from inputs ``prev``) and its plain output at ``now``."""
@@ -214,4 +215,4 @@ def _mixed_mse(model: UViT, prev: tuple, now: tuple, beta: Tensor) -> Tensor:
     state = model.embed(*now)
     for i in range(model.depth):
         model.block_parts(i, state, mix=_Mix(beta[i], cached[i]))
-    return (model.readout(state.h) - target).pow(2).mean()
+    return (model.readout(state) - target).pow(2).mean()

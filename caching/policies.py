@@ -35,7 +35,7 @@ from torch import Tensor
 from blockloop.contracts import CachePolicy
 
 if TYPE_CHECKING:
-    from models import UViTState
+    from blockloop.model import BlockState
 
 __all__ = ["DeepCache", "Fora", "LearningToCache", "TeaCache"]
 
@@ -51,11 +51,13 @@ class _BranchCache(CachePolicy):
     """Reuses blocks' attention and MLP branches (B, N, D) from the last call that computed
     them; the long-skip fusion of out-blocks is always recomputed (it mixes the fresh skip)."""
 
+    requires = ("block_parts",)
+
     def reuse(self, i: int) -> tuple[bool, bool]:
         """(reuse attention, reuse MLP) of block ``i`` on this call."""
         raise NotImplementedError
 
-    def run_block(self, i: int, state: UViTState) -> float:
+    def run_block(self, i: int, state: BlockState) -> float:
         attn, mlp = self.store.setdefault("attn", {}), self.store.setdefault("mlp", {})
         ra, rm = self.reuse(i) if self.call > 0 else (False, False)
         a, m = self.model.block_parts(
@@ -80,7 +82,7 @@ class Fora(_BranchCache):
     knob_range = (1.0, 100.0)
     knob_default = 2.0
 
-    def plan(self, state: UViTState) -> None:
+    def plan(self, state: BlockState) -> None:
         self._full = _is_full_call(self.call, self.knob)
 
     def reuse(self, i: int) -> tuple[bool, bool]:
@@ -113,7 +115,7 @@ class LearningToCache(_BranchCache):
                 f"l2c router was learned for {self.router.shape[1]} blocks, model has {depth}"
             )
 
-    def plan(self, state: UViTState) -> None:
+    def plan(self, state: BlockState) -> None:
         if self.call >= self.router.shape[0]:
             raise ValueError(
                 f"l2c router was learned for {self.router.shape[0]} denoiser calls; this run "
@@ -134,6 +136,7 @@ class DeepCache(CachePolicy):
     ``branch = depth // 2`` skips only the mid block."""
 
     name = "deepcache"
+    requires = ("long_skips",)
     knob_name = "interval"
     knob_range = (1.0, 100.0)
     knob_default = 2.0
@@ -154,10 +157,10 @@ class DeepCache(CachePolicy):
                 f"(its in-blocks), got {self.branch}"
             )
 
-    def plan(self, state: UViTState) -> None:
+    def plan(self, state: BlockState) -> None:
         self._full = _is_full_call(self.call, self.knob)
 
-    def run_block(self, i: int, state: UViTState) -> float:
+    def run_block(self, i: int, state: BlockState) -> float:
         depth, k, n = self.model.depth, self.branch, state.h.shape[0]
         enter = depth - k  # the out-block the deep path feeds
         if not self._full and k <= i < enter:  # the deep path: the cache stands in for it
@@ -189,7 +192,7 @@ class TeaCache(CachePolicy):
     knob_default = 0.1
     per_row = True
 
-    def plan(self, state: UViTState) -> Tensor | None:
+    def plan(self, state: BlockState) -> Tensor | None:
         h0 = state.h
         prev = self.store.get("prev")
         self.store["prev"] = h0
@@ -206,14 +209,14 @@ class TeaCache(CachePolicy):
         self.store["acc"] = torch.where(served, acc, torch.zeros_like(acc))
         return served
 
-    def reused_hidden(self, idx: Tensor, state: UViTState) -> Tensor:
+    def reused_hidden(self, idx: Tensor, state: BlockState) -> Tensor:
         h = state.h[idx] + self.store["residual"][idx]
         # Served rows skip every block: their work is reused.
         self.total += sum(self.costs.blocks) * idx.shape[0]
         self.reused += sum(self.costs.blocks) * idx.shape[0]
         return h
 
-    def run_block(self, i: int, state: UViTState) -> float:
+    def run_block(self, i: int, state: BlockState) -> float:
         self.model.run_block(i, state)
         n = state.h.shape[0]
         return self._account(i, n, self.costs.blocks[i] * n)

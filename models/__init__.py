@@ -1,12 +1,11 @@
 """Denoiser backbones with a layer-wise interface (see :mod:`models.uvit`)."""
 
+from models.registry import MODELS, make_model
 from models.uvit import (
     EXIT_HEADS,
-    MODELS,
     UViT,
     UViTConfig,
     UViTState,
-    make_model,
     timestep_embedding,
 )
 

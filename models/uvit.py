@@ -11,17 +11,18 @@ The layer-wise interface is what the early-exit executor drives::
     state = model.embed(x, t, cond)          # tokens, empty skip stack, time embedding
     for i in range(model.depth):
         model.run_block(i, state)            # may stop after any block
-    eps = model.readout(state.h)
+    eps = model.readout(state)
 
-``forward`` is exactly that loop.
+``forward`` is exactly that loop. The interface is the layer-wise model contract
+(:mod:`blockloop.model`), with every optional capability: block parts, long skips, and the
+UEM / LTE exit heads when trained with them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +30,9 @@ from torch import Tensor, nn
 
 __all__ = [
     "EXIT_HEADS",
-    "MODELS",
     "UViT",
     "UViTConfig",
     "UViTState",
-    "make_model",
     "timestep_embedding",
 ]
 
@@ -94,32 +93,6 @@ class UViTConfig:
 
 
 EXIT_HEADS = ("none", "uem", "lte")
-
-# Sizes by name. Geometry (img_size, in_chans, num_classes) comes from the dataset.
-MODELS: dict[str, dict[str, Any]] = {
-    # CPU default for 8x8 digits: ~1.2M parameters, 16 patch tokens.
-    "tiny": dict(patch_size=2, embed_dim=96, depth=9, num_heads=4),
-    # U-ViT-S's depth (13 blocks) at the CPU default's width: one block is 7.7% of the FLOPs
-    # instead of 11%, so exits are less coarse (~1.7M parameters).
-    "tiny13": dict(patch_size=2, embed_dim=96, depth=13, num_heads=4),
-    # The 28x28 MNIST benchmark: U-ViT-S/4's geometry (13 blocks, 4x4 patches: 49 tokens at
-    # 28x28) at tiny13's width (~1.6M parameters); 0.5 s per 128-image training step on 2 cores.
-    "tiny13-p4": dict(patch_size=4, embed_dim=96, depth=13, num_heads=4),
-    # Smaller still, for tests and smoke runs.
-    "micro": dict(patch_size=2, embed_dim=32, depth=5, num_heads=2),
-    # The paper's sizes (U-ViT Table 1; DeeDiff Sec. 5.1).
-    "uvit-s2": dict(patch_size=2, embed_dim=512, depth=13, num_heads=8, mlp_time_embed=False),
-    "uvit-s4": dict(patch_size=4, embed_dim=512, depth=13, num_heads=8, mlp_time_embed=False),
-    "uvit-l2": dict(patch_size=2, embed_dim=1024, depth=21, num_heads=16, mlp_time_embed=False),
-}
-
-
-def make_model(name: str, img_size: int, in_chans: int, num_classes: int = 0, **overrides) -> UViT:
-    """Build the registered size ``name`` for images of ``in_chans x img_size x img_size``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
-    cfg = UViTConfig(img_size=img_size, in_chans=in_chans, num_classes=num_classes, **MODELS[name])
-    return UViT(replace(cfg, **overrides))
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -250,9 +223,27 @@ class UViT(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    # The layer-wise model contract (blockloop.model): U-Net-like long skips (DeepCache).
+    long_skips = True
+
     @property
     def depth(self) -> int:
         return self.cfg.depth
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the model's input."""
+        return (self.cfg.in_chans, self.cfg.img_size, self.cfg.img_size)
+
+    @property
+    def num_classes(self) -> int:
+        """K for a class-conditional model (label K is the null class), else 0."""
+        return self.cfg.num_classes
+
+    @property
+    def exit_heads(self) -> str:
+        """The learned exit heads it carries: "uem", "lte" or "none"."""
+        return self.cfg.exit_heads
 
     @property
     def blocks(self) -> list[Block]:
@@ -345,9 +336,10 @@ class UViT(nn.Module):
         x = x.reshape(-1, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
         return x.reshape(-1, C, g * p, g * p)  # (B, C, H, W)
 
-    def readout(self, h: Tensor) -> Tensor:
-        """The shared output head: eps from any block's hidden state. (B, N, D) -> (B, C, H, W)"""
-        x = self.decoder_pred(self.norm(h))[:, self.cfg.extras :]  # (B, L, p*p*C)
+    def readout(self, state: UViTState) -> Tensor:
+        """The shared output head: eps from any block's state (its hidden tokens alone).
+        h (B, N, D) -> (B, C, H, W)"""
+        x = self.decoder_pred(self.norm(state.h))[:, self.cfg.extras :]  # (B, L, p*p*C)
         return self.final_layer(self._unpatchify(x))  # (B, C, H, W)
 
     def uncertainty(self, i: int, state: UViTState) -> Tensor:
@@ -374,12 +366,12 @@ class UViT(nn.Module):
         state = self.embed(x, t, cond)  # h: (B, N, D)
         for i in range(self.depth):
             self.run_block(i, state)  # h: (B, N, D)
-        return self.readout(state.h)  # (B, C, H, W)
+        return self.readout(state)  # (B, C, H, W)
 
     def forward_all(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> list[Tensor]:
         """Readouts after every block (for layer-wise training losses): depth x (B, C, H, W)."""
         state = self.embed(x, t, cond)
         outs = []
         for i in range(self.depth):
-            outs.append(self.readout(self.run_block(i, state).h))
+            outs.append(self.readout(self.run_block(i, state)))
         return outs

@@ -170,7 +170,7 @@ def _forward(model: UViT, inputs) -> Tensor:
     total = 0
     for i in range(model.depth):
         model.run_block(i, state)
-        total = total + model.readout(state.h)
+        total = total + model.readout(state)
         if model.uem is not None:
             total = total + model.uncertainty(i, state)
         if model.lte is not None:

@@ -57,7 +57,7 @@ def test_compaction_keeps_each_sample_identical_to_running_it_alone():
             state = model.embed(x[r : r + 1], t[r : r + 1])
             for i in range(r % model.depth + 1):
                 model.run_block(i, state)
-            alone = model.readout(state.h)
+            alone = model.readout(state)
             assert (out[r : r + 1] - alone).abs().max().item() <= 1e-5, r
     # Compaction really cut work: fewer FLOPs than the full model.
     assert ex.flop_ratio < 0.75

@@ -18,7 +18,7 @@ def test_layerwise_interface_equals_forward_exactly(num_classes):
         for i in range(model.depth):
             model.run_block(i, state)
         assert state.skips == []  # every out-block consumed its skip
-        out = model.readout(state.h)
+        out = model.readout(state)
         outs = model.forward_all(x, t, cond)
     assert torch.equal(out, ref)
     assert len(outs) == model.depth and torch.equal(outs[-1], ref)
@@ -40,7 +40,7 @@ def test_readout_after_any_block_and_compaction():
         picked = full.select(rows)
     torch.testing.assert_close(picked.h, sub.h, rtol=1e-5, atol=1e-6)
     assert len(picked.skips) == 2
-    assert model.readout(picked.h).shape == (2, 1, 8, 8)
+    assert model.readout(picked).shape == (2, 1, 8, 8)
 
 
 def test_time_embedding_matters():

@@ -78,7 +78,7 @@ def _uem_parts(model, x_t, t, eps):
     mse, cert = [], []
     for i in range(model.depth):
         model.run_block(i, state)
-        mse.append(((model.readout(state.h) - eps) ** 2).mean())
+        mse.append(((model.readout(state) - eps) ** 2).mean())
         cert.append((1 - model.uncertainty(i, state)).mean())
     return torch.stack(mse), torch.stack(cert)
 

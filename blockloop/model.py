@@ -1,0 +1,107 @@
+"""The layer-wise model contract: everything the block loop, the cost model, exit and cache
+policies, calibration and the training recipes may ask of a denoiser's backbone.
+
+A model that provides :class:`LayerwiseModel` can be measured with every exit policy, the
+FLOP meter and the step-level caches whose capabilities it has; nothing else of its class is
+read. The suite's U-ViT (:class:`models.UViT`) and the diffusers DiT adapter
+(:class:`models.dit.DiTAdapter`) are the two implementations in the package.
+
+**State.** ``embed`` returns a state object with the hidden tokens ``h`` (B, N, D) and a
+``select(idx)`` that returns the rows ``idx`` of every batch-first tensor it holds (hidden
+tokens, time / class embeddings, skip stacks...), so the executor can compact the rows still
+running. ``run_block`` updates the state in place and returns it.
+
+**Core** (required):
+
+- ``depth``: the number of blocks; ``input_shape``: (C, H, W) of ``x``; ``num_classes``: 0
+  for a model without class labels, else K (the null class of guidance is label K);
+- ``embed(x, t, cond) -> state``, x (B, C, H, W), t (B,) in [0, T), cond the condition (B,)
+  labels, (B, L, D_ctx) text context, or None;
+- ``run_block(i, state) -> state`` for i in [0, depth), in order;
+- ``readout(state) -> eps`` (B, C, H, W) after any block: the state, not only ``h``, so a
+  modulated final layer (DiT's adaLN) can read the time and class embedding;
+- ``null_cond()`` (guidance's unconditional condition, broadcastable; None if unconditional)
+  and ``example_cond(batch)`` (``batch`` of them, for tracing and cost measurement);
+- ``parameters()`` (an ``nn.Module``'s) and ``exit_heads``: ``"uem"``, ``"lte"`` or None.
+
+**Capabilities** (optional; a policy that needs one names it, :func:`require`):
+
+- ``block_parts``: ``block_parts(i, state, attn, mlp, mix) -> (attn, mlp)`` runs block ``i``
+  reusing given residual branches (FORA, Learning-to-Cache, TaylorSeer, DeepCache's parts);
+- ``long_skips``: the model has U-Net-like long skips from in-blocks to out-blocks and says
+  so with ``long_skips = True`` (DeepCache reuses the deep path between them);
+- ``uem``: ``uncertainty(i, state) -> (B, C, H, W)`` in (0, 1) (DeeDiff's UEM heads);
+- ``lte``: ``lte_score(state) -> (B,)`` (BERxiT's learning-to-exit head).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+__all__ = ["CAPABILITIES", "BlockState", "LayerwiseModel", "capabilities", "require"]
+
+
+@runtime_checkable
+class BlockState(Protocol):
+    h: Tensor
+
+    def select(self, idx: Tensor) -> Any: ...
+
+
+@runtime_checkable
+class LayerwiseModel(Protocol):
+    exit_heads: str | None
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Any: ...
+
+    def run_block(self, i: int, state: Any) -> Any: ...
+
+    def readout(self, state: Any) -> Tensor: ...
+
+    def null_cond(self) -> Tensor | None: ...
+
+    def example_cond(self, batch: int) -> Tensor | None: ...
+
+    def parameters(self, recurse: bool = True) -> Any: ...
+
+
+# capability -> (how a model shows it has it, what it is for)
+CAPABILITIES: dict[str, str] = {
+    "block_parts": "block_parts(i, state, attn, mlp): a block's attention / MLP branches",
+    "long_skips": "long skips from in-blocks to out-blocks (long_skips = True)",
+    "uem": "DeeDiff's UEM heads (uncertainty(i, state); train with --recipe uem)",
+    "lte": "BERxiT's LTE head (lte_score(state); train with --recipe berxit)",
+}
+
+
+def capabilities(model: Any) -> frozenset[str]:
+    """The optional capabilities ``model`` has (keys of :data:`CAPABILITIES`)."""
+    have = set()
+    if callable(getattr(model, "block_parts", None)):
+        have.add("block_parts")
+    if getattr(model, "long_skips", False) is True:
+        have.add("long_skips")
+    heads = getattr(model, "exit_heads", None)
+    if heads in ("uem", "lte"):
+        have.add(heads)
+    return frozenset(have)
+
+
+def require(model: Any, needs: tuple[str, ...], who: str) -> None:
+    """A ValueError naming each capability of ``needs`` that ``model`` lacks (``who``: the
+    policy or cache that needs it)."""
+    missing = [c for c in needs if c not in capabilities(model)]
+    if missing:
+        what = "; ".join(f"{c}: {CAPABILITIES[c]}" for c in missing)
+        raise ValueError(f"{who} needs what {type(model).__name__} does not have ({what})")

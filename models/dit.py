@@ -1,0 +1,155 @@
+"""A diffusers ``DiTTransformer2DModel`` behind the layer-wise model contract
+(:class:`blockloop.model.LayerwiseModel`).
+
+DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers", ICCV 2023) conditions every
+block and the final layer on the time + class embedding through adaLN-Zero (Sec. 3.2), and has no
+long skips. Its blocks recompute that embedding themselves (each block's ``norm1.emb``), so a
+block needs only the hidden tokens, the timestep and the class labels: the state carries all
+three, batch-first, and the executor compacts it like U-ViT's. The final layer is modulated by
+the embedding as well, which is why the contract's ``readout`` takes the state and not the
+hidden tokens alone. With a learned variance (``out_channels == 2 * in_channels``, DiT's
+default) the readout returns the eps half.
+
+diffusers is optional (the ``test`` extra installs it); this module imports it only to build a
+model from a config or a ``from_pretrained`` folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DiTAdapter", "DiTState", "load_dit", "tiny_dit"]
+
+
+@dataclass
+class DiTState:
+    """Between DiT blocks: hidden tokens and the conditioning every block reads."""
+
+    h: Tensor  # (B, L, D)
+    t: Tensor  # (B,) timesteps
+    y: Tensor  # (B,) class labels (the null class: num_classes)
+
+    def select(self, idx: Tensor) -> DiTState:
+        return DiTState(self.h[idx], self.t[idx], self.y[idx])
+
+
+class DiTAdapter(nn.Module):
+    """``dit`` (a diffusers ``DiTTransformer2DModel`` with ``norm_type="ada_norm_zero"``) as a
+    layer-wise model: ``embed`` patchifies, ``run_block(i)`` runs transformer block ``i``,
+    ``readout`` applies the adaLN final layer and unpatchifies. ``forward`` equals ``dit``'s
+    own forward (its eps half). No exit heads, no block parts, no long skips: exit policies
+    that read the readout (static, CALM, PABEE, ...) and caches that reuse whole calls or rows
+    apply; UEM / LTE, DeepCache and the branch caches say what is missing."""
+
+    exit_heads = "none"
+
+    def __init__(self, dit: nn.Module) -> None:
+        super().__init__()
+        cfg = dit.config
+        if cfg.norm_type != "ada_norm_zero" or not cfg.num_embeds_ada_norm:
+            raise ValueError(
+                "DiTAdapter supports class-conditional DiTs (norm_type='ada_norm_zero', "
+                f"num_embeds_ada_norm > 0), got norm_type={cfg.norm_type!r}, "
+                f"num_embeds_ada_norm={cfg.num_embeds_ada_norm!r}"
+            )
+        self.dit = dit
+
+    @property
+    def depth(self) -> int:
+        return len(self.dit.transformer_blocks)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        cfg = self.dit.config
+        return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.dit.config.num_embeds_ada_norm)
+
+    def null_cond(self) -> Tensor:
+        """The null class (label ``num_classes``), guidance's unconditional branch."""
+        return torch.tensor(self.num_classes, device=self.dit.proj_out_2.weight.device)
+
+    def example_cond(self, batch: int) -> Tensor:
+        return self.null_cond().expand(batch).clone()
+
+    def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> DiTState:
+        """x (B, C, H, W), t (B,), cond (B,) labels (None: the null class) -> state."""
+        y = self.example_cond(x.shape[0]) if cond is None else cond.long()
+        return DiTState(h=self.dit.pos_embed(x), t=t, y=y)  # h: (B, L, D)
+
+    def run_block(self, i: int, state: DiTState) -> DiTState:
+        """Run block ``i`` in place on ``state`` and return it."""
+        if not 0 <= i < self.depth:
+            raise ValueError(f"block index {i} out of range [0, {self.depth})")
+        block = self.dit.transformer_blocks[i]
+        state.h = block(state.h, timestep=state.t, class_labels=state.y)
+        return state
+
+    def readout(self, state: DiTState) -> Tensor:
+        """The adaLN-modulated final layer on any block's state: (B, C, H, W) eps."""
+        dit, h = self.dit, state.h
+        emb = dit.transformer_blocks[0].norm1.emb(state.t, state.y, hidden_dtype=h.dtype)
+        shift, scale = dit.proj_out_1(F.silu(emb)).chunk(2, dim=1)  # (B, D) each
+        h = dit.norm_out(h) * (1 + scale[:, None]) + shift[:, None]  # (B, L, D)
+        return self._unpatchify(dit.proj_out_2(h))[:, : self.input_shape[0]]
+
+    def _unpatchify(self, x: Tensor) -> Tensor:
+        """(B, L, p*p*C_out) -> (B, C_out, H, W)"""
+        p, c = self.dit.patch_size, self.dit.out_channels
+        g = self.input_shape[1] // p
+        x = x.reshape(-1, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
+        return x.reshape(-1, c, g * p, g * p)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        state = self.embed(x, t, cond)
+        for i in range(self.depth):
+            self.run_block(i, state)
+        return self.readout(state)
+
+
+def tiny_dit(
+    in_channels: int = 1, sample_size: int = 8, num_classes: int = 10, **overrides: Any
+) -> DiTAdapter:
+    """A small random DiT (2 heads of 16, 4 blocks, patch 2, learned sigma), adapted: for tests
+    and the digits default. ``overrides`` go to ``DiTTransformer2DModel``."""
+    from diffusers import DiTTransformer2DModel
+
+    kw = dict(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=in_channels,
+        out_channels=2 * in_channels,
+        num_layers=4,
+        sample_size=sample_size,
+        patch_size=2,
+        num_embeds_ada_norm=num_classes,
+        norm_num_groups=1,
+    )
+    return DiTAdapter(DiTTransformer2DModel(**{**kw, **overrides}).eval())
+
+
+def load_dit(folder: str | Path) -> DiTAdapter:
+    """A DiT from a local ``from_pretrained`` folder (a diffusers pipeline's ``transformer``
+    subfolder, or the model folder itself), adapted. A missing folder or another model class is
+    a ValueError naming what was found."""
+    from diffusers import DiTTransformer2DModel
+
+    folder = Path(folder)
+    if (folder / "transformer" / "config.json").exists():
+        folder = folder / "transformer"
+    if not (folder / "config.json").exists():
+        raise ValueError(f"{folder}: no config.json (expected a diffusers DiT model folder)")
+    import json
+
+    cls = json.loads((folder / "config.json").read_text()).get("_class_name")
+    if cls != "DiTTransformer2DModel":
+        raise ValueError(f"{folder}: a {cls!r}, not a DiTTransformer2DModel")
+    return DiTAdapter(DiTTransformer2DModel.from_pretrained(folder).eval())

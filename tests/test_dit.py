@@ -1,0 +1,102 @@
+"""A model from outside the package through the layer-wise model contract (blockloop.model):
+a tiny random diffusers DiT (adaLN-Zero, learned sigma) under the executor, the FLOP meter,
+the caches and the calibrator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+import samplers
+from adaptive.calibrate import CalibrationRun, calibrate
+from adaptive.policies import make_policy
+from blockloop.executor import EarlyExitDenoiser
+from blockloop.flops import flop_counter
+from blockloop.model import LayerwiseModel, capabilities
+from caching import make_cache
+from models.dit import DiTAdapter, load_dit, tiny_dit
+
+T = 1000
+
+
+def _dit(depth: int = 4) -> DiTAdapter:
+    torch.manual_seed(0)
+    model = tiny_dit(num_layers=depth)
+    # diffusers' DiT starts with zero adaLN gates nowhere, but its output layer is small:
+    # widen every weight a little so the test compares something that is not near zero.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _inputs(b: int = 6):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, 1, 8, 8, generator=g)
+    return x, torch.linspace(0, T - 1, b), torch.arange(b) % 11  # label 10: the null class
+
+
+def test_the_dit_adapter_keeps_the_contract_and_equals_the_dit():
+    model = _dit()
+    assert isinstance(model, LayerwiseModel)
+    assert capabilities(model) == frozenset()  # no block parts, long skips or exit heads
+    x, t, y = _inputs()
+    ex = EarlyExitDenoiser(model, make_policy("full"), T)
+    with torch.inference_mode():
+        ours = ex(x, t, y)
+        theirs = model.dit(x, timestep=t, class_labels=y).sample[:, :1]  # the eps half
+    assert (ours - theirs).abs().max() <= 1e-6 and theirs.abs().mean() > 0.1
+
+
+@pytest.mark.parametrize(
+    ("policy", "knob", "cache"),
+    [("full", None, None), ("static", 1, None), ("calm", 0.9, None), ("full", None, "teacache")],
+)
+def test_the_flop_meter_matches_flop_counter_on_a_dit(policy, knob, cache):
+    model = _dit()
+    x, t, y = _inputs(8)
+    cp = None if cache is None else make_cache(cache, 0.5)
+    ex = EarlyExitDenoiser(model, make_policy(policy, knob), T, cache=cp)
+    measured = []
+    for step in range(3):  # a sampling run's calls: the cache reuses on the later ones
+        with torch.inference_mode(), flop_counter() as fc:
+            ex(x, t * (1 - step / 3), y)
+        measured.append(fc.get_total_flops())
+    assert ex.executed_flops == pytest.approx(sum(measured), rel=0.02)
+    assert ex.flop_ratio < 1.0 if (knob is not None or cache) else ex.flop_ratio == 1.0
+
+
+def test_calibration_lands_on_the_target_on_a_dit():
+    model = _dit(depth=8)
+    schedule = samplers.make_schedule("linear")
+    run = CalibrationRun(steps=8, n=8, cond=torch.arange(8) % 10)
+    cal = calibrate(model, schedule, "ase", 0.65, run=run)
+    assert abs(cal.achieved - 0.65) <= 0.02, cal.history
+
+
+@pytest.mark.parametrize(("cache", "missing"), [("deepcache", "long_skips"), ("fora", "block")])
+def test_a_cache_that_needs_what_the_model_lacks_says_so(cache, missing):
+    with pytest.raises(ValueError, match=f"{cache}.*DiTAdapter.*{missing}"):
+        EarlyExitDenoiser(_dit(), make_policy("full"), T, cache=make_cache(cache))
+
+
+def test_uem_exits_need_uem_heads_on_a_dit():
+    with pytest.raises(ValueError, match="needs a model trained with its heads"):
+        EarlyExitDenoiser(_dit(), make_policy("uem", 0.5), T)
+
+
+def test_a_from_pretrained_folder_round_trips_and_bad_folders_say_why(tmp_path):
+    model = _dit()
+    model.dit.save_pretrained(tmp_path / "pipe" / "transformer")
+    loaded = load_dit(tmp_path / "pipe")
+    x, t, y = _inputs()
+    with torch.inference_mode():
+        assert torch.equal(loaded(x, t, y), model(x, t, y))
+    with pytest.raises(ValueError, match=r"no config\.json"):
+        load_dit(tmp_path / "missing")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(ValueError, match="'UNet2DModel', not a DiTTransformer2DModel"):
+        load_dit(tmp_path / "other")
