@@ -10,6 +10,7 @@ bad sweep fails when it is read, never inside a run. :func:`cell_train_config` a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,26 @@ __all__ = [
 ]
 
 
-# The registry behind each named axis of a cell (validation and --list share it).
+class _NoneOr(Mapping):
+    """``registry`` with ``"none"`` first (a cell's "no cache"); a live view, so entries a
+    plugin registers later are valid too."""
+
+    def __init__(self, registry: dict[str, Any]) -> None:
+        self._registry = registry
+
+    def __getitem__(self, name: str) -> Any:
+        return None if name == "none" else self._registry[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "none"
+        yield from self._registry
+
+    def __len__(self) -> int:
+        return 1 + len(self._registry)
+
+
+# The registry behind each named axis of a cell (validation and --list share it). Live: a
+# name registered later (bench.plugins) is valid in every cell made after it.
 CELL_CHOICES = {
     "dataset": DATASETS,
     "model": MODELS,
@@ -59,7 +79,7 @@ CELL_CHOICES = {
     "extractor": EXTRACTORS,
     "reference": SPLITS,
     "autocast": AUTOCAST,
-    "cache": {"none": None, **CACHES},
+    "cache": _NoneOr(CACHES),
     "prompts": PROMPT_SPLITS,
 }
 

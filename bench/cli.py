@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+
+from bench.plugins import PluginError, load_plugins, plugins_in
 
 __all__ = ["HelpFormatter", "add_run_options", "add_save_every", "make_parser", "plain_text"]
 
@@ -42,11 +45,34 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that loads the plugins named on the command line (and the installed
+    ones) before it checks any argument, so a plugin's names are valid choices."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else list(args)
+        try:
+            load_plugins(plugins_in(argv))
+        except PluginError as e:
+            self.error(str(e))
+        return super().parse_known_args(argv, namespace)
+
+
 def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    """The parser of ``python -m <prog>``, described by its module docstring ``doc``."""
-    return argparse.ArgumentParser(
+    """The parser of ``python -m <prog>``, described by its module docstring ``doc``; every
+    command takes ``--plugin MODULE`` (:mod:`bench.plugins`)."""
+    p = _Parser(
         prog=f"python -m {prog}", description=plain_text(doc), formatter_class=HelpFormatter
     )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first: the exit policies, caches, samplers, criteria and model "
+        "sizes it registers become valid choices (repeatable; bench.plugins)",
+    )
+    return p
 
 
 def add_run_options(p: argparse.ArgumentParser, out: str | None = None) -> None:
@@ -100,7 +126,7 @@ def add_config_options(
         kind = next(a for a in args if a is not type(None))
         kw: dict = {"type": kind, "default": f.default, "help": meta["help"]}
         if "choices" in meta:
-            kw["choices"] = list(meta["choices"])
+            kw["choices"] = meta["choices"]  # the live registry: plugins extend it
         if name in explicit:
             kw["default"] = None
             kw["help"] = f"{meta['help']} (default: {f.default:g})"

@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bench.cell import Cell
+from bench.plugins import with_plugins
 from bench.run import run_and_store, threads_per_worker
 from bench.runoptions import RunOptions
 from bench.store import write_failure
@@ -93,6 +94,8 @@ def _run_on(
 
     futures = {
         client.submit(
+            with_plugins,  # a Dask worker is a fresh process: it loads the plugins first
+            opts.plugins,
             run_and_store,
             cell,
             str(out),

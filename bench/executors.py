@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.cache import ArtifactCache
 from bench.cell import Cell
+from bench.plugins import with_plugins
 from bench.progress import SweepProgress
 from bench.run import run_and_store, threads_per_worker
 from bench.runoptions import RunOptions
@@ -44,8 +45,9 @@ def run_local(cells: list[Cell], out: Path, opts: RunOptions) -> dict[str, str]:
     threads = threads_per_worker(opts.workers)
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(opts.workers, mp_context=ctx) as pool:
+        args = (out, opts.cache_dir, threads, opts.data)
         futures = {
-            pool.submit(run_and_store, c, out, opts.cache_dir, threads, opts.data): c for c in cells
+            pool.submit(with_plugins, opts.plugins, run_and_store, c, *args): c for c in cells
         }
         status = {}
         # Phases happen in other processes; the bar names the cells as they finish.

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None, prog: str = "bench.grid") -> int:
         if a.device is not None:
             a.device = str(resolve_device(a.device))  # 'auto' -> what it resolves to
         data = DataSource(a.data_root, a.download)
-        opts = RunOptions(a.cache_dir, data, a.workers, a.scheduler, a.retries)
+        opts = RunOptions(a.cache_dir, data, a.workers, a.scheduler, a.retries, tuple(a.plugin))
         if a.scheduler is not None and a.executor != "dask":
             raise ValueError("--scheduler needs --executor dask")
         cells = _cells(a)

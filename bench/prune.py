@@ -348,8 +348,8 @@ CLI_FIELDS = (
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("bench.prune", __doc__)
     add_config_options(p, PruneConfig, CLI_FIELDS[:2])
-    p.add_argument("--recipe", default="full", choices=list(RECIPES), help="checkpoint to prune")
-    p.add_argument("--model", default=TrainConfig().model, choices=list(MODELS), help="size")
+    p.add_argument("--recipe", default="full", choices=RECIPES, help="checkpoint to prune")
+    p.add_argument("--model", default=TrainConfig().model, choices=MODELS, help="size")
     add_config_options(p, PruneConfig, CLI_FIELDS[2:])
     add_run_options(p)
     add_save_every(p)

@@ -107,7 +107,6 @@ def registries():
         POLICIES,
         caching.registry.CACHES,
         caching.registry.CACHE_OPTIONS,
-        bench.cell.CELL_CHOICES["cache"],
         samplers.SAMPLERS,
         samplers.ORDERS,
         pruning.IMPORTANCES,

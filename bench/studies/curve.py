@@ -273,7 +273,7 @@ def _write(df: pd.DataFrame, cfg: TrainConfig, out: Path, last: Tensor | None) -
 def _parser():
     p = make_parser("bench.studies.curve", __doc__)
     p.add_argument("--dataset", default="mnist", choices=list(DATASETS), help="training data")
-    p.add_argument("--model", default="tiny13-p4", choices=list(MODELS), help="size by name")
+    p.add_argument("--model", default="tiny13-p4", choices=MODELS, help="size by name")
     p.add_argument(
         "--steps",
         type=int,
@@ -285,7 +285,7 @@ def _parser():
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up, cosine)")
     p.add_argument("--every", type=int, default=500, help="steps between snapshots")
     p.add_argument("--samples", type=int, default=1000, help="samples scored per snapshot")
-    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="sampler")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="sampler")
     p.add_argument("--sampling-steps", type=int, default=20, help="sampler steps")
     add_run_options(p, out="results/curve-mnist")
     add_save_every(p)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "--importances",
         nargs="+",
         default=list(IMPORTANCES),
-        choices=list(IMPORTANCES),
+        choices=IMPORTANCES,
         help="importance criteria to compare",
     )
     p.add_argument(

@@ -153,7 +153,7 @@ def _markdown(rows: list[dict]) -> str:
 def _parser() -> argparse.ArgumentParser:
     """The command line of ``python -m bench.studies.throughput``."""
     p = make_parser("bench.studies.throughput", __doc__)
-    p.add_argument("--model", default="uvit-s2", choices=list(MODELS), help="model size")
+    p.add_argument("--model", default="uvit-s2", choices=MODELS, help="model size")
     p.add_argument(
         "--dataset",
         default="cifar10",

@@ -1,9 +1,10 @@
 """A new step-level cache: reuse the middle block's attention and MLP branches between calls.
 
-``CachePolicy`` (blockloop/contracts.py) is the contract; registering the class in
-``caching.CACHES`` makes its name valid for the executor, calibration and ``make_cache``, and
-adding it to ``bench.cell.CELL_CHOICES["cache"]`` (a copy made when ``bench.cell`` is imported)
-makes it a valid ``cache`` field of a cell. Both in this Python process only.
+``CachePolicy`` (blockloop/contracts.py) is the contract; ``bench.plugins.register("cache",
+cls)`` makes its name valid for the executor, calibration, ``make_cache`` and the ``cache``
+field of a cell, in this process (``--plugin MODULE`` on the command line: every process). A
+cache that needs an optional model capability names it in ``requires`` (here the block
+parts), so a model without it is refused with one line.
 
 Runs in seconds on an untrained ``micro`` model: ``python docs/examples/cache_policy.py``.
 """
@@ -13,10 +14,11 @@ import torch
 import samplers
 from adaptive.calibrate import CalibrationRun, calibrate
 from adaptive.policies import make_policy
-from bench.cell import CELL_CHOICES, Cell
+from bench.cell import Cell
+from bench.plugins import register
 from blockloop.contracts import CachePolicy
 from blockloop.executor import EarlyExitDenoiser
-from caching import CACHES, CacheSpec, make_cache
+from caching import CacheSpec, make_cache
 from models import UViTState, make_model
 
 
@@ -51,8 +53,7 @@ class MidBlockCache(CachePolicy):
         return self._account(i, rows, executed * rows)  # reused FLOPs count as saved
 
 
-CACHES[MidBlockCache.name] = MidBlockCache  # executor, calibration, make_cache
-CELL_CHOICES["cache"][MidBlockCache.name] = MidBlockCache  # the cell field `cache`
+register("cache", MidBlockCache)  # executor, calibration, make_cache, cells
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 """A new exit policy: exit once the readout stops changing, relative to its size.
 
-``ExitPolicy`` (blockloop/contracts.py) is the contract; registering the class in
-``adaptive.policies.POLICIES`` makes its name valid everywhere a policy is named (cells, sweep
-files, calibration) -- in this Python process only: ``python -m bench.grid`` started on its own,
-and the worker processes of ``--executor local`` / ``dask``, do not run this file.
+``ExitPolicy`` (blockloop/contracts.py) is the contract; ``bench.plugins.register("policy",
+cls)`` makes its name valid everywhere a policy is named (cells, sweep files, calibration) in
+this process. For the command line and its worker processes, put the class and the
+``register`` call in an importable module and name it: ``python -m bench.grid --plugin
+my_module`` (or install it under the ``diffcompress.plugins`` entry point; see
+``examples/plugin/``).
 
 Runs in seconds on an untrained ``micro`` model: ``python docs/examples/exit_policy.py``.
 """
@@ -12,8 +14,9 @@ import torch
 
 import samplers
 from adaptive.calibrate import CalibrationRun, calibrate
-from adaptive.policies import POLICIES, make_policy
+from adaptive.policies import make_policy
 from bench.cell import Cell
+from bench.plugins import register
 from blockloop.contracts import ExitContext, ExitPolicy
 from blockloop.executor import EarlyExitDenoiser
 from models import make_model
@@ -42,7 +45,7 @@ class RelativeChange(ExitPolicy):
         return change < self.knob, change  # (exit mask, score recorded in the trace)
 
 
-POLICIES[RelativeChange.name] = RelativeChange  # in-process registration
+register("policy", RelativeChange)  # its `name` is the key; a taken name is refused
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
 """A new model size: a deeper, narrower U-ViT, registered by name.
 
-Every backbone of the suite is the layer-wise U-ViT (models/uvit.py: ``embed`` -> ``run_block(i)``
--> ``readout``, the interface the block loop, exits, caches and pruning use); a size is a dict
-of its config fields in ``models.MODELS``. Registering one there makes its name valid for
-training, cells and sweep files; an entry in ``bench.train.BUDGETS`` sets how long it trains
-(otherwise the defaults: 4,000 steps). Both in this Python process only.
+The grid's cells train U-ViTs (models/uvit.py); a size is a dict of its config fields,
+registered with ``bench.plugins.register("model", fields, name)``, which makes its name valid
+for training, cells and sweep files (``--plugin MODULE`` on the command line). An entry in
+``bench.train.BUDGETS`` sets how long it trains (otherwise the defaults).
 
-A backbone of another architecture would implement the same layer-wise interface (see
-``docs/design.md``, "Layers"); the suite has only the U-ViT today.
+A backbone of another architecture keeps the layer-wise model contract (``blockloop/model.py``)
+and runs under the executor, the FLOP meter, calibration and the caches it has the
+capabilities for: ``models.dit.DiTAdapter`` does so for a diffusers DiT.
 
 Runs in seconds: ``python docs/examples/model.py`` (trains 2 steps into a temporary cache).
 """
@@ -20,13 +20,13 @@ import samplers
 from adaptive.policies import make_policy
 from bench.cache import ArtifactCache
 from bench.cell import Cell, cell_train_config
+from bench.plugins import register
 from bench.train import BUDGETS, Budget, load_or_train
 from blockloop.executor import EarlyExitDenoiser
-from models import MODELS
 
 # 7 blocks (3 in, mid, 3 out) of width 32 with 2 heads, 2x2 patches; geometry (image size,
 # channels, classes) comes from the data set.
-MODELS["micro-deep"] = dict(patch_size=2, embed_dim=32, depth=7, num_heads=2)
+register("model", dict(patch_size=2, embed_dim=32, depth=7, num_heads=2), "micro-deep")
 BUDGETS["micro-deep"] = Budget(steps=2, finetune_steps=1, prune_finetune_steps=1)
 
 

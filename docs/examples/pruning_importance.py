@@ -3,9 +3,9 @@ loss at low noise only (the timesteps where the image's details are formed).
 
 ``pruning.Importance`` is the contract: :meth:`scorer` returns the torch-pruning importance
 that ranks each group of channels, and a gradient-based criterion fills ``.grad`` first in
-:meth:`prepare` (``needs_gradients``). Registering the class in ``pruning.IMPORTANCES`` makes
-its name valid for ``pruning.prune``, ``python -m bench.prune``'s code path and the cell field
-``prune_importance`` -- in this Python process only.
+:meth:`prepare` (``needs_gradients``). ``bench.plugins.register("importance", cls, name)``
+makes its name valid for ``pruning.prune``, ``python -m bench.prune`` and the cell field
+``prune_importance`` (in this process; ``--plugin MODULE`` on the command line).
 
 Runs in seconds on an untrained ``micro`` model: ``python docs/examples/pruning_importance.py``.
 """
@@ -16,8 +16,9 @@ import torch_pruning as tp
 
 import samplers
 from bench.cell import Cell
+from bench.plugins import register
 from models import make_model
-from pruning import IMPORTANCES, Importance, prune
+from pruning import Importance, prune
 
 
 class LowNoiseTaylor(Importance):
@@ -43,7 +44,7 @@ class LowNoiseTaylor(Importance):
             F.mse_loss(model(x_t, t.float(), cond), eps).backward()
 
 
-IMPORTANCES[LowNoiseTaylor.name] = LowNoiseTaylor  # in-process registration
+register("importance", LowNoiseTaylor)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 A sampler is a function with the suite's one signature (samplers/base.py):
 ``sampler(denoiser, schedule, x, steps, *, generator, cond, callback, ...) -> SamplerOutput``,
 spending at most ``steps`` denoiser calls. Registering it in ``samplers.SAMPLERS`` makes its
-name valid for ``samplers.sample``, calibration and cells -- in this Python process only.
+name valid for ``samplers.sample``, calibration and cells (``bench.plugins.register``: in this
+process; ``--plugin MODULE`` on the command line).
 
 Runs in seconds on an untrained ``micro`` model: ``python docs/examples/sampler.py``.
 """
@@ -16,6 +17,7 @@ from torch import Tensor
 
 import samplers
 from bench.cell import Cell
+from bench.plugins import register
 from models import make_model
 from samplers.base import Callback, Denoiser, Eval, SamplerOutput, clip, initial_noise
 from samplers.grid import time_grid
@@ -56,7 +58,7 @@ def heun(
     return SamplerOutput(xt, model.nfe)
 
 
-samplers.SAMPLERS["heun"] = heun  # in-process registration
+register("sampler", heun, "heun")
 
 
 def main() -> None:
