@@ -10,7 +10,6 @@ bad sweep fails when it is read, never inside a run. :func:`cell_train_config` a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from adaptive.policies import POLICIES, ExitSpec
 from adaptive.recipes import RECIPES
 from bench.cache import config_hash
 from bench.cellcheck import (
+    NoneOr,
     check_cache,
     check_conditioning,
     check_policy,
@@ -49,24 +49,6 @@ __all__ = [
 ]
 
 
-class _NoneOr(Mapping):
-    """``registry`` with ``"none"`` first (a cell's "no cache"); a live view, so entries a
-    plugin registers later are valid too."""
-
-    def __init__(self, registry: dict[str, Any]) -> None:
-        self._registry = registry
-
-    def __getitem__(self, name: str) -> Any:
-        return None if name == "none" else self._registry[name]
-
-    def __iter__(self) -> Iterator[str]:
-        yield "none"
-        yield from self._registry
-
-    def __len__(self) -> int:
-        return 1 + len(self._registry)
-
-
 # The registry behind each named axis of a cell (validation and --list share it). Live: a
 # name registered later (bench.plugins) is valid in every cell made after it.
 CELL_CHOICES = {
@@ -79,7 +61,7 @@ CELL_CHOICES = {
     "extractor": EXTRACTORS,
     "reference": SPLITS,
     "autocast": AUTOCAST,
-    "cache": _NoneOr(CACHES),
+    "cache": NoneOr(CACHES),
     "prompts": PROMPT_SPLITS,
 }
 
@@ -113,6 +95,7 @@ class Cell:
     # cache to target_flop_ratio in total ("exits at 0.65, a cache to 0.5 in total").
     exit_flop_ratio: float | None = None
     patience: int | None = None  # pabee / uem: exit on the n-th agreeing / confident block
+    policy_args: dict[str, Any] | None = None  # other policy keywords: {shallow = 3}
     # Sampling (samplers): the solver and its budget.
     sampler: str = "ddim"  # the solver (samplers.SAMPLERS)
     steps: int = 20  # denoiser evaluations (NFE) the sampler may spend, <= the schedule's T
@@ -138,6 +121,7 @@ class Cell:
     cache_knob: float | None = None
     cache_branch: int | None = None
     cache_order: int | None = None  # TaylorSeer's expansion order (None: its default, 1)
+    cache_args: dict[str, Any] | None = None  # any other keyword of the cache's constructor
     # Evaluation, and where the cell runs.
     samples: int = 1000  # images generated and scored
     seed: int = 0  # sampling seed (same seed: same initial noise in every cell)
@@ -151,7 +135,14 @@ class Cell:
     lambda_u: float = 1.0
     lambda_ual: float = 1.0
 
+    def __hash__(self) -> int:  # the option tables are dicts: hash the identity instead
+        return hash(self.key)
+
     def __post_init__(self) -> None:
+        for name in ("policy_args", "cache_args"):  # a copy (the cell is frozen); {} is unset
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, dict(value) or None)
         check_types(self)
         for name, registry in CELL_CHOICES.items():
             if getattr(self, name) not in registry:
@@ -226,12 +217,13 @@ class Cell:
         """Keyword options of the cache policy (those the cell sets; the l2c router is the
         pipeline's)."""
         options = {"branch": self.cache_branch, "order": self.cache_order}
-        return {k: v for k, v in options.items() if v is not None}
+        return {**{k: v for k, v in options.items() if v is not None}, **(self.cache_args or {})}
 
     @property
     def options(self) -> dict[str, Any]:
         """Keyword options of the exit policy (those the cell sets)."""
-        return {} if self.patience is None else {"patience": self.patience}
+        own = {} if self.patience is None else {"patience": self.patience}
+        return {**own, **(self.policy_args or {})}
 
     @property
     def sampler_options(self) -> dict[str, Any]:
@@ -297,7 +289,7 @@ class Cell:
             knob = f"@{self.target_flop_ratio}"
         else:
             knob = "" if self.cache_knob is None else f"={self.cache_knob:g}"
-        return f"{self.cache}{branch}{knob}"
+        return f"{self.cache}{branch}{knob}{_args_label(self.cache_args)}"
 
     def label(self) -> str:
         cache = f" {self.cache_label()}" if self.cache != "none" else ""
@@ -311,11 +303,19 @@ class Cell:
             knob = ""
         if self.patience is not None:
             knob += f" p{self.patience}"
+        knob += _args_label(self.policy_args)
         cfg = f" cfg{self.guidance:g}" if self.guidance is not None else ""
         if self.text is not None:
             cfg += f" text:{self.text}/{self.prompts}"
         cfg += "+together" if self.cfg_exit_together else ""
         return f"{self.model_label()} {self.policy}{knob}{cache} {self.sampler_label()}{cfg}"
+
+
+def _args_label(args: dict[str, Any] | None) -> str:
+    """`` {k=v,...}`` of an option table, sorted; empty for none."""
+    if not args:
+        return ""
+    return " {" + ",".join(f"{k}={v}" for k, v in sorted(args.items())) + "}"
 
 
 def solver_label(

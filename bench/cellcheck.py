@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from adaptive.calibrate import check_target
@@ -24,6 +25,7 @@ Cell = Any
 
 __all__ = [
     "CACHE_OPTION_FIELDS",
+    "NoneOr",
     "check_cache",
     "check_conditioning",
     "check_policy",
@@ -34,6 +36,24 @@ __all__ = [
 # Cell fields that are a cache policy's options, and the cache each applies to.
 CACHE_OPTION_FIELDS = {"cache_branch": "deepcache", "cache_order": "taylorseer"}
 EXITING = [name for name, cls in POLICIES.items() if cls.knob_name is not None]
+
+
+class NoneOr(Mapping):
+    """``registry`` with ``"none"`` first (a cell's "no cache"); a live view, so entries a
+    plugin registers later are valid too."""
+
+    def __init__(self, registry: dict[str, Any]) -> None:
+        self._registry = registry
+
+    def __getitem__(self, name: str) -> Any:
+        return None if name == "none" else self._registry[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "none"
+        yield from self._registry
+
+    def __len__(self) -> int:
+        return 1 + len(self._registry)
 
 
 def check_types(cell: Cell) -> None:
@@ -54,21 +74,43 @@ def check_types(cell: Cell) -> None:
         elif float in allowed:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             ok, what = ok and math.isfinite(value), "a finite number"
+        elif any(typing.get_origin(a) is dict for a in allowed):
+            ok, what = _is_table(value), "a table of named numbers, strings or booleans"
         else:
             ok, what = isinstance(value, str), "a string"
         if not ok:
             raise ValueError(f"field {name!r} must be {what}, got {value!r}")
 
 
+def _is_table(value: Any) -> bool:
+    """An option table: a dict of identifier keys to finite numbers, strings or booleans."""
+    scalar = (bool, int, float, str)
+    return isinstance(value, dict) and all(
+        isinstance(k, str)
+        and k.isidentifier()
+        and isinstance(v, scalar)
+        and not (isinstance(v, float) and not math.isfinite(v))
+        for k, v in value.items()
+    )
+
+
+def _check_args(table: dict[str, Any] | None, field: str, own: dict[str, str]) -> None:
+    """An option table may not set the knob, nor an option a field of its own sets."""
+    for name in table or {}:
+        if name == "knob" or name in own:
+            use = "knob / target_flop_ratio" if name == "knob" else own[name]
+            raise ValueError(f"{field} may not set {name!r}: use the cell field {use}")
+
+
 def check_cache(cell: Cell) -> None:
     """The cache policy's knob and options (by building it), and its composition with the
     exit policy."""
+    fields = ("cache_knob", "cache_args", *CACHE_OPTION_FIELDS)
     if cell.cache == "none":
-        if any(getattr(cell, f) is not None for f in ("cache_knob", *CACHE_OPTION_FIELDS)):
-            raise ValueError(
-                "cache_knob / cache_branch / cache_order need a cache policy (field 'cache')"
-            )
+        if any(getattr(cell, f) is not None for f in fields):
+            raise ValueError(f"{' / '.join(fields)} need a cache policy (field 'cache')")
         return
+    _check_args(cell.cache_args, "cache_args", {"branch": "cache_branch", "order": "cache_order"})
     for name, cache in CACHE_OPTION_FIELDS.items():
         if getattr(cell, name) is not None and cell.cache != cache:
             raise ValueError(f"{name} applies to cache {cache!r}, not {cell.cache!r}")
@@ -95,6 +137,7 @@ def check_policy(cell: Cell) -> None:
     if cell.exit_flop_ratio is not None:
         _check_exit_flop_ratio(cell)
     check_pairing(cls, cell.recipe)
+    _check_args(cell.policy_args, "policy_args", {"patience": "patience"})
     policy = cell.exit_spec.build()  # the knob's range, the options
     policy.check_model(RECIPES[cell.recipe].heads, MODELS[cell.model]["depth"], cell.model)
 

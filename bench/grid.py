@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SWEEP = Path(__file__).resolve().parent / "sweeps" / "default.toml"
 
 
+# Cell fields whose value is a TOML table (bench.cell.Cell.policy_args / cache_args).
+TABLE_FIELDS = ("policy_args", "cache_args")
+
+
 def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
     """The default digits sweep, ``bench/sweeps/default.toml`` (49 cells: every exit policy at
     FLOP ratio 0.65 and the reference x three samplers, the step axis, 30% pruning, every
@@ -152,7 +156,10 @@ def _expand(path: Path, where: str, sweep: dict[str, Any]) -> list[dict[str, Any
     _check_fields(path, where, "sweep axis", sweep)
     axes = {k: v if isinstance(v, list) else [v] for k, v in sweep.items()}
     for name, values in axes.items():
-        if not values or any(isinstance(v, (dict, list)) for v in values):
+        table = name in TABLE_FIELDS  # an option table is one value (a list: several)
+        if not values or any(
+            isinstance(v, list) or (isinstance(v, dict) and not table) for v in values
+        ):
             raise ValueError(
                 f"{path}: {where}: axis {name!r} must be a value or a non-empty list of "
                 f"values, got {sweep[name]!r}"

@@ -3,6 +3,7 @@ composition rule by name (:func:`blockloop.contracts.check_composition`)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,11 +36,18 @@ def check_composition(cache: str, policy: str, exits: bool, paired: bool = False
     _check_composition(CACHES[cache], policy, exits, paired, per_row)
 
 
+def _keywords(cls: type) -> tuple[str, ...]:
+    """The keyword options of a cache class's constructor besides its knob."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.kind in kinds and p.name not in ("self", "knob"))
+
+
 def make_cache(name: str, knob: float | None = None, **options: Any) -> CachePolicy:
     """The cache policy registered as ``name`` with its knob and options."""
     if name not in CACHES:
         raise ValueError(f"unknown cache policy {name!r}; valid choices: {', '.join(CACHES)}")
-    allowed = CACHE_OPTIONS.get(name, ())
+    allowed = sorted({*CACHE_OPTIONS.get(name, ()), *_keywords(CACHES[name])})
     extra = sorted(set(options) - set(allowed))
     if extra:
         raise ValueError(

@@ -93,3 +93,26 @@ def test_installed_entry_points_are_loaded_once(tmp_path, monkeypatch, scratch_r
     plugins.load_plugins()
     plugins.load_plugins()  # a second load does not register again (that would be refused)
     assert "test-ep" in scratch_registries[0]
+
+
+def test_policy_and_cache_options_come_from_a_sweep_file_as_tables(tmp_path):
+    """Every constructor keyword of a policy or cache is settable (policy_args / cache_args),
+    validated by building it; an empty table is unset, so keys of cells without one stay."""
+    from bench.cell import Cell
+    from bench.grid import load_config
+
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        '[[sweep]]\nmodel = "micro"\npolicy = "duodiff"\nknob = [0.3, 0.5]\n'
+        "policy_args = {shallow = 2}\n"
+    )
+    cells = load_config(path)
+    assert [c.exit_spec.build().shallow for c in cells] == [2, 2]
+    assert "{shallow=2}" in cells[0].label() and cells[0].key != cells[1].key
+    assert Cell(model="micro", policy_args={}).key == Cell(model="micro").key
+    with pytest.raises(ValueError, match="unexpected keyword argument 'bogus'"):
+        Cell(model="micro", policy="duodiff", knob=0.5, policy_args={"bogus": 1})
+    with pytest.raises(ValueError, match="cache_args may not set 'branch'"):
+        Cell(model="micro", cache="deepcache", cache_args={"branch": 1})
+    with pytest.raises(ValueError, match="takes no option nope"):
+        Cell(model="micro", cache="deepcache", cache_args={"nope": 1})

@@ -17,7 +17,8 @@ __all__ = ["Settled", "Stride"]
 
 class Settled(ExitPolicy):
     """Exit a row once the relative change of its readout between consecutive blocks has been
-    below ``rel`` for two blocks in a row (a relative, patience-2 variant of PABEE)."""
+    below ``rel`` for ``blocks`` blocks in a row (a relative variant of PABEE's patience). A
+    sweep sets the option with ``policy_args = {blocks = 3}``."""
 
     name = "settled"
     knob_name = "rel"
@@ -25,6 +26,15 @@ class Settled(ExitPolicy):
     knob_default = 0.1
     knob_direction = -1  # a larger knob exits earlier
     recipe = "layerwise"
+
+    def __init__(self, knob: float | None = None, blocks: int = 2) -> None:
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"settled: blocks must be an integer >= 1, got {blocks!r}")
+        self.blocks = blocks
+        super().__init__(knob)
+
+    def __repr__(self) -> str:
+        return f"Settled(rel={self.knob:g}, blocks={self.blocks})"
 
     def decide(self, ctx: ExitContext) -> tuple[Tensor, Tensor]:
         eps = ctx.readout().flatten(1)
@@ -38,7 +48,7 @@ class Settled(ExitPolicy):
             change < self.knob
         )
         ctx.memory["calm"] = calm
-        return calm >= 2, change
+        return calm >= self.blocks, change
 
 
 class Stride(CachePolicy):
