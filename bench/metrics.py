@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from bench.cache import OMIT_DEFAULT, ArtifactCache, config_hash
 from bench.data import DataSource, as_tensors, data_source, dataset_info
+from bench.intervals import bootstrap_sd
 
 __all__ = [
     "EXTRACTORS",
@@ -360,12 +361,18 @@ def evaluate(
     data: DataSource | None = None,
 ) -> dict[str, float | str]:
     """FID and KID of ``images`` against the dataset's ``split`` (the training images by
-    default, as the papers do; "heldout" exposes a model that memorises its training set)."""
+    default, as the papers do; "heldout" exposes a model that memorises its training set), and
+    ``fid_boot_sd``, FID's bootstrap sd over the samples (:mod:`bench.intervals`)."""
     ref = reference_stats(dataset, extractor, split, cache, data)
     f = features(extractor, images)
-    gen = Stats.of(f)
+
+    def fid(feats: np.ndarray) -> float:
+        gen = Stats.of(feats)
+        return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+
     return {
-        "fid": frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma),
+        "fid": fid(f),
+        "fid_boot_sd": bootstrap_sd(f, fid),  # the sampling noise of FID (bench.intervals)
         "kid": kid_from_feats(f, ref.feats),
         "extractor": extractor.name,
         "n": len(f),

@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.cli import make_parser
-from bench.studies import fig_axes, fig_exit_maps, fig_pareto, fig_prune, fig_samples, plotting
+from bench.studies import (
+    fig_axes,
+    fig_exit_maps,
+    fig_paired,
+    fig_pareto,
+    fig_prune,
+    fig_samples,
+    plotting,
+)
 from bench.studies.fig_pareto import wall_ratios
 from bench.studies.plotting import fid_floor_of, load_table, pareto_front, seed_means
 
@@ -59,6 +67,7 @@ __all__ = [
     "plot_fid_vs_nfe",
     "plot_fid_vs_prune",
     "plot_fid_vs_total_flops",
+    "plot_psnr_vs_total_flops",
     "plot_samples",
     "plot_wall_vs_flops",
     "seed_means",
@@ -92,6 +101,7 @@ plot_fid_vs_guidance = _saving_here(fig_axes.plot_fid_vs_guidance)
 plot_fid_vs_nfe = _saving_here(fig_axes.plot_fid_vs_nfe)
 plot_fid_vs_prune = _saving_here(fig_prune.plot_fid_vs_prune)
 plot_samples = _saving_here(fig_samples.plot_samples)
+plot_psnr_vs_total_flops = _saving_here(fig_paired.plot_psnr_vs_total_flops)
 
 
 def plot_exit_heatmaps(df, out: Path) -> list[Path]:
@@ -124,6 +134,7 @@ FIGURES: dict[str, Callable[[FigureInputs], list[Path]]] = {
     "fid_vs_nfe": lambda i: plot_fid_vs_nfe(i.ok, i.out),
     "fid_vs_total_flops": lambda i: plot_fid_vs_total_flops(i.ok, i.out, i.floor),
     "fid_vs_prune": lambda i: plot_fid_vs_prune(i.ok, i.out),
+    "psnr_vs_total_flops": lambda i: plot_psnr_vs_total_flops(i.ok, i.out),
     "samples": lambda i: plot_samples(i.df, i.grid_dir, i.out, i.cells),
 }
 

@@ -25,7 +25,6 @@ NFS setups); without ``fcntl`` (Windows) claims are no-ops and records stay atom
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -36,11 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.cache import atomic_write_bytes, os_error_line, preflight
+from bench.summary import KID_NOTE, write_tables
 
 if TYPE_CHECKING:
     from bench.cell import Cell
 
 __all__ = [
+    "KID_NOTE",
     "claim",
     "failure_path",
     "load_records",
@@ -242,147 +243,3 @@ def load_records(out: Path, kind: str = "records") -> list[dict[str, Any]]:
             continue
         records.append(rec)
     return records
-
-
-KID_NOTE = (
-    "KID: the unbiased squared MMD with the cubic kernel k(x, y) = (x.y / d + 1)^3 on the "
-    "extractor's d-dimensional features (Binkowski et al. 2018), as a raw number in those "
-    "features' units. It is comparable only between rows of one extractor, never with the "
-    "Inception KID x 10^3 that papers print."
-)
-
-
-def write_tables(
-    out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]] = ()
-) -> None:
-    """``table.csv`` and ``table.parquet`` (every record), ``summary.md`` (every cell and the
-    best FID per FLOP budget; failed cells listed with their error), all written atomically."""
-    import pandas as pd
-
-    if not records:
-        return
-    df = pd.DataFrame(records).sort_values(["flop_ratio_vs_reference", "label"])
-    atomic_write_bytes(out / "table.csv", df.to_csv(index=False).encode())
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(out / "table.parquet", buf.getvalue())
-    sections = (
-        _cells_table(df),
-        ["", KID_NOTE],
-        _budget_table(df),
-        _timing_unstable(df),
-        _nonfinite(df),
-        _failed(failures),
-    )
-    lines = [line for section in sections for line in section]
-    atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
-
-
-def _summary_columns(df) -> list[str]:
-    """The summary's columns: the fixed ones, plus those the records carry values for
-    (agreement of conditional cells, PSNR / SSIM of paired ones, the timing flag)."""
-    cols = [
-        "label",
-        "seed",
-        "nfe",
-        "flop_ratio_per_call",
-        "flop_ratio_vs_reference",
-        "layer_ratio",
-        "fid",
-        "kid",
-        "seconds_per_image",
-        "nonfinite",
-    ]
-    if "agreement" in df and df.agreement.notna().any():  # conditional cells
-        cols.insert(cols.index("kid") + 1, "agreement")
-    for name in ("psnr", "ssim"):  # paired with the uncompressed pipeline (bench.paired)
-        if name in df and df[name].notna().any():
-            cols.insert(cols.index("seconds_per_image"), name)
-    if "timing_unstable" in df:  # records from before the flag existed lack it
-        cols.append("timing_unstable")
-    return cols
-
-
-def _cells_table(df) -> list[str]:
-    """The summary's title and its table of every cell (``df``'s order), as markdown lines."""
-    cols = _summary_columns(df)
-    lines = [
-        f"# Grid summary ({len(df)} cells, extractor {sorted(set(df.extractor.dropna()))})",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    return lines
-
-
-def _budget_table(df) -> list[str]:
-    """The best finite FID within each total-FLOP budget, a budget left out when its best cell
-    is the previous budget's, as markdown lines (a leading blank line included)."""
-    ok = df[~df.nonfinite & df.fid.notna()]
-    lines = [
-        "",
-        "## Best FID per total-FLOP budget (vs DDPM, all T steps, full model)",
-        "",
-        "A budget whose best cell is the same as the previous budget's is left out.",
-        "",
-        "| budget <= | cell | seed | FID | FLOP ratio |",
-        "|---|---|---|---|---|",
-    ]
-    last = None
-    for budget in (0.005, 0.01, 0.02, 0.05, 0.1, 1.0):
-        within = ok[ok.flop_ratio_vs_reference <= budget]
-        if len(within):
-            b = within.loc[within.fid.idxmin()]
-            if b.key == last:
-                continue
-            last = b.key
-            lines.append(
-                f"| {budget} | {b.label} | {b.seed} | {b.fid:.3f} | "
-                f"{b.flop_ratio_vs_reference:.4f} |"
-            )
-    return lines
-
-
-def _timing_unstable(df) -> list[str]:
-    """The section listing cells flagged ``timing_unstable`` (none: no lines)."""
-    if not ("timing_unstable" in df and df.timing_unstable.fillna(False).astype(bool).any()):
-        return []
-    flagged = df[df.timing_unstable.fillna(False).astype(bool)]
-    lines = ["", f"## Timing unstable ({len(flagged)}; wall-clock not trusted)", ""]
-    lines += [
-        "The plain model's or the cell's timing varied by more than 25% between repeats "
-        "(the fastest and slowest left out), twice (a busy "
-        "machine): delete these records and rerun on an idle machine to time them.",
-        "",
-    ]
-    return lines + [f"- {r.label} ({r.key})" for r in flagged.itertuples()]
-
-
-def _nonfinite(df) -> list[str]:
-    """The section listing cells whose samples were not finite (none: no lines)."""
-    bad = df[df.nonfinite.fillna(False).astype(bool)]
-    if not len(bad):
-        return []
-    lines = ["", f"## Nonfinite cells ({len(bad)}; stored, never scored)", ""]
-    lines += [
-        "Their samples hold NaN or inf (a diverging sampler or guidance scale): the record "
-        "is kept so the cell is not rerun; FID and KID are empty.",
-        "",
-    ]
-    return lines + [f"- {r.label} ({r.key})" for r in bad.itertuples()]
-
-
-def _failed(failures: list[dict[str, Any]]) -> list[str]:
-    """The section listing failed cells with their error's first line (none: no lines)."""
-    if not failures:
-        return []
-    lines = ["", f"## Failed cells ({len(failures)}; rerun to retry)", ""]
-    return lines + [f"- {f['label']} ({f['key']}): {f['error'].splitlines()[0]}" for f in failures]
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)

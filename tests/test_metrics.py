@@ -93,3 +93,25 @@ def test_inception_without_weights_is_a_clear_error(tmp_path):
 def test_unknown_extractor_lists_choices():
     with pytest.raises(ValueError, match="valid choices: cnn, inception"):
         get_extractor("clip", "digits")
+
+
+def test_fid_bootstrap_sd_predicts_the_spread_over_fresh_sample_sets():
+    """The bootstrap sd from one sample set (bench.intervals) against the sd of FID over 30
+    independent sample sets of the same distribution: the same size, up to estimation error."""
+    from bench.intervals import bootstrap_sd
+    from bench.metrics import Stats, frechet_distance
+
+    rng = np.random.default_rng(0)
+    d, n = 16, 400
+    ref = Stats.of(rng.standard_normal((20_000, d)))
+
+    def fid(f):
+        s = Stats.of(f)
+        return frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)
+
+    def draw():
+        return 0.2 + 1.1 * rng.standard_normal((n, d))
+
+    fresh = np.std([fid(draw()) for _ in range(30)], ddof=1)
+    boot = bootstrap_sd(draw(), fid)
+    assert 0.6 < boot / fresh < 1.6, (boot, fresh)

@@ -45,7 +45,8 @@ def grid_dir(tmp_path_factory, shared_cache_dir):
 
 def test_report_writes_every_figure(grid_dir, tmp_path):
     assert main(["--grid", str(grid_dir), "--out", str(tmp_path)]) == 0
-    for name in ("fid_vs_flops", "wall_vs_flops", "exit_heatmap", "samples"):
+    names = ("fid_vs_flops", "wall_vs_flops", "exit_heatmap", "samples", "psnr_vs_total_flops")
+    for name in names:
         for ext in ("png", "svg"):
             f = tmp_path / f"{name}.{ext}"
             assert f.exists() and f.stat().st_size > 1000, f
@@ -205,6 +206,18 @@ def test_seed_means_average_a_cell_over_its_seeds():
     assert d.loc["a", "fid"] == 11.0 and d.loc["a", "seeds"] == 2
     assert d.loc["a", "fid_sd"] == pytest.approx(2**0.5)
     assert d.loc["b", "fid_sd"] == 0.0 and d.loc["b", "seeds"] == 1
+    # A single-seed cell's error bar is its bootstrap sd where the record has one.
+    d = seed_means(_rows(fid_boot_sd=0.7)).set_index("label")
+    assert d.loc["b", "fid_sd"] == 0.7 and d.loc["a", "fid_sd"] == pytest.approx(2**0.5)
+
+
+def test_a_front_point_within_noise_of_the_cheaper_one_is_marked():
+    import pandas as pd
+
+    from bench.studies.plotting import within_noise_of_cheaper
+
+    front = pd.DataFrame({"fid": [10.0, 9.5, 4.0], "fid_sd": [0.5, 0.5, 0.5]})
+    assert within_noise_of_cheaper(front).tolist() == [False, True, False]
 
 
 def test_fid_vs_flops_marks_pruned_cells_draws_spread_and_the_floor(tmp_path):

@@ -272,3 +272,16 @@ def test_other_load_counts_other_processes_cpu_not_ours(monkeypatch):
     with measure.OtherLoad() as load:
         pass
     assert load.cores is None
+
+
+def test_budget_table_counts_the_cells_within_noise_of_the_best(tmp_path):
+    """The best FID of a budget is a finding only over cells outside its noise: FID 1 +- 0.5
+    and FID 2 +- 0.5 tie (gap 1 < 1.96 x 0.71), FID 6 does not."""
+    recs = [fake_record(c) for c in CELLS[:3]]  # FIDs 1, 2, 3 (steps)
+    for r, fid, sd in zip(recs, (1.0, 2.0, 6.0), (0.5, 0.5, 0.5), strict=True):
+        r.update(fid=fid, fid_boot_sd=sd)
+    store.write_tables(tmp_path, recs)
+    summary = (tmp_path / "summary.md").read_text()
+    row = next(ln for ln in summary.split("## Best FID")[1].splitlines() if CELLS[0].label() in ln)
+    assert row.endswith("| 1 |") and "1.000 +- 0.98" in row
+    assert "| fid_boot_sd |" in summary

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.studies.plotting import (
+    ERROR_BARS,
     LEGEND_TITLE,
     Saver,
     floor_line,
@@ -44,8 +45,7 @@ def plot_fid_vs_flops(
     h, lab = method_legend(colours, markers, bool((d.prune_ratio > 0).any()), floor)
     legend_outside(b, h, lab, fontsize=7, title=LEGEND_TITLE, title_fontsize=7)
     ext = ", ".join(sorted(df.extractor.dropna().unique()))
-    seeds = int(d.seeds.max())
-    spread = f"; error bars: sd over {seeds} seeds" if seeds > 1 else ""
+    spread = f"; error bars: {ERROR_BARS}" if (d.fid_sd > 0).any() else ""
     fig.suptitle(f"FID vs FLOPs ({len(d)} cells; features: {ext}{spread})", fontsize=10)
     paths = save(fig, out, "fid_vs_flops")
     plt.close(fig)

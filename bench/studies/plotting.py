@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cache import atomic_write_bytes
+from bench.intervals import distinguishable
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +87,38 @@ def save(fig, out: Path, name: str) -> list[Path]:
 
 
 _MARKERS = "os^Dv<>pPX*h"
+ERROR_BARS = "1 sd (over seeds where a cell has several, else FID's bootstrap sd)"
 LEGEND_TITLE = "colour: exit policy / cache\nmarker: sampler and steps"
 
 
 def seed_means(df):
     """One row per cell up to its seed (same label): FID and KID averaged over the seeds, with
-    ``fid_sd`` (0 for a single seed) and ``seeds``; the other columns from the first seed."""
+    ``fid_sd`` and ``seeds``; the other columns from the first seed. ``fid_sd`` is the sd over
+    the seeds where a cell has several, else the record's bootstrap sd over its samples
+    (``fid_boot_sd``, :mod:`bench.intervals`), else 0."""
     g = df.groupby("label", sort=False)
     first = g.head(1).set_index("label")
     first["fid"] = g.fid.mean()
-    first["fid_sd"] = g.fid.std(ddof=1).fillna(0.0)
+    first["fid_sd"] = g.fid.std(ddof=1)
+    if "fid_boot_sd" in df:
+        first["fid_sd"] = first.fid_sd.fillna(g.fid_boot_sd.mean())
+    first["fid_sd"] = first.fid_sd.fillna(0.0)
     first["kid"] = g.kid.mean()
     first["seeds"] = g.seed.nunique()
     return first.reset_index()
+
+
+def within_noise_of_cheaper(front) -> np.ndarray:
+    """For each point of a Pareto front (sorted by cost), whether its FID is within noise of
+    the previous (cheaper) point's (:func:`bench.intervals.distinguishable` on ``fid_sd``)."""
+    fid, sd = front.fid.to_numpy(float), front.fid_sd.to_numpy(float)
+    return np.asarray(
+        [
+            i > 0 and not distinguishable(fid[i], sd[i], fid[i - 1], sd[i - 1])
+            for i in range(len(fid))
+        ],
+        dtype=bool,
+    )
 
 
 def legend_outside(ax, handles=None, labels=None, **kw) -> None:
@@ -134,7 +154,7 @@ def scatter_methods(ax, df, x: str, colours: dict, markers: dict) -> None:
                 alpha=0.9,
                 zorder=3,
             )
-        spread = sub[sub.seeds > 1]
+        spread = sub[sub.fid_sd > 0]
         if len(spread):
             ax.errorbar(
                 spread[x],
@@ -149,6 +169,10 @@ def scatter_methods(ax, df, x: str, colours: dict, markers: dict) -> None:
     front = pareto_front(df[x].to_numpy(float), df.fid.to_numpy(float))
     f = df.iloc[front]
     ax.step(f[x], f.fid, where="post", color="k", lw=1, alpha=0.7, zorder=1)
+    tied = within_noise_of_cheaper(f)
+    if tied.any():  # a front point whose gain over the cheaper one is not a finding
+        ax.scatter(f[x][tied], f.fid[tied], s=170, facecolors="none", edgecolors="0.45",
+                   linewidths=1, ls="--", zorder=4)  # fmt: skip
     ax.set_ylabel("FID (lower is better)")
     ax.grid(alpha=0.3, which="both")
 
@@ -170,6 +194,8 @@ def method_legend(colours: dict, markers: dict, pruned: bool, floor: float | Non
         lab.append("pruned model (black edge)")
     h.append(Line2D([], [], color="k", lw=1))
     lab.append("Pareto front")
+    h.append(Line2D([], [], marker="o", ls="", mfc="none", mec="0.45", ms=11))
+    lab.append("front point within noise of the cheaper one")
     if floor is not None:
         h.append(Line2D([], [], color="0.35", ls=":", lw=1.2))
         lab.append(f"FID floor {floor:.2f} (held-out real images)")
