@@ -159,6 +159,7 @@ class CachePolicy(ABC):
     integer_knob: ClassVar[bool] = False
     per_row: ClassVar[bool] = False  # decides per row: composes with exits
     needs_router: ClassVar[bool] = False  # a learned router (Learning-to-Cache)
+    needs_fit: ClassVar[bool] = False  # options fitted per model x sampler (TeaCache's rescale)
     # Optional model capabilities the rule needs (blockloop.model.CAPABILITIES).
     requires: ClassVar[tuple[str, ...]] = ()
     revision: ClassVar[int] = 0

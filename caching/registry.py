@@ -12,11 +12,21 @@ from blockloop.contracts import CachePolicy
 from blockloop.contracts import check_composition as _check_composition
 from caching.forecast import FirstBlockCache, TaylorSeer
 from caching.policies import DeepCache, Fora, LearningToCache, TeaCache
+from caching.teacache import TeaCacheBatch
 
 __all__ = ["CACHES", "CACHE_OPTIONS", "CacheSpec", "check_composition", "make_cache"]
 
 CACHES: dict[str, type[CachePolicy]] = {
-    c.name: c for c in (DeepCache, Fora, TeaCache, LearningToCache, FirstBlockCache, TaylorSeer)
+    c.name: c
+    for c in (
+        DeepCache,
+        Fora,
+        TeaCache,
+        TeaCacheBatch,
+        LearningToCache,
+        FirstBlockCache,
+        TaylorSeer,
+    )
 }
 # Options a policy takes besides its knob (what a cell may set; ``branches`` is set by the
 # pipeline under guidance).
@@ -24,6 +34,7 @@ CACHE_OPTIONS: dict[str, tuple[str, ...]] = {
     "deepcache": ("branch",),
     "l2c": ("router",),
     "fbcache": ("branches",),
+    "teacache-batch": ("coefficients", "calls", "branches"),
     "taylorseer": ("order",),
 }
 

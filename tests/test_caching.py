@@ -4,6 +4,9 @@ the Learning-to-Cache router, and cells / CLI with bad cache input."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +55,7 @@ POLICIES = [
     ("deepcache", 1.0, 2.0, {"branch": 1}),
     ("deepcache", 1.0, 3.0, {"branch": 0}),
     ("teacache", 0.0, 0.3, {}),
+    ("teacache-batch", 0.0, 1.5, {}),
     ("l2c", 0.0, 0.6, {}),
     ("fbcache", 0.0, 0.5, {}),
     ("taylorseer", 1.0, 2.0, {"order": 1}),
@@ -251,12 +255,14 @@ def test_grid_cli_refuses_a_bad_cache_and_writes_nothing(tmp_path, capsys):
         grid_main(["--config", str(cfg), "--out", str(tmp_path / "out")])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "valid choices: none, deepcache, fora, teacache, l2c, fbcache, taylorseer" in err
+    assert "valid choices: none, deepcache, fora, teacache, teacache-batch, l2c, fbcache" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_every_cache_is_listed():
-    assert set(CACHES) == {"deepcache", "fora", "teacache", "l2c", "fbcache", "taylorseer"}
+    assert set(CACHES) == {
+        "deepcache", "fora", "teacache", "teacache-batch", "l2c", "fbcache", "taylorseer"
+    }  # fmt: skip
 
 
 def _fbcache_decisions(model, threshold, n=6, seed=3):
@@ -320,3 +326,68 @@ def test_taylorseer_forecasts_with_finite_differences_between_full_calls():
     q.plan(None)
     # D1 = (16a - 4a) / 2 = 6a, D2 = (6a - 2a) / 2 = 2a: 16a + 6a + 2a / 2 = 23a
     torch.testing.assert_close(q._forecast(0, "attn"), 23 * a)
+
+
+def _upstream_teacache(inputs, threshold, coefficients, calls):
+    """The official TeaCache loop, written out on recorded modulated inputs: the first and last
+    call compute; otherwise the rescaled relative L1 change accumulates and the call is skipped
+    while the sum stays below the threshold; a computed call resets the sum."""
+    rescale = np.poly1d(coefficients)
+    skip, acc, prev = [], 0.0, None
+    for cnt, inp in enumerate(inputs):
+        if cnt == 0 or cnt == calls - 1:
+            should_calc, acc = True, 0.0
+        else:
+            acc += rescale(float((inp - prev).abs().mean() / prev.abs().mean()))
+            should_calc = acc >= threshold
+            if should_calc:
+                acc = 0.0
+        skip.append(not should_calc)
+        prev = inp
+    return skip
+
+
+@pytest.mark.parametrize("coefficients", [(1.0, 0.0), (2.0, -0.5, 1.0, 0.0)])
+def test_teacache_batch_decides_as_the_upstream_loop_on_a_recorded_trajectory(coefficients):
+    from caching.teacache import TeaCacheBatch
+
+    cache = TeaCacheBatch(1.5, coefficients=coefficients, calls=STEPS)
+    seen, real = [], cache.plan
+
+    def record(state):
+        served = real(state)
+        seen.append((state.h.clone(), served is not None and bool(served.all())))
+        return served
+
+    cache.plan = record
+    _sample(_model(), cache)
+    decided = [d for _, d in seen]
+    replayed = _upstream_teacache([h for h, _ in seen], 1.5, coefficients, STEPS)
+    assert decided == replayed and any(decided) and not decided[0] and not decided[-1]
+
+
+def test_teacache_rescale_fit_spans_the_run_and_feeds_the_rule():
+    from caching.teacache import TeaCacheBatch, fit_rescale
+
+    model = _model()
+    coefficients, info = fit_rescale(model, SCHEDULE, "ddim", STEPS, n=8, batch=4, seed=0)
+    assert len(coefficients) == 5 and info["calls"] == STEPS and info["pairs"] == 2 * (STEPS - 1)
+    cache = TeaCacheBatch(0.2, coefficients=coefficients, calls=info["calls"])
+    _, ex = _sample(model, cache)
+    assert ex.flop_ratio < 1.0
+
+
+def test_a_teacache_batch_cell_fits_its_rescale_once_and_calibrates(tmp_path, shared_cache_dir):
+    """The grid fits the polynomial for the cell's model, sampler and steps (an artifact), then
+    calibrates the threshold to the target like any cache."""
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(
+        '[[cell]]\nmodel = "micro"\ncache = "teacache-batch"\ntarget_flop_ratio = 0.6\n'
+        "steps = 8\nsamples = 16\n"
+    )
+    out = tmp_path / "out"
+    args = ["--config", str(cfg), "--out", str(out), "--cache-dir", str(shared_cache_dir)]
+    assert grid_main(args) == 0
+    (rec,) = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert rec["flop_ratio_per_call"] == pytest.approx(0.6, abs=0.1)
+    assert list((shared_cache_dir / "teacache-fit").glob("*.safetensors"))

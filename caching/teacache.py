@@ -1,0 +1,159 @@
+"""TeaCache as its authors run it (Liu et al. 2024, "Timestep Embedding Tells: It's Time to
+Cache for Video Diffusion Model", Sec. 3.3-3.4; the official ``teacache_*`` loops).
+
+Once per call, for the whole batch: the relative L1 change of the timestep-modulated input
+since the previous call, rescaled by a polynomial fitted for the model (output change against
+input change over a few full runs), is added to an accumulator; while the sum stays below the
+threshold the call reuses the cached residual (final hidden state - embedded input) and only
+embedding and readout run; otherwise it computes and the accumulator resets. The first call
+of a run and its last (``calls``, where known) always compute. The per-row rule the suite had
+first stays as ``teacache`` (:class:`caching.policies.TeaCache`).
+
+The signal: the model's embedded input (``embed(x, t, cond).h``). On U-ViT it holds the time
+token beside the patch tokens, the closest analogue of the modulated input of an adaLN model;
+on a DiT (``models.dit.DiTAdapter``) it is the patch embedding. ``branches=2`` decides the two
+halves of a classifier-free-guidance batch separately (upstream keeps one state per branch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import samplers
+from blockloop.contracts import CachePolicy
+from blockloop.model import BlockState, LayerwiseModel
+from samplers import ClassifierFreeGuidance, VPSchedule
+
+__all__ = ["TeaCacheBatch", "fit_rescale", "rel_l1"]
+
+IDENTITY = (1.0, 0.0)  # no rescaling: the polynomial x
+
+
+def rel_l1(now: Tensor, prev: Tensor) -> float:
+    """mean |now - prev| / mean |prev| over the whole tensor (upstream's signal)."""
+    return float((now - prev).abs().float().mean() / prev.abs().float().mean().clamp_min(1e-12))
+
+
+class TeaCacheBatch(CachePolicy):
+    """Upstream TeaCache: one decision per call (per guidance branch), polynomial rescaling
+    (``coefficients``, highest degree first as ``numpy.poly1d``; the pipeline fits them with
+    :func:`fit_rescale` when unset), first and last calls computed, accumulator reset on
+    compute. Knob: the threshold on the accumulated rescaled change (upstream: 0.1-0.6)."""
+
+    name = "teacache-batch"
+    knob_name = "threshold"
+    knob_range = (0.0, 10.0)
+    knob_default = 0.1
+    needs_fit = True  # coefficients fitted per model x sampler x steps (bench.pipeline)
+
+    def __init__(
+        self,
+        knob: float | None = None,
+        coefficients: tuple[float, ...] | list[float] = IDENTITY,
+        calls: int | None = None,
+        branches: int = 1,
+    ) -> None:
+        coefficients = tuple(float(c) for c in coefficients)
+        if not coefficients or not all(np.isfinite(coefficients)):
+            raise ValueError(
+                f"teacache-batch: coefficients must be finite numbers, got {coefficients}"
+            )
+        if calls is not None and (
+            isinstance(calls, bool) or not isinstance(calls, int) or calls < 1
+        ):
+            raise ValueError(f"teacache-batch: calls must be an integer >= 1, got {calls!r}")
+        if branches not in (1, 2):
+            raise ValueError(f"teacache-batch: branches must be 1 or 2, got {branches!r}")
+        self.rescale = np.poly1d(coefficients)
+        self.calls, self.branches = calls, branches
+        super().__init__(knob)
+
+    def __repr__(self) -> str:
+        return f"TeaCacheBatch(threshold={self.knob:g}, coefficients={tuple(self.rescale.c)})"
+
+    def plan(self, state: BlockState) -> Tensor | None:
+        h0 = state.h
+        halves = h0.chunk(self.branches) if h0.shape[0] % self.branches == 0 else (h0,)
+        prev = self.store.get("prev")
+        self.store["prev"] = h0
+        acc = self.store.setdefault("acc", [0.0] * len(halves))
+        forced = self.call == 0 or (self.calls is not None and self.call >= self.calls - 1)
+        serve = []
+        for b, half in enumerate(halves):
+            if forced or prev is None or "residual" not in self.store:
+                acc[b], reuse = 0.0, False
+            else:
+                acc[b] += float(self.rescale(rel_l1(half, prev.chunk(len(halves))[b])))
+                reuse = acc[b] < self.knob
+                acc[b] = acc[b] if reuse else 0.0
+            serve.append(torch.full((half.shape[0],), reuse, device=h0.device))
+        mask = torch.cat(serve)
+        return mask if bool(mask.any()) else None
+
+    def reused_hidden(self, idx: Tensor, state: BlockState) -> Tensor:
+        full = sum(self.costs.blocks) * idx.shape[0]
+        self.total += full
+        self.reused += full
+        return state.h[idx] + self.store["residual"][idx]
+
+    def run_block(self, i: int, state: BlockState) -> float:
+        self.model.run_block(i, state)
+        n = state.h.shape[0]
+        return self._account(i, n, self.costs.blocks[i] * n)
+
+    def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:
+        residual = self.store.get("residual")
+        if residual is None or residual.shape[0] != self.store["prev"].shape[0]:
+            residual = self.store["residual"] = torch.zeros_like(self.store["prev"])
+        residual[rows] = (h - h0).to(residual.dtype)
+        self._held()
+
+
+class _Signals:
+    """A denoiser that runs ``model`` whole and records, per call, the embedded input and the
+    output (the pairs :func:`fit_rescale` fits)."""
+
+    def __init__(self, model: LayerwiseModel) -> None:
+        self.model, self.inputs, self.outputs = model, [], []
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        state = self.model.embed(x, t, cond)
+        self.inputs.append(state.h.float().cpu())
+        for i in range(self.model.depth):
+            self.model.run_block(i, state)
+        eps = self.model.readout(state)
+        self.outputs.append(eps.float().cpu())
+        return eps
+
+
+@torch.inference_mode()
+def fit_rescale(
+    model: LayerwiseModel, schedule: VPSchedule, sampler: str, steps: int, **run: Any
+) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """Fit TeaCache's rescaling polynomial (degree 4, as upstream) of ``model`` for ``sampler``
+    at ``steps``: full runs of ``run["n"]`` samples in batches of ``run["batch"]`` (seeded by
+    ``run["seed"]``; ``guidance`` / ``cond`` / ``sampler_kw`` as the cell samples), the relative
+    L1 change of the output between consecutive calls against that of the embedded input,
+    ``numpy.polyfit``. Returns (coefficients, info: ``calls`` per run and what was fitted on)."""
+    dev = next(model.parameters()).device
+    xs, ys = [], []
+    for b in range(max(1, run["n"] // run["batch"])):
+        rec = _Signals(model)
+        denoiser = rec
+        if run.get("guidance") is not None:
+            denoiser = ClassifierFreeGuidance(rec, run["guidance"], model.null_cond())
+        gen = torch.Generator(device=dev).manual_seed(run["seed"] * 1000 + b)
+        shape = (run["batch"], *model.input_shape)
+        cond = run.get("cond")
+        samplers.sample(sampler, denoiser, schedule, shape, steps, generator=gen,
+                        cond=cond, **run.get("sampler_kw", {}))  # fmt: skip
+        for k in range(1, len(rec.inputs)):
+            xs.append(rel_l1(rec.inputs[k], rec.inputs[k - 1]))
+            ys.append(rel_l1(rec.outputs[k], rec.outputs[k - 1]))
+    coefficients = tuple(float(c) for c in np.polyfit(xs, ys, 4))
+    calls = len(rec.inputs)  # denoiser calls per sampling run: the last one always computes
+    return coefficients, {"calls": calls, "pairs": len(xs), "input_change_max": float(max(xs))}
