@@ -114,7 +114,11 @@ def check_options(
     sch = _check_schedule(schedule, T)
     sch.check_steps(steps)
     if name in ORDERS:
-        check_order(name, d["order"] if order is None else order, ORDERS[name], steps)
+        k = d["order"] if order is None else order
+        check_order(name, k, ORDERS[name], steps)
+        if flags.get("taylor_3m") and k != 3:
+            # it corrects the third-order update only: elsewhere a new key for the same run
+            raise ValueError(f"taylor_3m applies to {name!r} at order 3, not order {k}")
     # time_grid names the valid spacings / ends of a bad one
     grid = time_grid(sch, steps, spacing or d["spacing"], end or d["end"])
     if name == "euler-maruyama":

@@ -137,3 +137,18 @@ def test_bad_input_is_one_line_exit_2_nothing_written(inputs, tmp_path, module, 
     assert len(errors) == 1 and message in errors[0], err
     assert not out.exists() and not cache.exists()  # nothing written
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_taylor_3m_below_order_3_is_refused(tmp_path, capsys):
+    """taylor_3m changes only the third-order update: at order 2 it would be a new record key
+    for an identical run, so the sweep is refused when read."""
+    from bench.grid import main
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(
+        '[[cell]]\nmodel = "micro"\nsampler = "dpm-solver++"\norder = 2\ntaylor_3m = true\n'
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(cfg), "--dry-run", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert "taylor_3m applies to 'dpm-solver++' at order 3, not order 2" in capsys.readouterr().err
