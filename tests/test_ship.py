@@ -1,6 +1,6 @@
 """The shipped checkpoints must match what the default sweep asks for: a change to a training
 config, recipe or the cache version that changes a key fails here (regenerate them with
-``python -m bench.studies.ship``) instead of silently retraining for 45 minutes on users'
+``python -m bench.studies.ship``) instead of silently retraining for hours on users'
 machines."""
 
 from __future__ import annotations

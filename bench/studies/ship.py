@@ -4,7 +4,7 @@
 feature extractor and reference-statistics file that ``python -m bench.grid`` uses by default,
 with the project's own training code, and writes read-only copies to ``models/checkpoints/``
 (checkpoints keep only their EMA weights, the ones every consumer loads). ``ArtifactCache``
-falls back to that folder, so a fresh clone skips about 45 minutes of CPU training; the files
+falls back to that folder, so a fresh clone skips about 2 hours of CPU training; the files
 carry the same keys and SHA-256 checksums as cache files and are verified on every load.
 Artifacts that are already shipped are kept (re-written with current checksums), only missing
 ones are built. Delete the folder to train everything yourself: training is deterministic for
