@@ -37,7 +37,7 @@ from blockloop.contracts import CachePolicy
 if TYPE_CHECKING:
     from blockloop.model import BlockState
 
-__all__ = ["DeepCache", "Fora", "LearningToCache", "TeaCache"]
+__all__ = ["DeepCache", "Fora", "LearningToCache", "ResidualCache", "TeaCache"]
 
 
 def _is_full_call(call: int, interval: float) -> bool:
@@ -174,7 +174,32 @@ class DeepCache(CachePolicy):
         return self._account(i, n, self.costs.blocks[i] * n)
 
 
-class TeaCache(CachePolicy):
+class ResidualCache(CachePolicy):
+    """A cache that serves whole rows from the residual (final hidden state - embedded input)
+    of their last computed call, so only embedding and readout run on them, and computes every
+    block of the rows it does not serve. Its ``plan`` decides which rows; it must keep the
+    call's embedded input in ``store["prev"]`` (the residual is allocated in its shape)."""
+
+    def reused_hidden(self, idx: Tensor, state: BlockState) -> Tensor:
+        full = sum(self.costs.blocks) * idx.shape[0]  # served rows: every block's work reused
+        self.total += full
+        self.reused += full
+        return state.h[idx] + self.store["residual"][idx]
+
+    def run_block(self, i: int, state: BlockState) -> float:
+        self.model.run_block(i, state)
+        n = state.h.shape[0]
+        return self._account(i, n, self.costs.blocks[i] * n)
+
+    def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:
+        residual = self.store.get("residual")
+        if residual is None or residual.shape[0] != self.store["prev"].shape[0]:
+            residual = self.store["residual"] = torch.zeros_like(self.store["prev"])
+        residual[rows] = (h - h0).to(residual.dtype)
+        self._held()
+
+
+class TeaCache(ResidualCache):
     """An adaptive per-row rule in the spirit of TeaCache (Liu et al. 2024, "Timestep Embedding
     Tells: It's Time to Cache for Video Diffusion Model", Sec. 3.3): each row accumulates the
     relative L1 change of its embedded input (patch tokens + U-ViT's time token: the
@@ -209,20 +234,6 @@ class TeaCache(CachePolicy):
         self.store["acc"] = torch.where(served, acc, torch.zeros_like(acc))
         return served
 
-    def reused_hidden(self, idx: Tensor, state: BlockState) -> Tensor:
-        h = state.h[idx] + self.store["residual"][idx]
-        # Served rows skip every block: their work is reused.
-        self.total += sum(self.costs.blocks) * idx.shape[0]
-        self.reused += sum(self.costs.blocks) * idx.shape[0]
-        return h
-
-    def run_block(self, i: int, state: BlockState) -> float:
-        self.model.run_block(i, state)
-        n = state.h.shape[0]
-        return self._account(i, n, self.costs.blocks[i] * n)
-
     def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:
-        residual = self.store["residual"]
-        residual[rows] = (h - h0).to(residual.dtype)
+        super().finish(rows, h, h0)
         self.store["valid"][rows] = True
-        self._held()

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 import samplers
-from blockloop.contracts import CachePolicy
 from blockloop.model import BlockState, LayerwiseModel
+from caching.policies import ResidualCache
 from samplers import ClassifierFreeGuidance, VPSchedule
 
 __all__ = ["TeaCacheBatch", "fit_rescale", "rel_l1"]
@@ -38,7 +38,7 @@ def rel_l1(now: Tensor, prev: Tensor) -> float:
     return float((now - prev).abs().float().mean() / prev.abs().float().mean().clamp_min(1e-12))
 
 
-class TeaCacheBatch(CachePolicy):
+class TeaCacheBatch(ResidualCache):
     """Upstream TeaCache: one decision per call (per guidance branch), polynomial rescaling
     (``coefficients``, highest degree first as ``numpy.poly1d``; the pipeline fits them with
     :func:`fit_rescale` when unset), first and last calls computed, accumulator reset on
@@ -93,24 +93,6 @@ class TeaCacheBatch(CachePolicy):
             serve.append(torch.full((half.shape[0],), reuse, device=h0.device))
         mask = torch.cat(serve)
         return mask if bool(mask.any()) else None
-
-    def reused_hidden(self, idx: Tensor, state: BlockState) -> Tensor:
-        full = sum(self.costs.blocks) * idx.shape[0]
-        self.total += full
-        self.reused += full
-        return state.h[idx] + self.store["residual"][idx]
-
-    def run_block(self, i: int, state: BlockState) -> float:
-        self.model.run_block(i, state)
-        n = state.h.shape[0]
-        return self._account(i, n, self.costs.blocks[i] * n)
-
-    def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:
-        residual = self.store.get("residual")
-        if residual is None or residual.shape[0] != self.store["prev"].shape[0]:
-            residual = self.store["residual"] = torch.zeros_like(self.store["prev"])
-        residual[rows] = (h - h0).to(residual.dtype)
-        self._held()
 
 
 class _Signals:
