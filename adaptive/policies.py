@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adaptive.dydit_policy import DyDiT
 from blockloop.contracts import ExitContext, ExitPolicy
 
 __all__ = ["POLICIES", "ExitPolicy", "ExitSpec", "make_policy"]
@@ -236,7 +237,7 @@ class DuoDiff(ExitPolicy):
 
 POLICIES: dict[str, type[ExitPolicy]] = {
     cls.name: cls
-    for cls in (Full, Static, TimeSchedule, CALM, PABEE, BERxiT, UEM, UEMOfficial, DuoDiff)
+    for cls in (Full, Static, TimeSchedule, CALM, PABEE, BERxiT, UEM, UEMOfficial, DuoDiff, DyDiT)
 }
 
 

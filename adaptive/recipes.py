@@ -10,6 +10,7 @@ fine-tunes a converged U-ViT.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adaptive.dydit import attach_routers, dydit_loss
 from blockloop.contracts import ExitPolicy
 from models import UViT
 
@@ -45,6 +47,8 @@ class Recipe:
     # Bumped when the recipe's meaning changes, so checkpoints and grid records made under the
     # old meaning get new keys (0 keeps the keys of before revisions existed).
     revision: int = 0
+    # Adds the recipe's learned parts that the model does not build itself (DyDiT's routers).
+    prepare: Callable[[UViT], object] | None = None
 
 
 def _per_layer_mse(outs: list[Tensor], eps: Tensor) -> Tensor:
@@ -197,6 +201,17 @@ RECIPES: dict[str, Recipe] = {
     # Revision 1: the official normalised UAL (revision 0 was today's `uem-summed`).
     "uem": Recipe("uem", UEMLoss("official"), "uem", weights=LOSS_WEIGHTS, revision=1),
     "uem-summed": Recipe("uem-summed", UEMLoss("summed"), "uem", weights=LOSS_WEIGHTS),
+    # DyDiT (adaptive.dydit): dynamic width and tokens, trained for the config's flop_target.
+    **{
+        name: Recipe(
+            name,
+            dydit_loss,
+            "dydit",
+            weights=("flop_target", "finetune_steps"),
+            prepare=functools.partial(attach_routers, mode=mode),
+        )
+        for name, mode in (("dydit", "both"), ("dydit-width", "width"), ("dydit-token", "token"))
+    },
 }
 
 

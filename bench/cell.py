@@ -347,6 +347,8 @@ def cell_train_config(cell: Cell) -> TrainConfig:
         lambda_u=cell.lambda_u,
         lambda_ual=cell.lambda_ual,
     )
+    if "flop_target" in RECIPES[cell.recipe].weights:  # DyDiT: one model per FLOP target
+        kw.update(flop_target=cell.target_flop_ratio)
     budget = BUDGETS.get(cell.model)
     if budget is not None:
         kw.update(steps=budget.steps, finetune_steps=budget.finetune_steps)

@@ -118,6 +118,11 @@ def check_cache(cell: Cell) -> None:
     spec.policy_class.check_knob(spec.knob)
     if not spec.policy_class.needs_router:  # (the l2c router is learned by the pipeline)
         spec.build().check_model(MODELS[cell.model]["depth"])
+    if POLICIES[cell.policy].runs_blocks:
+        raise ValueError(
+            f"policy {cell.policy!r} runs every block itself; it does not compose with a "
+            "step-level cache (set cache = 'none')"
+        )
     exits = POLICIES[cell.policy].knob_name is not None
     check_composition(cell.cache, cell.policy, exits, cell.cfg_exit_together)
 
@@ -167,6 +172,14 @@ def check_training(cell: Cell) -> None:
         if getattr(cell, name) != 1.0 and name not in recipe.weights:
             takes = [r for r, rec in RECIPES.items() if name in rec.weights]
             raise ValueError(f"{name} applies to recipes {', '.join(takes)}, not {cell.recipe!r}")
+    if "flop_target" in recipe.weights:
+        if cell.target_flop_ratio is None:
+            raise ValueError(
+                f"recipe {cell.recipe!r} trains its routers for the cell's FLOP target: set "
+                "target_flop_ratio in (0, 1]"
+            )
+        if cell.prune_ratio:
+            raise ValueError(f"recipe {cell.recipe!r} does not compose with pruning (prune_ratio)")
     if cell.finetune_steps is not None and not recipe.finetune:
         raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {cell.recipe!r}")
     if cell.text is not None:

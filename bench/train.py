@@ -96,6 +96,7 @@ CLI_FIELDS = (
     "seed",
     "finetune_steps",
     *LOSS_WEIGHTS,
+    "flop_target",
 )
 
 
@@ -118,7 +119,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` ``python -m bench.train``'s options ask for; an option that has
     no effect on it (a loss weight the recipe does not take) is a ``ValueError``."""
     weights = get_recipe(a.recipe).weights
-    for name in LOSS_WEIGHTS:  # no option silently ignored
+    for name in (*LOSS_WEIGHTS, "flop_target"):  # no option silently ignored
         if getattr(a, name) is not None and name not in weights:
             flag = "--" + name.replace("_", "-")
             users = ", ".join(r for r in RECIPES if name in get_recipe(r).weights)

@@ -70,6 +70,16 @@ class TrainConfig:
         },
     )
 
+    # DyDiT recipes: the FLOP ratio the routers are trained for (a training input, one model
+    # per target). Hashed only when set.
+    flop_target: float | None = field(
+        default=None,
+        metadata={
+            **OMIT_DEFAULT,
+            **_opt("dydit recipes: the FLOP ratio the routers are trained for, in (0, 1]"),
+        },
+    )
+
     def __post_init__(self) -> None:
         choices = {"dataset": DATASETS, "model": MODELS, "schedule": SCHEDULES, "recipe": RECIPES}
         for name, registry in choices.items():
@@ -89,10 +99,22 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not self.lr > 0 or not self.finetune_lr > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {self.lr}, {self.finetune_lr}")
+        self._check_flop_target()
         if self.text is not None:
             check_text(self.text)
             if self.class_cond:
                 raise ValueError("class_cond and text are two conditionings; pick one")
+
+    def _check_flop_target(self) -> None:
+        ft, takes = self.flop_target, "flop_target" in get_recipe(self.recipe).weights
+        if ft is not None and not (
+            isinstance(ft, (int, float)) and math.isfinite(ft) and 0 < ft <= 1
+        ):
+            raise ValueError(f"flop_target must be in (0, 1], got {ft!r}")
+        if takes and ft is None:
+            raise ValueError(
+                f"recipe {self.recipe!r} trains for a FLOP target: set flop_target in (0, 1]"
+            )
 
     @property
     def key(self) -> str:
@@ -117,18 +139,21 @@ class TrainConfig:
         recipe = get_recipe(self.recipe)
         if not recipe.finetune:
             return dataclasses.replace(self, **_FINETUNE_ONLY)
-        unused = {k: _FINETUNE_ONLY[k] for k in LOSS_WEIGHTS if k not in recipe.weights}
+        unused = {k: _FINETUNE_ONLY[k] for k in RECIPE_INPUTS if k not in recipe.weights}
         return dataclasses.replace(self, **unused)
 
     def make_schedule(self) -> VPSchedule:
         return make_schedule(self.schedule, self.T)
 
 
+# What a recipe may take from the config besides the fine-tune length (RECIPES' ``weights``).
+RECIPE_INPUTS = (*LOSS_WEIGHTS, "flop_target")
+
 # Fields that only mean something when fine-tuning (reset to their defaults otherwise).
 _FINETUNE_ONLY = {
     f.name: f.default
     for f in dataclasses.fields(TrainConfig)
-    if f.name in ("finetune_steps", "finetune_lr", *LOSS_WEIGHTS)
+    if f.name in ("finetune_steps", "finetune_lr", *RECIPE_INPUTS)
 }
 
 
@@ -175,11 +200,15 @@ def build_model(cfg: TrainConfig) -> UViT:
     text = {}
     if cfg.text is not None:
         text = dict(context_dim=context_dim(cfg.text), context_len=CONTEXT_LEN)
-    return make_model(
+    recipe = get_recipe(cfg.recipe)
+    model = make_model(
         cfg.model,
         info.img_size,
         info.channels,
         info.num_classes if cfg.class_cond else 0,
-        exit_heads=get_recipe(cfg.recipe).heads,
+        exit_heads=recipe.heads,
         **text,
     )
+    if recipe.prepare is not None:
+        recipe.prepare(model)
+    return model

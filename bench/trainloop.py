@@ -91,7 +91,7 @@ def _prepare(
         model = build_model(cfg)
         if init is not None:
             missing, unexpected = model.load_state_dict(init, strict=False)
-            if unexpected or any(not k.startswith(("uem.", "lte.")) for k in missing):
+            if unexpected or any(not k.startswith(("uem.", "lte.", "routers.")) for k in missing):
                 raise ValueError(f"init weights do not fit: missing {missing}, extra {unexpected}")
     return model.to(device), finetune
 

@@ -101,6 +101,10 @@ class ExitPolicy(ABC):
     revision: ClassVar[int] = 0
     # One decision for the whole batch (the official AdaDiff rule) instead of one per row.
     batch_mean: ClassVar[bool] = False
+    # False: the rule never exits (the executor skips decide); True for every exit rule.
+    exits: ClassVar[bool] = True
+    # True: the policy runs each block itself (:meth:`run_block`: dynamic width, DyDiT).
+    runs_blocks: ClassVar[bool] = False
 
     def __init__(self, knob: float | None = None) -> None:
         if self.knob_name is None:
@@ -137,6 +141,11 @@ class ExitPolicy(ABC):
 
     def begin(self, ctx: ExitContext) -> None:  # noqa: B027  (optional hook)
         """Called once per denoiser call after embedding (ctx.layer == -1)."""
+
+    def run_block(self, model: LayerwiseModel, i: int, state: BlockState) -> float:
+        """Run block ``i`` in place on ``state`` and return the FLOPs executed (only policies
+        with ``runs_blocks``; the executor runs the model's blocks for every other)."""
+        raise NotImplementedError(f"policy {self.name!r} does not run blocks")
 
     @abstractmethod
     def decide(self, ctx: ExitContext) -> tuple[Tensor, Tensor]:

@@ -113,6 +113,11 @@ class EarlyExitDenoiser:
                 "have no meaning with it"
             )
         if cache is not None:
+            if policy.runs_blocks:
+                raise ValueError(
+                    f"policy {policy.name!r} runs every block itself; it does not compose with "
+                    f"a step-level cache (got {cache.name!r})"
+                )
             check_composition(type(cache), policy.name, policy.knob_name is not None, paired)
         self.model = model
         self.policy = policy
@@ -159,14 +164,18 @@ class EarlyExitDenoiser:
         if run.rows.shape[0]:
             self.policy.begin(run.context(self, -1))
         for i in range(depth if run.rows.shape[0] else 0):
-            if self.cache is None:
+            if self.cache is not None:
+                run.meter.add(self.cache.run_block(i, run.state))
+            elif self.policy.runs_blocks:
+                run.meter.add(self.policy.run_block(self.model, i, run.state))
+            else:
                 self.model.run_block(i, run.state)
                 run.meter.add(self.costs.blocks[i] * run.rows.shape[0])
-            else:
-                run.meter.add(self.cache.run_block(i, run.state))
             if i == depth - 1:
                 self._leave(run, run.rows, run.state.h, self._readout(run, run.state), run.h0)
                 break
+            if not self.policy.exits:
+                continue
             ctx = run.context(self, i)
             mask, s = self.policy.decide(ctx)
             if self.paired:  # compaction keeps row order, so the halves stay aligned

@@ -92,7 +92,8 @@ class UViTConfig:
         return 1 + (self.num_classes > 0) + self.context_len
 
 
-EXIT_HEADS = ("none", "uem", "lte")
+# "dydit": the routers adaptive.dydit.attach_routers adds (the model itself builds none).
+EXIT_HEADS = ("none", "uem", "lte", "dydit")
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:

@@ -1,0 +1,173 @@
+"""DyDiT at inference: a policy that runs every block at the width and on the tokens its routers
+choose, with the weights sliced, so the FLOPs it saves are not executed.
+
+The routers (:mod:`adaptive.dydit`) are thresholded (``sigmoid(logit) > threshold``; DyDiT uses
+0.5, the policy's default knob, which the calibrator may move to meet a cell's FLOP target
+exactly). Heads and channel groups depend on t alone, so a sampling step's batch shares one
+pattern; rows are grouped by pattern anyway (a batch of mixed timesteps is valid input). Tokens
+a block's token router turns off are gathered out of its MLP and pass through unchanged. Sliced
+weights are cached per (block, pattern). The FLOPs returned per block are the analytic count
+:class:`adaptive.dydit.BlockCost` (a test checks it against FlopCounterMode on random patterns).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from adaptive.dydit import BlockCost, _block, block_costs, with_head0
+from blockloop.contracts import ExitContext, ExitPolicy
+
+__all__ = ["DyDiT"]
+
+
+def _groups(mask: Tensor) -> list[tuple[Tensor | None, Tensor]]:
+    """[(rows or None for all, active indices)] per distinct row pattern of a (B, H) mask."""
+    patterns, inverse = torch.unique(mask, dim=0, return_inverse=True)
+    if patterns.shape[0] == 1:
+        return [(None, patterns[0].nonzero().squeeze(1))]
+    return [
+        ((inverse == k).nonzero().squeeze(1), p.nonzero().squeeze(1))
+        for k, p in enumerate(patterns)
+    ]
+
+
+class DyDiT(ExitPolicy):
+    """Dynamic width and tokens (Zhao et al. 2025); never exits. Knob: the routers' threshold
+    (a larger one switches more off: fewer FLOPs)."""
+
+    name = "dydit"
+    knob_name = "threshold"
+    knob_range = (0.01, 0.99)
+    knob_default = 0.5
+    knob_direction = -1
+    heads = "dydit"
+    recipe = "dydit"
+    exits: ClassVar[bool] = False
+    runs_blocks: ClassVar[bool] = True
+
+    def __init__(self, knob: float | None = None) -> None:
+        super().__init__(knob)
+        self.widths: list[dict[str, object]] = []  # per call: t and active fractions per block
+        self._weights: dict[tuple, tuple[Tensor, ...]] = {}
+        self._costs: list[BlockCost] | None = None
+
+    def begin(self, ctx: ExitContext) -> None:
+        depth = ctx.model.depth
+        self.widths.append(
+            {
+                "t": float(ctx.t.float().mean()),
+                "heads": [math.nan] * depth,
+                "groups": [math.nan] * depth,
+                "tokens": [math.nan] * depth,
+            }
+        )
+
+    def decide(self, ctx: ExitContext) -> tuple[Tensor, Tensor]:
+        b, dev = ctx.state.h.shape[0], ctx.state.h.device
+        return torch.zeros(b, dtype=torch.bool, device=dev), torch.full((b,), math.nan, device=dev)
+
+    def _masks(self, model, i: int, temb: Tensor) -> tuple[Tensor, Tensor]:
+        """(heads, groups) bool masks (B, H), head / group 0 always on."""
+        r = model.routers
+        B, H = temb.shape[0], model.cfg.num_heads
+        if not r.width:
+            on = torch.ones(B, H, dtype=torch.bool, device=temb.device)
+            return on, on
+        hl, gl = r.width_logits(i, temb)
+        thr = math.log(self.knob / (1 - self.knob))  # sigmoid(l) > knob  <=>  l > logit(knob)
+        return with_head0(hl > thr), with_head0(gl > thr)
+
+    def _attn_weights(self, i: int, att, idx: Tensor) -> tuple[Tensor, ...]:
+        key = (i, "attn", tuple(idx.tolist()))
+        if key not in self._weights:
+            D = att.proj.out_features
+            d = D // att.num_heads
+            part = torch.arange(3, device=idx.device)[:, None, None] * D
+            cols = (part + idx[None, :, None] * d + torch.arange(d, device=idx.device)).reshape(-1)
+            inner = (idx[:, None] * d + torch.arange(d, device=idx.device)).reshape(-1)
+            b = None if att.qkv.bias is None else att.qkv.bias[cols]
+            self._weights[key] = (att.qkv.weight[cols], b, att.proj.weight[:, inner])
+        return self._weights[key]
+
+    def _attention(self, i: int, att, x: Tensor, heads: Tensor) -> Tensor:
+        """The attention branch (B, N, D) of ``x`` (normed) with each row's active heads."""
+        out = torch.empty_like(x)
+        for rows, idx in _groups(heads):
+            xs = x if rows is None else x[rows]
+            w_qkv, b_qkv, w_proj = self._attn_weights(i, att, idx)
+            b, n, _ = xs.shape
+            qkv = F.linear(xs, w_qkv, b_qkv).reshape(b, n, 3, idx.shape[0], -1)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+            y = F.linear(o, w_proj, att.proj.bias)
+            if rows is None:
+                return y
+            out[rows] = y
+        return out
+
+    def _mlp_weights(self, i: int, mlp, idx: Tensor, heads: int) -> tuple[Tensor, ...]:
+        key = (i, "mlp", tuple(idx.tolist()))
+        if key not in self._weights:
+            fc1, _, fc2 = mlp
+            c = fc1.out_features // heads
+            ch = (idx[:, None] * c + torch.arange(c, device=idx.device)).reshape(-1)
+            self._weights[key] = (fc1.weight[ch], fc1.bias[ch], fc2.weight[:, ch])
+        return self._weights[key]
+
+    def _mlp(self, i: int, block, x: Tensor, groups: Tensor, tokens: Tensor | None) -> Tensor:
+        """``x`` plus the MLP branch, run on the tokens ``tokens`` (B, N) lets through (all if
+        None) with each row's active channel groups."""
+        out = x.clone()
+        xn = block.norm2(x)
+        H = groups.shape[1]
+        for rows, idx in _groups(groups):
+            w1, b1, w2 = self._mlp_weights(i, block.mlp, idx, H)
+            xr = xn if rows is None else xn[rows]
+            flat = xr.reshape(-1, xr.shape[-1])
+            sel = None if tokens is None else (tokens if rows is None else tokens[rows]).reshape(-1)
+            inp = flat if sel is None else flat[sel]
+            y = F.linear(F.gelu(F.linear(inp, w1, b1)), w2, block.mlp[2].bias)
+            delta = torch.zeros_like(flat)
+            if sel is None:
+                delta = y
+            else:
+                delta[sel] = y
+            delta = delta.view_as(xr)
+            if rows is None:
+                out = out + delta
+            else:
+                out[rows] = out[rows] + delta
+        return out
+
+    def run_block(self, model, i: int, state) -> float:
+        """Run block ``i`` in place on ``state`` at the routed width; return its FLOPs."""
+        if self._costs is None:
+            self._costs = block_costs(model)
+        c, r = self._costs[i], model.routers
+        block, skip = _block(model, i, state)
+        x = state.h
+        if skip is not None:
+            x = block.skip_linear(torch.cat([x, skip], dim=-1))
+        heads, groups = self._masks(model, i, state.temb)
+        x = x + self._attention(i, block.attn, block.norm1(x), heads)
+        tokens = None
+        if r.token:
+            thr = math.log(self.knob / (1 - self.knob))
+            tokens = r.tokens[i](x) > thr  # (B, N)
+        state.h = self._mlp(i, block, x, groups, tokens)
+        if i < model.cfg.depth // 2:
+            state.skips.append(state.h)
+        n_tok = tokens.sum(1).float() if tokens is not None else float(c.tokens)
+        h_on, g_on = heads.sum(1).float(), groups.sum(1).float()
+        rec = self.widths[-1] if self.widths else None
+        if rec is not None:
+            rec["heads"][i] = float(h_on.mean()) / c.heads
+            rec["groups"][i] = float(g_on.mean()) / c.heads
+            rec["tokens"][i] = float(torch.as_tensor(n_tok).float().mean()) / c.tokens
+        per_row = c.attn(h_on) + c.mlp(g_on, n_tok)  # (B,)
+        return c.fixed(r.width, r.token) * x.shape[0] + float(per_row.sum())
