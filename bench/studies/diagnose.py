@@ -171,7 +171,7 @@ def run_candidate(c: Candidate, setup: _Setup, seconds: float, evals: int = 4) -
             opt.step()
             ema_update(ema, model, step, c.ema_decay)
             step, trained = step + 1, trained + time.perf_counter() - t0
-        row = {"step": step, "minutes": trained / 60, "loss": float(loss), "eps": {}}
+        row = {"step": step, "minutes": trained / 60, "loss": loss.item(), "eps": {}}
         row["eps"] = _eps_mse(ema.eval(), setup)
         if k == evals or k == evals // 2:
             row["fid"], last = _fid(ema, setup)
@@ -181,9 +181,10 @@ def run_candidate(c: Candidate, setup: _Setup, seconds: float, evals: int = 4) -
     return {"name": c.name, "params": params, "batch_size": c.batch_size, "rows": rows}, last
 
 
-def _setup(dataset: str, cache: ArtifactCache, samples: int) -> _Setup:
+def _setup(dataset: str, cache: ArtifactCache, samples: int, probe: int | None = None) -> _Setup:
+    """The shared setup; ``probe``: held-out images in the epsilon-MSE probe (default all)."""
     src = data_source(None)
-    held, _ = as_tensors(src.load(dataset, "heldout"))
+    held, _ = as_tensors(src.load(dataset, "heldout"), probe)
     gen = torch.Generator().manual_seed(1234)
     eps = torch.randn(held.shape, generator=gen)
     cfg = TrainConfig(dataset=dataset, model="tiny13-p4" if dataset == "mnist" else "tiny")
