@@ -144,3 +144,27 @@ def test_a_dydit_cell_runs_end_to_end_at_its_target(shared_cache_dir):
     assert rec["calibration_flop_ratio"] == pytest.approx(0.8, abs=0.03)  # the threshold's
     assert rec["flop_ratio_per_call"] == pytest.approx(0.8, abs=0.1)
     assert 0.01 <= rec["knob_used"] <= 0.99 and rec["fid"] > 0
+
+
+def test_width_study_reports_the_uncalibrated_ratio_and_draws_the_pattern(
+    shared_cache_dir, tmp_path, capsys
+):
+    from bench.studies import dydit_widths
+
+    argv = ["--model", "micro", "--targets", "0.8", "--samples", "4", "--steps", "3"]
+    out = tmp_path / "w"
+    assert dydit_widths.main([*argv, "--out", str(out), "--cache-dir", str(shared_cache_dir)]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out / "widths.csv")
+    assert df["target"].tolist() == [0.8] and 0 < df["flop_ratio"].iloc[0] <= 1.01
+    assert (out / "dydit_widths.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv", [["--targets", "1.5"], ["--recipe", "uem"], ["--steps", "0"]])
+def test_width_study_bad_arguments_exit_2(argv, tmp_path):
+    from bench.studies import dydit_widths
+
+    with pytest.raises(SystemExit) as e:
+        dydit_widths.main([*argv, "--out", str(tmp_path / "w")])
+    assert e.value.code == 2 and not (tmp_path / "w").exists()
