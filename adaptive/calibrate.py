@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Calibration:
+    """The result of a calibration: ``policy`` (the exit or cache policy whose knob was tuned)
+    at the target FLOP ratio ``target``, the ``knob`` found (None for a knobless policy), the FLOP
+    ratio it ``achieved``, its mean share of blocks run (``layer_ratio``) and every
+    (knob, FLOP ratio) evaluated, in order."""
+
     policy: str
     target: float
     knob: float | None

@@ -57,6 +57,7 @@ class DyDiT(ExitPolicy):
         self._costs: list[BlockCost] | None = None
 
     def begin(self, ctx: ExitContext) -> None:
+        """Open this call's record in :attr:`widths` (its t; fractions filled per block)."""
         depth = ctx.model.depth
         self.widths.append(
             {
@@ -68,6 +69,7 @@ class DyDiT(ExitPolicy):
         )
 
     def decide(self, ctx: ExitContext) -> tuple[Tensor, Tensor]:
+        """Never exits (the executor does not call it: ``exits`` is False)."""
         b, dev = ctx.state.h.shape[0], ctx.state.h.device
         return torch.zeros(b, dtype=torch.bool, device=dev), torch.full((b,), math.nan, device=dev)
 

@@ -262,13 +262,16 @@ class ExitSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self) -> ExitPolicy:
+        """The policy this spec names, constructed (``ValueError`` for a bad name or options)."""
         return make_policy(self.name, self.knob, **self.options)
 
     def with_knob(self, knob: float | None) -> ExitSpec:
+        """This spec with its knob replaced by ``knob``."""
         return replace(self, knob=knob)
 
     @property
     def policy_class(self) -> type[ExitPolicy]:
+        """The registered :class:`ExitPolicy` class of ``name`` (``ValueError`` if unknown)."""
         if self.name not in POLICIES:
             raise ValueError(
                 f"unknown exit policy {self.name!r}; valid choices: {', '.join(POLICIES)}"

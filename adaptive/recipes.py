@@ -38,6 +38,11 @@ LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
 
 @dataclass(frozen=True)
 class Recipe:
+    """A training recipe by name: its ``loss`` (called as in the module docstring), the exit
+    parts it trains (``heads``), whether it fine-tunes the ``full`` checkpoint, the config fields
+    passed to the loss (``weights``), its ``revision`` (part of cache keys) and ``prepare``, which
+    adds learned parts the model does not build itself."""
+
     name: str
     loss: LossFn
     heads: str = "none"
@@ -223,6 +228,7 @@ def check_pairing(policy: type[ExitPolicy], recipe: str) -> None:
 
 
 def get_recipe(name: str) -> Recipe:
+    """The recipe ``name`` of :data:`RECIPES` (``ValueError`` naming the choices if unknown)."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid choices: {', '.join(RECIPES)}")
     return RECIPES[name]

@@ -51,6 +51,8 @@ SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 
 
 class CorruptArtifact(RuntimeError):
+    """An artifact file that cannot be trusted: unreadable, or its checksums do not match."""
+
     pass
 
 
@@ -155,6 +157,7 @@ class ArtifactCache:
         self.shipped = tuple(Path(s) for s in shipped)
 
     def path(self, kind: str, key: str) -> Path:
+        """Where artifact ``kind``/``key`` is written under ``root`` (the file may not exist)."""
         return self.root / kind / f"{key}.safetensors"
 
     def has(self, kind: str, key: str) -> bool:
@@ -164,6 +167,8 @@ class ArtifactCache:
         return any((root / kind / name).exists() for root in (self.root, *self.shipped))
 
     def save(self, kind: str, key: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+        """Write ``tensors`` and ``meta`` as artifact ``kind``/``key`` under ``root``
+        (:meth:`write_file`: checksummed, atomic); returns its path."""
         path = self.path(kind, key)
         self.write_file(path, tensors, meta)
         return path

@@ -292,6 +292,7 @@ class Cell:
         return f"{self.cache}{branch}{knob}{_args_label(self.cache_args)}"
 
     def label(self) -> str:
+        """The cell's label: model, exit policy and its target or knob, cache, sampler, guidance."""
         cache = f" {self.cache_label()}" if self.cache != "none" else ""
         if self.exit_flop_ratio is not None:
             knob = f"@{self.exit_flop_ratio}"
@@ -338,6 +339,7 @@ def solver_label(
 
 
 def cell_train_config(cell: Cell) -> TrainConfig:
+    """The (normalised) training config of ``cell``'s model, with its size's training budget."""
     kw = dict(
         dataset=cell.dataset,
         model=cell.model,
@@ -370,6 +372,7 @@ PRUNE_FIELDS = {
 
 
 def cell_prune_config(cell: Cell, tcfg: TrainConfig) -> PruneConfig:
+    """``cell``'s pruning config on checkpoint ``tcfg``, with its size's fine-tune budget."""
     budget = BUDGETS.get(cell.model)
     kw: dict[str, Any] = {} if budget is None else {"finetune_steps": budget.prune_finetune_steps}
     kw.update(

@@ -45,6 +45,7 @@ class DataSource:
     download: bool = False
 
     def load(self, name: str, split: str = "train") -> Dataset:
+        """The ``split`` of dataset ``name``, read from this source (:func:`load_dataset`)."""
         return load_dataset(name, split, root=self.root, download=self.download)
 
 
@@ -59,6 +60,9 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What a dataset is: its image size, channels and classes, whether it needs a ``root``
+    folder, and whether training flips it horizontally."""
+
     name: str
     img_size: int
     channels: int
@@ -208,6 +212,7 @@ DATASETS: dict[str, tuple[DatasetInfo, _Loader]] = {
 
 
 def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of dataset ``name`` (:class:`DatasetError` if unknown)."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
     return DATASETS[name][0]

@@ -45,6 +45,8 @@ class Distiller:
         self.student: UViT | None = None
 
     def attach(self, student: UViT) -> Distiller:
+        """Distil into ``student`` (its blocks hooked for feature distillation, which needs the
+        teacher's depth and width); returns self."""
         same = (student.depth, student.cfg.embed_dim) == (
             self.teacher.depth,
             self.teacher.cfg.embed_dim,
@@ -70,6 +72,7 @@ class Distiller:
         return hook
 
     def detach(self) -> None:
+        """Remove the hooks on the student's blocks."""
         for h in self._hooks:
             h.remove()
         self._hooks.clear()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP", "Z", "bootstrap_sd", "distinguishable", "interval"]
+__all__ = ["BOOTSTRAP", "Z", "bootstrap_sd", "distinguishable", "interval", "kid_bootstrap_sd"]
 
 BOOTSTRAP = 200  # resamples: the sd's own relative error is ~1 / sqrt(2 * 200) = 5%
 Z = 1.96  # two-sided 95% under the normal approximation
@@ -47,3 +47,23 @@ def distinguishable(a: float, sd_a: float, b: float, sd_b: float) -> bool:
     sd_a = 0.0 if sd_a is None or math.isnan(sd_a) else sd_a
     sd_b = 0.0 if sd_b is None or math.isnan(sd_b) else sd_b
     return abs(a - b) > Z * math.hypot(sd_a, sd_b)
+
+
+def kid_bootstrap_sd(feats: np.ndarray, ref_feats: np.ndarray) -> float:
+    """KID's sampling noise: the sd over :data:`BOOTSTRAP` resamples of the generated features
+    (one fixed reference subset; the kernel of :func:`bench.metrics.kid_from_feats`, computed
+    once and indexed per resample, so this costs one KID, not 200)."""
+    x, r = np.asarray(feats, np.float64), np.asarray(ref_feats, np.float64)
+    n, d = x.shape
+    rng = np.random.default_rng(0)
+    y = r[rng.choice(len(r), min(len(r), 1000), replace=False)]
+    m = len(y)
+    kxx, kxy = (x @ x.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    values = []
+    for _ in range(BOOTSTRAP):
+        i = rng.integers(0, n, n)
+        k = kxx[np.ix_(i, i)]
+        values.append((k.sum() - np.trace(k)) / (n * (n - 1)) + yy - 2 * kxy[i].sum() / (n * m))
+    return float(np.std(values, ddof=1))

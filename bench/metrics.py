@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from bench.cache import OMIT_DEFAULT, ArtifactCache, config_hash
 from bench.data import DataSource, as_tensors, data_source, dataset_info
-from bench.intervals import bootstrap_sd
+from bench.intervals import bootstrap_sd, kid_bootstrap_sd
 
 __all__ = [
     "EXTRACTORS",
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 
 class FeatureExtractor(Protocol):
+    """Images -> features, and the ``name`` that travels with every number made from them."""
+
     name: str
 
     def __call__(self, images: Tensor) -> Tensor:
@@ -61,12 +63,15 @@ class FeatureExtractor(Protocol):
 
 @dataclass
 class Stats:
+    """Features (N, F) with their mean ``mu`` (F,) and covariance ``sigma`` (F, F)."""
+
     mu: np.ndarray
     sigma: np.ndarray
     feats: np.ndarray
 
     @classmethod
     def of(cls, feats: np.ndarray | Tensor) -> Stats:
+        """The statistics of the features ``feats`` (N, F), in float64."""
         f = np.asarray(feats, dtype=np.float64)
         return cls(f.mean(axis=0), np.cov(f, rowvar=False), f)
 
@@ -90,6 +95,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid_from_feats(feats1: np.ndarray, feats2: np.ndarray) -> float:
+    """FID of two feature sets (N, F): :func:`frechet_distance` of their Gaussians."""
     a, b = Stats.of(feats1), Stats.of(feats2)
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
@@ -308,6 +314,7 @@ EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
 
 
 def get_extractor(name: str, dataset: str, cache: ArtifactCache | None = None, **kw):
+    """Extractor ``name`` of :data:`EXTRACTORS` for ``dataset`` (``ValueError`` if unknown)."""
     if name not in EXTRACTORS:
         raise ValueError(f"unknown extractor {name!r}; valid choices: {', '.join(EXTRACTORS)}")
     return EXTRACTORS[name](dataset, cache=cache, **kw)
@@ -362,7 +369,8 @@ def evaluate(
 ) -> dict[str, float | str]:
     """FID and KID of ``images`` against the dataset's ``split`` (the training images by
     default, as the papers do; "heldout" exposes a model that memorises its training set), and
-    ``fid_boot_sd``, FID's bootstrap sd over the samples (:mod:`bench.intervals`)."""
+    ``fid_boot_sd`` / ``kid_boot_sd``, their bootstrap sds over the samples
+    (:mod:`bench.intervals`)."""
     ref = reference_stats(dataset, extractor, split, cache, data)
     f = features(extractor, images)
 
@@ -374,6 +382,7 @@ def evaluate(
         "fid": fid(f),
         "fid_boot_sd": bootstrap_sd(f, fid),  # the sampling noise of FID (bench.intervals)
         "kid": kid_from_feats(f, ref.feats),
+        "kid_boot_sd": kid_bootstrap_sd(f, ref.feats),  # KID's sampling noise, the same way
         "extractor": extractor.name,
         "n": len(f),
     }

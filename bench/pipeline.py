@@ -69,6 +69,7 @@ class Pipeline:
 
     @property
     def schedule(self) -> VPSchedule:
+        """The noise schedule the base checkpoint was trained with."""
         return self.base.schedule
 
     @property
@@ -78,6 +79,7 @@ class Pipeline:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample."""
         return (self.info.channels, self.info.img_size, self.info.img_size)
 
     @property
@@ -94,6 +96,7 @@ class Pipeline:
         return CostModel(self.base.model, self.schedule.T).full
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` to the cell's ``autocast`` dtype (a no-op for ``none``)."""
         return autocast(self.device, AUTOCAST[self.cell.autocast])
 
     def denoiser(self, inner: Denoiser | None = None) -> Denoiser:

@@ -92,19 +92,23 @@ class SweepProgress:
         )
 
     def start(self, cell: Cell) -> None:
+        """Name ``cell``, the next one, on the bar."""
         self.i += 1
         self._label = f"cell {self.i}/{self.n} {cell.label()}"
         self.bar.set_description_str(self._label, refresh=True)
 
     def phase(self, name: str) -> None:
+        """Show the current cell's phase ``name`` (one of :data:`PHASES`, else a ``ValueError``)."""
         if name not in PHASES:
             raise ValueError(f"unknown phase {name!r}; valid choices: {', '.join(PHASES)}")
         self.bar.set_description_str(f"{self._label}: {name}", refresh=True)
 
     def done(self, cell: Cell) -> None:
+        """Advance the bar by ``cell``'s estimated cost."""
         self.bar.update(self.costs[cell.key] / 1e9)
 
     def close(self) -> None:
+        """Close the bar."""
         self.bar.set_description_str(f"{self.n} cells", refresh=False)
         self.bar.close()
 

@@ -133,10 +133,12 @@ class PruneConfig:
 
     @property
     def distills(self) -> bool:
+        """Whether the fine-tune distils from a teacher (an output or feature weight > 0)."""
         return self.distill > 0 or self.distill_features > 0
 
     @property
     def key(self) -> str:
+        """The pruned model's artifact key (this config's hash with the base recipe's revision)."""
         # The base's recipe revision is part of its identity: a changed recipe never reuses an
         # old pruned model (TrainConfig.identity holds the rule).
         return self.base.identity_hash(self, kind="pruned")
@@ -144,6 +146,8 @@ class PruneConfig:
 
 @dataclass
 class PrunedModel:
+    """A pruned, fine-tuned model, its config and metadata, and whether it was a cache hit."""
+
     model: UViT  # pruned, fine-tuned EMA weights, eval mode
     config: PruneConfig
     meta: dict[str, Any]
@@ -151,6 +155,7 @@ class PrunedModel:
 
     @property
     def schedule(self):
+        """The base checkpoint's noise schedule."""
         return self.config.base.make_schedule()
 
 
@@ -346,6 +351,7 @@ CLI_FIELDS = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.prune``: build (or load) one pruned model and print its key."""
     p = make_parser("bench.prune", __doc__)
     add_config_options(p, PruneConfig, CLI_FIELDS[:2])
     p.add_argument("--recipe", default="full", choices=RECIPES, help="checkpoint to prune")

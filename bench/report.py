@@ -157,6 +157,7 @@ def make_report(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report``: draw every figure a grid's records support, print the paths."""
     p = make_parser("bench.report", __doc__)
     p.add_argument("--grid", type=Path, default=Path("results/grid"), help="a grid's --out folder")
     p.add_argument("--out", type=Path, default=None, help="figure folder (default: GRID/report)")

@@ -100,6 +100,8 @@ class Resume:
         return self.every > 0 and (done % self.every == 0 or done == total)
 
     def save(self, run: RunState, done: int, loss_ema: float | None, seconds: float) -> None:
+        """Write the run's whole state after ``done`` steps to ``path`` (atomically), with the
+        identity, the loss EMA and the seconds spent so far."""
         tensors = {f"model.{k}": v.detach().clone() for k, v in run.model.state_dict().items()}
         tensors.update({f"ema.{k}": v.detach().clone() for k, v in run.ema.state_dict().items()})
         opt_tensors, opt_meta = _flatten_optimizer(run.opt)

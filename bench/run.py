@@ -289,7 +289,7 @@ def _score(pipe, imgs: torch.Tensor, cache: ArtifactCache, phase) -> dict[str, A
     True) when a sample is not finite, which is never scored."""
     nonfinite = not bool(torch.isfinite(imgs).all())
     metrics: dict[str, Any] = {"fid": None, "kid": None, "extractor": None, "agreement": None}
-    metrics["fid_boot_sd"] = None
+    metrics["fid_boot_sd"] = metrics["kid_boot_sd"] = None
     metrics.update(dict.fromkeys(PAIRED_FIELDS))
     if not nonfinite:
         phase("score")
@@ -301,6 +301,7 @@ def _score(pipe, imgs: torch.Tensor, cache: ArtifactCache, phase) -> dict[str, A
         # FID's sampling noise: its sd over bootstrap resamples of the samples (bench.intervals)
         "fid_boot_sd": metrics["fid_boot_sd"],
         "kid": metrics["kid"],
+        "kid_boot_sd": metrics["kid_boot_sd"],
         "extractor": metrics["extractor"],
         # Conditional cells: the share of samples the offline classifier puts in the class
         # their prompt or label asks for (None for unconditional cells).

@@ -53,9 +53,12 @@ class BatchStream:
         return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """The position to save: the current permutation (if any) as tensors, the next batch's
+        index as metadata."""
         return ({} if self.perm is None else {"perm": self.perm.clone()}), {"pos": self.pos}
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, int]) -> None:
+        """Continue from a position that :meth:`state` returned."""
         self.perm = tensors.get("perm")
         self.pos = int(meta["pos"])
 
@@ -70,6 +73,8 @@ def lr_at(step: int, steps: int, lr: float, min_lr: float, warmup: int) -> float
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
+    """Move ``ema``'s parameters toward ``model``'s in place, with the decay warmed up:
+    ``min(decay, (1 + step) / (10 + step))``."""
     # Warm-up of the decay: early on the EMA follows the weights closely, so it is not dominated
     # by the random initialisation (a fixed 0.999 keeps 10% of it after 2,300 steps).
     d = min(decay, (1 + step) / (10 + step))

@@ -60,14 +60,17 @@ log = logging.getLogger(__name__)
 
 
 def record_path(out: Path, cell: Cell) -> Path:
+    """Where ``cell``'s record lives under ``out``."""
     return out / "records" / f"{cell.key}.json"
 
 
 def sample_path(out: Path, cell: Cell) -> Path:
+    """Where ``cell``'s sample grid (PNG) lives under ``out``."""
     return out / "samples" / f"{cell.key}.png"
 
 
 def failure_path(out: Path, cell: Cell) -> Path:
+    """Where ``cell``'s failure record lives under ``out``."""
     return out / "failed" / f"{cell.key}.json"
 
 
@@ -188,11 +191,13 @@ def claim(out: Path, cell: Cell) -> Iterator[bool]:
 
 
 def write_record(out: Path, cell: Cell, rec: dict[str, Any]) -> None:
+    """Write ``cell``'s record ``rec`` atomically and remove any failure record of it."""
     atomic_write_bytes(record_path(out, cell), json.dumps(rec, indent=2).encode())
     failure_path(out, cell).unlink(missing_ok=True)
 
 
 def write_failure(out: Path, cell: Cell, error: str) -> None:
+    """Record atomically that ``cell`` raised ``error`` (with its fields and a UTC timestamp)."""
     rec = {**dataclasses.asdict(cell), "key": cell.key, "label": cell.label(), "error": error}
     rec["timestamp"] = datetime.now(UTC).isoformat(timespec="seconds")
     atomic_write_bytes(failure_path(out, cell), json.dumps(rec, indent=2).encode())

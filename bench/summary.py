@@ -67,6 +67,8 @@ def _summary_columns(df) -> list[str]:
     ]
     if "fid_boot_sd" in df and df.fid_boot_sd.notna().any():  # FID's noise (bench.intervals)
         cols.insert(cols.index("fid") + 1, "fid_boot_sd")
+    if "kid_boot_sd" in df and df.kid_boot_sd.notna().any():
+        cols.insert(cols.index("kid") + 1, "kid_boot_sd")
     if "agreement" in df and df.agreement.notna().any():  # conditional cells
         cols.insert(cols.index("kid") + 1, "agreement")
     for name in ("psnr", "ssim"):  # paired with the uncompressed pipeline (bench.paired)

@@ -87,6 +87,7 @@ class PromptSet:
     heldout: tuple[str, ...]
 
     def templates(self, split: str) -> tuple[str, ...]:
+        """The templates of the prompt split ``split`` (``train`` or ``heldout``)."""
         return self.train if _check_split(split) == "train" else self.heldout
 
     def prompts(self, split: str) -> list[list[str]]:
@@ -262,6 +263,7 @@ class TextContext:
     encoder: str
 
     def split(self, name: str) -> Tensor:
+        """The encoded prompts of the split ``name`` (``train`` or ``heldout``)."""
         return self.train if _check_split(name) == "train" else self.heldout
 
     def conditions(self, n: int, split: str) -> tuple[Tensor, Tensor]:

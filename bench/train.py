@@ -129,6 +129,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.train``: train (or load) one checkpoint and print its key and path;
+    returns 1 if training diverged."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = _parser()
     a = p.parse_args(argv)

@@ -118,6 +118,7 @@ class TrainConfig:
 
     @property
     def key(self) -> str:
+        """The checkpoint's artifact key (this config's hash with its recipe's revision)."""
         return self.identity_hash(self, kind="checkpoint")
 
     def identity_hash(self, obj: Any, kind: str) -> str:
@@ -143,6 +144,7 @@ class TrainConfig:
         return dataclasses.replace(self, **unused)
 
     def make_schedule(self) -> VPSchedule:
+        """The noise schedule ``schedule`` with ``T`` timesteps."""
         return make_schedule(self.schedule, self.T)
 
 
@@ -181,6 +183,9 @@ BUDGETS: dict[str, Budget] = {
 
 @dataclass
 class TrainedModel:
+    """A trained checkpoint (its EMA weights), its config and metadata, and whether it was a
+    cache hit."""
+
     model: UViT  # the EMA weights, in eval mode
     config: TrainConfig
     meta: dict[str, Any]
@@ -188,14 +193,18 @@ class TrainedModel:
 
     @property
     def key(self) -> str:
+        """The checkpoint's artifact key."""
         return self.config.key
 
     @property
     def schedule(self) -> VPSchedule:
+        """The noise schedule it was trained with."""
         return self.config.make_schedule()
 
 
 def build_model(cfg: TrainConfig) -> UViT:
+    """A fresh U-ViT for ``cfg``: its size, the dataset's image shape, class or text
+    conditioning, and the recipe's exit heads and learned parts."""
     info = dataset_info(cfg.dataset)
     text = {}
     if cfg.text is not None:

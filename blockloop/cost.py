@@ -72,4 +72,5 @@ class FlopMeter:
         self.total = float(start)
 
     def add(self, flops: float) -> None:
+        """Add ``flops`` executed FLOPs to the call's total."""
         self.total += flops

@@ -157,6 +157,9 @@ class EarlyExitDenoiser:
 
     # ----- the denoiser -----
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The denoiser: eps (B, C, H, W) of ``x`` (B, C, H, W) at model timesteps ``t`` (B,)
+        with ``cond``, each row leaving at the block the policy (or the cache) decides. Appends the
+        call to the trace and its executed FLOPs to the counters."""
         B, depth = x.shape[0], self.model.depth
         if self.paired and B % 2:
             raise ValueError(f"paired exits need an even batch (cond + uncond halves), got {B}")

@@ -45,35 +45,63 @@ __all__ = ["CAPABILITIES", "BlockState", "LayerwiseModel", "capabilities", "requ
 
 @runtime_checkable
 class BlockState(Protocol):
+    """The state between blocks: hidden tokens ``h`` (B, N, D) and ``select`` (module
+    docstring, **State**)."""
+
     h: Tensor
 
-    def select(self, idx: Tensor) -> Any: ...
+    def select(self, idx: Tensor) -> Any:
+        """The state of the rows ``idx`` only: every batch-first tensor it holds, indexed."""
+        ...
 
 
 @runtime_checkable
 class LayerwiseModel(Protocol):
+    """What every layer-wise backbone provides (module docstring, **Core**); the optional
+    capabilities are checked with :func:`capabilities` and :func:`require`."""
+
     exit_heads: str | None
 
     @property
-    def depth(self) -> int: ...
+    def depth(self) -> int:
+        """The number of blocks."""
+        ...
 
     @property
-    def input_shape(self) -> tuple[int, int, int]: ...
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the model's input ``x``."""
+        ...
 
     @property
-    def num_classes(self) -> int: ...
+    def num_classes(self) -> int:
+        """K for a class-conditional model (label K is guidance's null class), else 0."""
+        ...
 
-    def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Any: ...
+    def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Any:
+        """x (B, C, H, W), t (B,) in [0, T), cond (labels (B,), text context (B, L, D_ctx) or
+        None) -> the state before block 0."""
+        ...
 
-    def run_block(self, i: int, state: Any) -> Any: ...
+    def run_block(self, i: int, state: Any) -> Any:
+        """Run block ``i`` (in [0, depth), in order) in place on ``state`` and return it."""
+        ...
 
-    def readout(self, state: Any) -> Tensor: ...
+    def readout(self, state: Any) -> Tensor:
+        """eps (B, C, H, W) read out of ``state`` after any block."""
+        ...
 
-    def null_cond(self) -> Tensor | None: ...
+    def null_cond(self) -> Tensor | None:
+        """Guidance's unconditional condition (broadcastable against a batch of conditions), or
+        None for an unconditional model."""
+        ...
 
-    def example_cond(self, batch: int) -> Tensor | None: ...
+    def example_cond(self, batch: int) -> Tensor | None:
+        """``batch`` conditions for tracing and cost measurement (None if unconditional)."""
+        ...
 
-    def parameters(self, recurse: bool = True) -> Any: ...
+    def parameters(self, recurse: bool = True) -> Any:
+        """The model's parameters (an ``nn.Module``'s)."""
+        ...
 
 
 # capability -> (how a model shows it has it, what it is for)

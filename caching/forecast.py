@@ -53,6 +53,8 @@ class FirstBlockCache(CachePolicy):
         super().__init__(knob)
 
     def plan(self, state: BlockState) -> None:
+        """Keep the call's embedded input (block 0's residual is taken against it); a
+        ``ValueError`` if the batch does not split into ``branches``."""
         if state.h.shape[0] % self.branches:
             raise ValueError(f"fbcache: {self.branches} branches need an even batch")
         self._h0 = state.h
@@ -70,6 +72,9 @@ class FirstBlockCache(CachePolicy):
         return reuse
 
     def run_block(self, i: int, state: BlockState) -> float:
+        """Block 0 runs on every row and decides (per call, or per guidance branch) whether the
+        rest is reused from the tail residual; later blocks run only on the rows that compute, and
+        the last assembles every row's hidden state. Returns the FLOPs executed."""
         n, depth = state.h.shape[0], self.model.depth
         if i == 0:
             self.model.run_block(0, state)
@@ -140,12 +145,15 @@ class TaylorSeer(CachePolicy):
         return f"TaylorSeer(interval={self.knob:g}, order={self.order})"
 
     def plan(self, state: BlockState) -> None:
+        """Decide whether this is a full call; on one, record the calls since the previous one."""
         self._full = _is_full_call(self.call, self.knob)
         if self._full:
             self._distance = self.call - self.store.get("last_full", self.call)
             self.store["last_full"] = self.call
 
     def run_block(self, i: int, state: BlockState) -> float:
+        """On a full call run block ``i``'s branches and update their differences; otherwise
+        forecast both branches and run only the long-skip fusion. Returns the FLOPs executed."""
         c, n = self.costs, state.h.shape[0]
         if self._full:
             a, m = self.model.block_parts(i, state)

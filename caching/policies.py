@@ -83,9 +83,11 @@ class Fora(_BranchCache):
     knob_default = 2.0
 
     def plan(self, state: BlockState) -> None:
+        """Decide whether this is a full call (call 0, then every ``interval``-th)."""
         self._full = _is_full_call(self.call, self.knob)
 
     def reuse(self, i: int) -> tuple[bool, bool]:
+        """Every block reuses both branches, except on full calls."""
         return (not self._full, not self._full)
 
 
@@ -110,12 +112,15 @@ class LearningToCache(_BranchCache):
         super().__init__(knob)
 
     def check_model(self, depth: int) -> None:
+        """A ``ValueError`` unless the router was learned for ``depth`` blocks."""
         if self.router.shape[1] != depth:
             raise ValueError(
                 f"l2c router was learned for {self.router.shape[1]} blocks, model has {depth}"
             )
 
     def plan(self, state: BlockState) -> None:
+        """Read this call's reuse decisions off the router (``beta < threshold``); a ``ValueError``
+        if the run makes more calls than the router was learned for."""
         if self.call >= self.router.shape[0]:
             raise ValueError(
                 f"l2c router was learned for {self.router.shape[0]} denoiser calls; this run "
@@ -124,6 +129,7 @@ class LearningToCache(_BranchCache):
         self._reuse = (self.router[self.call] < self.knob).tolist()
 
     def reuse(self, i: int) -> tuple[bool, bool]:
+        """(reuse attention, reuse MLP) of block ``i``, as the router decided for this call."""
         return tuple(self._reuse[i])
 
 
@@ -151,6 +157,7 @@ class DeepCache(CachePolicy):
         return f"DeepCache(interval={self.knob:g}, branch={self.branch})"
 
     def check_model(self, depth: int) -> None:
+        """A ``ValueError`` unless ``branch`` is in [0, depth // 2] (one of the in-blocks)."""
         if self.branch > depth // 2:
             raise ValueError(
                 f"deepcache: branch must be in [0, {depth // 2}] for a {depth}-block model "
@@ -158,9 +165,13 @@ class DeepCache(CachePolicy):
             )
 
     def plan(self, state: BlockState) -> None:
+        """Decide whether this is a full call (call 0, then every ``interval``-th)."""
         self._full = _is_full_call(self.call, self.knob)
 
     def run_block(self, i: int, state: BlockState) -> float:
+        """Run block ``i``; on a cached call the deep path (blocks ``branch`` to
+        ``depth - branch - 1``) is skipped and its output taken from the last full call. Returns the
+        FLOPs executed."""
         depth, k, n = self.model.depth, self.branch, state.h.shape[0]
         enter = depth - k  # the out-block the deep path feeds
         if not self._full and k <= i < enter:  # the deep path: the cache stands in for it
@@ -181,17 +192,22 @@ class ResidualCache(CachePolicy):
     call's embedded input in ``store["prev"]`` (the residual is allocated in its shape)."""
 
     def reused_hidden(self, idx: Tensor, state: BlockState) -> Tensor:
+        """The rows ``idx`` served from the cache: their embedded input plus their cached residual
+        (every block's FLOPs counted as reused)."""
         full = sum(self.costs.blocks) * idx.shape[0]  # served rows: every block's work reused
         self.total += full
         self.reused += full
         return state.h[idx] + self.store["residual"][idx]
 
     def run_block(self, i: int, state: BlockState) -> float:
+        """Run block ``i`` on every running row; returns the FLOPs executed."""
         self.model.run_block(i, state)
         n = state.h.shape[0]
         return self._account(i, n, self.costs.blocks[i] * n)
 
     def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:
+        """Store the residual ``h - h0`` of the rows ``rows`` (allocated in the shape of
+        ``store["prev"]`` when missing)."""
         residual = self.store.get("residual")
         if residual is None or residual.shape[0] != self.store["prev"].shape[0]:
             residual = self.store["residual"] = torch.zeros_like(self.store["prev"])
@@ -218,6 +234,9 @@ class TeaCache(ResidualCache):
     per_row = True
 
     def plan(self, state: BlockState) -> Tensor | None:
+        """Add each row's relative L1 change of the embedded input since the previous call to its
+        sum; returns the mask of rows served from the cache (sum below ``threshold`` and a residual
+        cached), or None on a run's first call."""
         h0 = state.h
         prev = self.store.get("prev")
         self.store["prev"] = h0
@@ -235,5 +254,6 @@ class TeaCache(ResidualCache):
         return served
 
     def finish(self, rows: Tensor, h: Tensor, h0: Tensor) -> None:
+        """Store the residuals (:meth:`ResidualCache.finish`) and mark those rows as having one."""
         super().finish(rows, h, h0)
         self.store["valid"][rows] = True

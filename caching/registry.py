@@ -79,13 +79,16 @@ class CacheSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self) -> CachePolicy:
+        """A fresh policy of this spec (``ValueError`` for a bad name or options)."""
         return make_cache(self.name, self.knob, **self.options)
 
     def with_knob(self, knob: float | None) -> CacheSpec:
+        """This spec with its knob replaced by ``knob``."""
         return replace(self, knob=knob)
 
     @property
     def policy_class(self) -> type[CachePolicy]:
+        """The registered :class:`CachePolicy` class of ``name`` (``ValueError`` if unknown)."""
         if self.name not in CACHES:
             raise ValueError(
                 f"unknown cache policy {self.name!r}; valid choices: {', '.join(CACHES)}"

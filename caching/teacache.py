@@ -76,6 +76,9 @@ class TeaCacheBatch(ResidualCache):
         return f"TeaCacheBatch(threshold={self.knob:g}, coefficients={tuple(self.rescale.c)})"
 
     def plan(self, state: BlockState) -> Tensor | None:
+        """Add the rescaled relative L1 change of the embedded input to each guidance branch's sum;
+        a branch below ``threshold`` is served wholly from the cache (the first and last calls are
+        computed). Returns the mask of served rows, or None when no row is served."""
         h0 = state.h
         halves = h0.chunk(self.branches) if h0.shape[0] % self.branches == 0 else (h0,)
         prev = self.store.get("prev")

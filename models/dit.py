@@ -36,6 +36,7 @@ class DiTState:
     y: Tensor  # (B,) class labels (the null class: num_classes)
 
     def select(self, idx: Tensor) -> DiTState:
+        """The state of the rows ``idx``."""
         return DiTState(self.h[idx], self.t[idx], self.y[idx])
 
 
@@ -62,15 +63,18 @@ class DiTAdapter(nn.Module):
 
     @property
     def depth(self) -> int:
+        """The number of transformer blocks."""
         return len(self.dit.transformer_blocks)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the model's input."""
         cfg = self.dit.config
         return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
 
     @property
     def num_classes(self) -> int:
+        """K, the number of classes (label K is the null class)."""
         return int(self.dit.config.num_embeds_ada_norm)
 
     def null_cond(self) -> Tensor:
@@ -78,6 +82,7 @@ class DiTAdapter(nn.Module):
         return torch.tensor(self.num_classes, device=self.dit.proj_out_2.weight.device)
 
     def example_cond(self, batch: int) -> Tensor:
+        """``batch`` null-class labels (for tracing and cost measurement)."""
         return self.null_cond().expand(batch).clone()
 
     def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> DiTState:
@@ -109,6 +114,7 @@ class DiTAdapter(nn.Module):
         return x.reshape(-1, c, g * p, g * p)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """eps (B, C, H, W) of x (B, C, H, W), t (B,), cond (B,): every block, then the readout."""
         state = self.embed(x, t, cond)
         for i in range(self.depth):
             self.run_block(i, state)

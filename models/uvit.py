@@ -39,6 +39,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class UViTConfig:
+    """The U-ViT's architecture: image, patch and channel sizes, width, depth (odd), heads,
+    conditioning (classes or text) and exit heads; validated on construction."""
+
     img_size: int = 8
     in_chans: int = 1
     patch_size: int = 1
@@ -84,6 +87,7 @@ class UViTConfig:
 
     @property
     def num_patches(self) -> int:
+        """The patch tokens per image: ``(img_size // patch_size) ** 2``."""
         return (self.img_size // self.patch_size) ** 2
 
     @property
@@ -176,10 +180,13 @@ class UViTState:
     skips: list[Tensor] = field(default_factory=list)  # each (B, N, D)
 
     def select(self, idx: Tensor) -> UViTState:
+        """The state of the rows ``idx``: hidden tokens, time embedding and every skip."""
         return UViTState(self.h[idx], self.temb[idx], [s[idx] for s in self.skips])
 
 
 class UViT(nn.Module):
+    """The U-ViT (module docstring): the layer-wise model contract with every capability."""
+
     def __init__(self, cfg: UViTConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -229,6 +236,7 @@ class UViT(nn.Module):
 
     @property
     def depth(self) -> int:
+        """The number of blocks (in-blocks, the mid block, out-blocks)."""
         return self.cfg.depth
 
     @property
@@ -364,6 +372,7 @@ class UViT(nn.Module):
         return torch.sigmoid(self.lte(state.h.detach().mean(dim=1))).squeeze(-1)  # (B,)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """eps (B, C, H, W) of x (B, C, H, W), t (B,) and cond: every block, then the readout."""
         state = self.embed(x, t, cond)  # h: (B, N, D)
         for i in range(self.depth):
             self.run_block(i, state)  # h: (B, N, D)

@@ -148,6 +148,9 @@ def check_prune(ratio: float, importance: str, rounds: int = 1) -> None:
 
 @dataclass
 class PruneResult:
+    """A pruned model and what rebuilds it: torch-pruning's pruning ``history`` and the heads
+    kept per attention module (``num_heads``)."""
+
     model: UViT
     history: list  # torch-pruning's [(module name, is_out_channel, idxs), ...]
     num_heads: dict[str, int]  # attention module name -> heads kept

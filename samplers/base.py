@@ -47,7 +47,11 @@ __all__ = [
 
 
 class Denoiser(Protocol):
-    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor: ...
+    """What a sampler calls: ``denoiser(x, t, cond) -> eps`` (module docstring)."""
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """eps of ``x``'s shape for ``x`` (B, ...) at model times ``t`` (B,) with ``cond``."""
+        ...
 
 
 Callback = Callable[[dict[str, Any]], None]
@@ -55,6 +59,8 @@ Callback = Callable[[dict[str, Any]], None]
 
 @dataclass
 class SamplerOutput:
+    """A sampler's result: the ``samples`` and the denoiser calls made (``nfe``)."""
+
     samples: Tensor
     nfe: int
 
@@ -77,6 +83,8 @@ class Eval:
             self.callback({"step": step, "t": t, "x": x, "denoised": denoised, "nfe": self.nfe})
 
     def __call__(self, x: Tensor, t: float) -> Tensor:
+        """eps of ``x`` at model time ``t`` (one float for the batch); counts one NFE and raises
+        ``ValueError`` unless the denoiser returned a tensor of ``x``'s shape."""
         # float64 inputs get float64 times (exactness tests); models see float32 otherwise.
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         t_batch = torch.full((x.shape[0],), float(t), device=x.device, dtype=dtype)
@@ -101,6 +109,8 @@ def initial_noise(
     generator: torch.Generator | None,
     cond: Tensor | None,
 ) -> Tensor:
+    """The sampler's ``x_T``: ``x`` itself if a tensor, else N(0, I) noise of shape ``x`` drawn
+    with ``generator``. Checks the schedule, ``steps`` and ``cond``'s batch (``ValueError``)."""
     if not isinstance(schedule, VPSchedule):
         raise ValueError(f"schedule must be a samplers.VPSchedule, got {type(schedule).__name__}")
     schedule.check_steps(steps)
@@ -135,14 +145,17 @@ def make_grid(
 
 
 def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise of ``x``'s shape, dtype and device, drawn with ``generator``."""
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def clip(x0: Tensor, clip_denoised: float | None) -> Tensor:
+    """``x0`` clamped to [-clip_denoised, clip_denoised]; unchanged for None."""
     return x0 if clip_denoised is None else x0.clamp(-clip_denoised, clip_denoised)
 
 
 def check_nonneg(name: str, value: float | None) -> None:
+    """A ``ValueError`` naming ``name`` unless ``value`` is None or >= 0."""
     if value is not None and not value >= 0:
         raise ValueError(f"{name} must be >= 0 (or None), got {value!r}")
 

@@ -64,6 +64,7 @@ def available() -> list[str]:
 
 
 def get_sampler(name: str) -> Callable[..., SamplerOutput]:
+    """The sampler ``name`` of :data:`SAMPLERS` (``ValueError`` naming the choices if unknown)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid choices: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]

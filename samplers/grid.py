@@ -80,10 +80,12 @@ class Point:
 
     @property
     def clean(self) -> bool:
+        """Whether the point is clean data (sigma = 0)."""
         return self.sigma == 0.0
 
 
 def clean_point() -> Point:
+    """The clean-data end of a grid: time 0, model time -1, alpha 1, sigma 0."""
     return Point(0.0, -1.0, 1.0, 0.0, math.inf, 1.0)
 
 
@@ -111,6 +113,7 @@ def continuous_point(schedule: VPSchedule, t: float) -> Point:
 
 
 def check_spacing(spacing: str, end: str) -> None:
+    """A ``ValueError`` unless ``spacing`` is in :data:`SPACINGS` and ``end`` in :data:`ENDS`."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; valid choices: {', '.join(SPACINGS)}")
     if end not in ENDS:

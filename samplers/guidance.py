@@ -28,6 +28,8 @@ class ClassifierFreeGuidance:
         self.null_cond = null_cond
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """Guided eps of ``x`` (B, ...) at ``t`` (B,) with ``cond`` (B, ...), from one batch of 2B
+        rows (conditional first); a ``ValueError`` without ``cond``."""
         if cond is None:
             raise ValueError("classifier-free guidance needs a condition (labels or a context)")
         null = torch.as_tensor(self.null_cond, device=cond.device, dtype=cond.dtype)

@@ -66,6 +66,7 @@ class VPSchedule:
 
     @classmethod
     def from_name(cls, name: str, T: int = 1000) -> VPSchedule:
+        """The named schedule (:data:`SCHEDULES`) with ``T`` timesteps."""
         return make_schedule(name, T)
 
     def __repr__(self) -> str:
@@ -92,6 +93,7 @@ class VPSchedule:
         return ts[:steps].long()
 
     def check_steps(self, steps: int) -> None:
+        """A ``ValueError`` unless ``steps`` is an int in [1, T]."""
         if not isinstance(steps, int) or isinstance(steps, bool):
             raise ValueError(f"steps must be an int in [1, {self.T}], got {steps!r}")
         if not 1 <= steps <= self.T:
@@ -111,9 +113,11 @@ class VPSchedule:
         return (self._log_alpha_grid[i] - self._log_alpha_grid[i - 1]).item() / dt
 
     def marginal_alpha(self, t: Tensor) -> Tensor:
+        """alpha(t) = exp(log alpha(t)) at continuous ``t``."""
         return torch.exp(self.marginal_log_mean_coeff(t))
 
     def marginal_std(self, t: Tensor) -> Tensor:
+        """sigma(t) = sqrt(1 - alpha(t)^2) at continuous ``t``."""
         return torch.sqrt(1.0 - torch.exp(2.0 * self.marginal_log_mean_coeff(t)))
 
     def marginal_lambda(self, t: Tensor) -> Tensor:
@@ -135,6 +139,7 @@ class VPSchedule:
 
     @property
     def t_min(self) -> float:
+        """The smallest continuous time, 1 / T (training timestep 0)."""
         return 1.0 / self.T
 
 

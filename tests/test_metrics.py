@@ -115,3 +115,21 @@ def test_fid_bootstrap_sd_predicts_the_spread_over_fresh_sample_sets():
     fresh = np.std([fid(draw()) for _ in range(30)], ddof=1)
     boot = bootstrap_sd(draw(), fid)
     assert 0.6 < boot / fresh < 1.6, (boot, fresh)
+
+
+def test_kid_bootstrap_sd_predicts_the_spread_over_fresh_sample_sets():
+    """As for FID: KID's bootstrap sd from one sample set against KID's sd over 30 fresh sets
+    (against the same reference subset, so only the samples vary)."""
+    from bench.intervals import kid_bootstrap_sd
+    from bench.metrics import kid_from_feats
+
+    rng = np.random.default_rng(0)
+    d, n = 16, 300
+    ref = rng.standard_normal((800, d))
+
+    def draw():
+        return 0.2 + 1.1 * rng.standard_normal((n, d))
+
+    fresh = np.std([kid_from_feats(draw(), ref, num_subsets=1) for _ in range(30)], ddof=1)
+    boot = kid_bootstrap_sd(draw(), ref)
+    assert 0.6 < boot / fresh < 1.6, (boot, fresh)

@@ -137,6 +137,8 @@ def write_ablation(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.studies.ablation``: run the sweep (unless ``--report-only``), then
+    write the tables and figures; returns the grid's exit status."""
     p = make_parser("bench.studies.ablation", __doc__)
     p.add_argument("--config", type=Path, default=SWEEP, help="the ablation's sweep file")
     p.add_argument(

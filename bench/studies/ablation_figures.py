@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def plot_ablation(df, out: Path) -> list[Path]:
+    """FID against the FLOP ratio per call: a panel per (setting, run), a curve per exit
+    variant and the control's FID at full depth. Returns the files written."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
@@ -67,6 +69,8 @@ def plot_ablation(df, out: Path) -> list[Path]:
 
 
 def plot_uem_heatmaps(df, out: Path, target: float = 0.5) -> list[Path]:
+    """Exit heatmaps of the ``uem`` variants at target FLOP ratio ``target``, a panel per
+    variant and setting. Returns the files written."""
     df = variants(df)
     pick = df[
         df.recipe.str.startswith("uem")

@@ -294,6 +294,8 @@ def _parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.studies.curve``: train with snapshots, score them and print the table;
+    returns 1 if no snapshot was scored."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = _parser()
     a = p.parse_args(argv)

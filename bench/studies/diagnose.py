@@ -257,6 +257,7 @@ def _parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (module docstring); 0 on success, 2 on bad arguments."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = _parser()
     a = p.parse_args(argv)

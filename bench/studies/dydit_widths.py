@@ -88,6 +88,7 @@ def _parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (module docstring); 0 on success, 2 on bad arguments."""
     p = _parser()
     a = p.parse_args(argv)
     if a.samples < 1 or a.steps < 1:

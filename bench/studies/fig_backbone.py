@@ -40,6 +40,7 @@ DEFAULT_RUNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.studies.fig_backbone``: measure the backbone, write its figures."""
     p = make_parser("bench.studies.fig_backbone", __doc__)
     p.add_argument("--samples", type=int, default=1000, help="generated samples per FID")
     p.add_argument("--steps", type=int, default=TrainConfig().steps, help="training steps")

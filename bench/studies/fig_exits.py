@@ -45,6 +45,8 @@ SWEEP = Path(__file__).parents[1] / "sweeps" / "fig_exits.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.studies.fig_exits``: run the sweep's cells, then write the exit
+    figures; returns 1 if a cell failed."""
     p = make_parser("bench.studies.fig_exits", __doc__)
     p.add_argument("--config", type=Path, default=SWEEP, help="the sweep file")
     p.add_argument(

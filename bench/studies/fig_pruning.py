@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.studies.fig_pruning``: prune at each ratio with each criterion, then
+    write the pruning figures; returns 0."""
     p = make_parser("bench.studies.fig_pruning", __doc__)
     p.add_argument(
         "--ratios", nargs="+", type=float, default=[0.2, 0.3, 0.5], help="prune ratios in [0, 1)"

@@ -137,6 +137,8 @@ def redraw(sweep: Sweep, folder: Path, docs: Path, cache: ArtifactCache) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.studies.figures``: redraw the documented figures; returns 1 if a sweep
+    has no records, else the worst exit status of the sweeps it ran."""
     p = make_parser("bench.studies.figures", __doc__)
     p.add_argument(
         "--only", nargs="+", choices=list(SWEEPS), default=list(SWEEPS), help="sweeps to draw"

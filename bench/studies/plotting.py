@@ -129,6 +129,7 @@ def legend_outside(ax, handles=None, labels=None, **kw) -> None:
 
 
 def floor_line(ax, floor: float | None) -> list:
+    """A dotted line at the FID ``floor`` on ``ax``: a list of its handle (empty for None)."""
     if floor is None:
         return []
     return [ax.axhline(floor, color="0.35", ls=":", lw=1.2, label=f"FID floor {floor:.2f}")]
@@ -203,6 +204,8 @@ def method_legend(colours: dict, markers: dict, pruned: bool, floor: float | Non
 
 
 def styles(df) -> tuple[dict, dict]:
+    """Colours per method (``accel``; ``full`` first, none grey: the legend's marker colour)
+    and markers per sampler run (``run``) of ``df``."""
     import matplotlib.pyplot as plt
 
     methods = sorted(df.accel.unique(), key=lambda m: (m != "full", m))

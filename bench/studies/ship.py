@@ -114,6 +114,8 @@ def needed_artifacts(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.studies.ship``: build and ship the default sweep's artifacts, or with
+    ``--check`` verify the shipped ones; returns 1 if the check fails."""
     p = make_parser("bench.studies.ship", __doc__)
     p.add_argument("--check", action="store_true", help="verify the shipped files, build none")
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")

@@ -199,6 +199,7 @@ def _json_path(a: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.studies.throughput``: measure, print the table, write it as JSON."""
     p = _parser()
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
