@@ -1,0 +1,49 @@
+"""bench.studies.wallsplit: the executor's wall-clock split by component adds up, the timers
+leave the executor as they found it, and bad arguments exit 2."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bench.studies import wallsplit
+
+
+def test_split_adds_up_and_instruments_nothing_afterwards(shared_cache_dir, tmp_path):
+    out = tmp_path / "ws"
+    argv = ["--model", "micro", "--policies", "full", "uem", "--batch", "4", "--steps", "2"]
+    argv += ["--repeats", "1", "--out", str(out), "--cache-dir", str(shared_cache_dir)]
+    assert wallsplit.main(argv) == 0
+    df = pd.read_csv(out / "wallsplit.csv")
+    assert df["policy"].tolist() == ["full", "uem"]
+    parts = df[list(wallsplit.COMPONENTS)]
+    assert (parts.drop(columns="other") >= 0).all().all()
+    assert parts.sum(axis=1).round(9).tolist() == df["wall_ratio"].round(9).tolist()
+    full, uem = df.iloc[0], df.iloc[1]
+    assert full["exit heads"] == 0 and uem["exit heads"] > 0  # only uem reads its UEMs
+    assert full["flop_ratio"] == pytest.approx(1.0) and uem["flop_ratio"] < 1.0
+    assert (out / "wallsplit.png").stat().st_size > 0
+
+
+def test_instrumentation_is_removed():
+    import torch
+
+    from adaptive.policies import make_policy
+    from blockloop import EarlyExitDenoiser
+    from blockloop import executor as executor_mod
+    from models import make_model
+
+    model = make_model("micro", 8, 1, exit_heads="uem")
+    ex = EarlyExitDenoiser(model, make_policy("uem", 0.5), 1000)
+    keep = executor_mod._Run.keep
+    with wallsplit._instrumented(ex, wallsplit._Timers()):
+        ex(torch.randn(2, 1, 8, 8), torch.full((2,), 500.0))
+    assert "run_block" not in vars(model) and "decide" not in vars(ex.policy)
+    assert executor_mod._Run.keep is keep and "_exit" not in vars(ex)
+
+
+@pytest.mark.parametrize("argv", [["--policies", "nope"], ["--batch", "0"], ["--target", "2"]])
+def test_bad_arguments_exit_2(argv, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        wallsplit.main([*argv, "--model", "micro", "--out", str(tmp_path / "ws")])
+    assert e.value.code == 2 and not (tmp_path / "ws").exists()
