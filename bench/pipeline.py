@@ -34,7 +34,6 @@ from bench.train import TrainedModel, load_or_train
 from blockloop import CostModel, EarlyExitDenoiser
 from caching import CACHE_OPTIONS, CacheSpec
 from caching.l2c import train_router
-from caching.teacache import fit_rescale
 from models import UViT
 from samplers import ClassifierFreeGuidance, Denoiser, VPSchedule
 
@@ -249,8 +248,9 @@ def _cache_spec(
     options = dict(spec.options)
     if cell.guidance is not None and "branches" in CACHE_OPTIONS.get(cell.cache, ()):
         options["branches"] = 2  # a batch-level rule decides per guidance branch
-    if spec.policy_class.needs_fit and "coefficients" not in options:
-        options.update(load_or_fit_rescale(built, model_key, cache, conditions))
+    cls = spec.policy_class
+    if cls.needs_fit and not all(name in options for name in cls.fitted):
+        options.update(load_or_fit(built, cls, model_key, cache, conditions))
     if spec.policy_class.needs_router:
         router_cond = None
         if cell.text is not None:  # the router learns on the cell's own prompts
@@ -305,22 +305,23 @@ def _calibrate(
     return exit_spec.with_knob(cal.knob), cache_spec, cal
 
 
-# TeaCache's rescaling fit (caching.teacache.fit_rescale): full runs of this many samples in
-# batches of this size. Part of the fit's artifact key.
+# The fits of needs_fit caches (TeaCache's rescaling, MagCache's magnitude ratios): full runs
+# of this many samples in batches of this size. Part of the fit's artifact key.
 TEACACHE_FIT = dict(n=64, batch=16, seed=0)
 
 
-def load_or_fit_rescale(
-    built: _Built, model_key: str, cache: ArtifactCache, conditions
+def load_or_fit(
+    built: _Built, cls: type, model_key: str, cache: ArtifactCache, conditions
 ) -> dict[str, Any]:
-    """TeaCache's ``coefficients`` and ``calls`` for the cell's model, sampler, steps and
-    guidance: from the cache, or fitted on full runs and cached."""
+    """The fitted options of cache class ``cls`` (``cls.fitted``, and ``calls`` per run) for
+    the cell's model, sampler, steps and guidance: from the cache, or fitted and cached under
+    ``cls.fit_kind``."""
     cell = built.cell
     key = config_hash(
         {"model": model_key, "sampler": cell.sampler, "steps": cell.steps,
          "sampler_kw": built.sampler_kw, "guidance": cell.guidance,
          **({"prompts": cell.prompts} if cell.text is not None else {}), **TEACACHE_FIT},
-        kind="teacache-fit",
+        kind=cls.fit_kind,
     )  # fmt: skip
     n = TEACACHE_FIT["batch"]
     cond = None
@@ -331,14 +332,14 @@ def load_or_fit_rescale(
         cond = torch.arange(n, device=built.device) % built.model.num_classes
 
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
-        coefficients, info = fit_rescale(
+        fitted, info = cls.fit(
             built.model, built.schedule, cell.sampler, cell.steps, guidance=cell.guidance,
             cond=cond, sampler_kw=built.sampler_kw, **TEACACHE_FIT,
         )  # fmt: skip
-        return {"coefficients": torch.tensor(coefficients, dtype=torch.float64)}, info
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in fitted.items()}, info
 
-    tensors, meta, _ = cache.get_or_build("teacache-fit", key, build)
-    return {"coefficients": tensors["coefficients"].tolist(), "calls": int(meta["calls"])}
+    tensors, meta, _ = cache.get_or_build(cls.fit_kind, key, build)
+    return {**{k: tensors[k].tolist() for k in cls.fitted}, "calls": int(meta["calls"])}
 
 
 # Learning-to-Cache's router training (caching.l2c.train_router): trajectories of this many

@@ -169,6 +169,10 @@ class CachePolicy(ABC):
     per_row: ClassVar[bool] = False  # decides per row: composes with exits
     needs_router: ClassVar[bool] = False  # a learned router (Learning-to-Cache)
     needs_fit: ClassVar[bool] = False  # options fitted per model x sampler (TeaCache's rescale)
+    # With needs_fit: the options :meth:`fit` returns (the pipeline caches them under
+    # ``fit_kind``, keyed by model, sampler, steps and guidance).
+    fitted: ClassVar[tuple[str, ...]] = ()
+    fit_kind: ClassVar[str] = ""
     # Optional model capabilities the rule needs (blockloop.model.CAPABILITIES).
     requires: ClassVar[tuple[str, ...]] = ()
     revision: ClassVar[int] = 0
@@ -202,6 +206,13 @@ class CachePolicy(ABC):
         require(model, self.requires, f"cache policy {self.name!r}")
         self.check_model(model.depth)
         self.model, self.costs = model, costs
+
+    @staticmethod
+    def fit(model, schedule, sampler: str, steps: int, **run: Any) -> tuple[dict, dict]:
+        """(the :attr:`fitted` options, info with ``calls`` per run) of ``model`` for
+        ``sampler`` at ``steps``, from full runs (``run``: ``n``, ``batch``, ``seed``,
+        ``guidance``, ``cond``, ``sampler_kw``). Only for ``needs_fit`` policies."""
+        raise NotImplementedError("this cache policy fits nothing")
 
     def check_model(self, depth: int) -> None:  # noqa: B027  (optional hook)
         """Raise ``ValueError`` if a model with ``depth`` blocks cannot run this policy."""

@@ -11,6 +11,7 @@ from typing import Any
 from blockloop.contracts import CachePolicy
 from blockloop.contracts import check_composition as _check_composition
 from caching.forecast import FirstBlockCache, TaylorSeer
+from caching.magcache import MagCache
 from caching.policies import DeepCache, Fora, LearningToCache, TeaCache
 from caching.teacache import TeaCacheBatch
 
@@ -23,6 +24,7 @@ CACHES: dict[str, type[CachePolicy]] = {
         Fora,
         TeaCache,
         TeaCacheBatch,
+        MagCache,
         LearningToCache,
         FirstBlockCache,
         TaylorSeer,
@@ -35,6 +37,7 @@ CACHE_OPTIONS: dict[str, tuple[str, ...]] = {
     "l2c": ("router",),
     "fbcache": ("branches",),
     "teacache-batch": ("coefficients", "calls", "branches"),
+    "magcache": ("ratios", "calls", "max_skips", "retention", "branches"),
     "taylorseer": ("order",),
 }
 

@@ -49,6 +49,8 @@ class TeaCacheBatch(ResidualCache):
     knob_range = (0.0, 10.0)
     knob_default = 0.1
     needs_fit = True  # coefficients fitted per model x sampler x steps (bench.pipeline)
+    fitted = ("coefficients",)
+    fit_kind = "teacache-fit"
 
     def __init__(
         self,
@@ -71,6 +73,12 @@ class TeaCacheBatch(ResidualCache):
         self.rescale = np.poly1d(coefficients)
         self.calls, self.branches = calls, branches
         super().__init__(knob)
+
+    @staticmethod
+    def fit(model, schedule, sampler: str, steps: int, **run: Any) -> tuple[dict, dict]:
+        """The rescaling polynomial (:func:`fit_rescale`) as the ``coefficients`` option."""
+        coefficients, info = fit_rescale(model, schedule, sampler, steps, **run)
+        return {"coefficients": coefficients}, info
 
     def __repr__(self) -> str:
         return f"TeaCacheBatch(threshold={self.knob:g}, coefficients={tuple(self.rescale.c)})"

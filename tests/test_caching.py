@@ -56,6 +56,7 @@ POLICIES = [
     ("deepcache", 1.0, 3.0, {"branch": 0}),
     ("teacache", 0.0, 0.3, {}),
     ("teacache-batch", 0.0, 1.5, {}),
+    ("magcache", 0.0, 1.0, {"ratios": [1.0] + [0.9] * (STEPS - 1), "calls": STEPS}),
     ("l2c", 0.0, 0.6, {}),
     ("fbcache", 0.0, 0.5, {}),
     ("taylorseer", 1.0, 2.0, {"order": 1}),
@@ -255,13 +256,14 @@ def test_grid_cli_refuses_a_bad_cache_and_writes_nothing(tmp_path, capsys):
         grid_main(["--config", str(cfg), "--out", str(tmp_path / "out")])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "valid choices: none, deepcache, fora, teacache, teacache-batch, l2c, fbcache" in err
+    assert "valid choices: none, deepcache, fora, teacache, teacache-batch, magcache, l2c" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_every_cache_is_listed():
     assert set(CACHES) == {
-        "deepcache", "fora", "teacache", "teacache-batch", "l2c", "fbcache", "taylorseer"
+        "deepcache", "fora", "teacache", "teacache-batch", "magcache", "l2c", "fbcache",
+        "taylorseer",
     }  # fmt: skip
 
 
@@ -377,12 +379,16 @@ def test_teacache_rescale_fit_spans_the_run_and_feeds_the_rule():
     assert ex.flop_ratio < 1.0
 
 
-def test_a_teacache_batch_cell_fits_its_rescale_once_and_calibrates(tmp_path, shared_cache_dir):
-    """The grid fits the polynomial for the cell's model, sampler and steps (an artifact), then
-    calibrates the threshold to the target like any cache."""
+@pytest.mark.parametrize(
+    "name, kind", [("teacache-batch", "teacache-fit"), ("magcache", "magcache-fit")]
+)
+def test_a_fitted_cache_cell_fits_once_and_calibrates(name, kind, tmp_path, shared_cache_dir):
+    """The grid fits the cache's options (TeaCache's polynomial, MagCache's ratios) for the
+    cell's model, sampler and steps (an artifact), then calibrates the threshold to the target
+    like any cache."""
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(
-        '[[cell]]\nmodel = "micro"\ncache = "teacache-batch"\ntarget_flop_ratio = 0.6\n'
+        f'[[cell]]\nmodel = "micro"\ncache = "{name}"\ntarget_flop_ratio = 0.6\n'
         "steps = 8\nsamples = 16\n"
     )
     out = tmp_path / "out"
@@ -390,4 +396,45 @@ def test_a_teacache_batch_cell_fits_its_rescale_once_and_calibrates(tmp_path, sh
     assert grid_main(args) == 0
     (rec,) = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     assert rec["flop_ratio_per_call"] == pytest.approx(0.6, abs=0.1)
-    assert list((shared_cache_dir / "teacache-fit").glob("*.safetensors"))
+    assert list((shared_cache_dir / kind).glob("*.safetensors"))
+
+
+def test_magcache_rule_follows_the_accumulated_magnitude_error():
+    """Ratios 0.9 per call, threshold 0.15, at most 2 skips, the first 20% of the calls
+    computed: skipping one call costs |1 - 0.9| = 0.1, a second in a row 0.1 + 0.19 > 0.15, so
+    calls alternate after the retained start (upstream's Wan2.1 / FLUX loop, by hand)."""
+    from blockloop.cost import CostModel
+    from caching.magcache import MagCache
+
+    cache = MagCache(0.15, ratios=[1.0] + [0.9] * 9, calls=10, max_skips=2, retention=0.2)
+    cache.bind(_model(), CostModel(_model(), T))
+    served = []
+    for k in range(10):
+        state = _model().embed(torch.zeros(2, 1, 8, 8), torch.full((2,), 900.0 - 90 * k))
+        mask = cache.begin(torch.full((2,), 900.0 - 90 * k), state)
+        served.append(mask is not None and bool(mask.all()))
+        cache.store["residual"] = torch.zeros_like(state.h)  # as if computed
+    assert served == [False, False, True, False, True, False, True, False, True, False]
+
+
+def test_magcache_fit_measures_one_ratio_per_call():
+    from caching.magcache import fit_ratios
+
+    fitted, info = fit_ratios(_model(), SCHEDULE, "ddim", STEPS, n=8, batch=4, seed=0)
+    ratios = fitted["ratios"]
+    assert len(ratios) == STEPS == info["calls"] and ratios[0] == 1.0
+    assert all(r > 0 for r in ratios) and len(set(ratios)) > 1
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(ratios=[0.0]), "ratios"),
+        (dict(max_skips=0), "max_skips"),
+        (dict(retention=1.0), "retention"),
+        (dict(calls=0), "calls"),
+    ],
+)
+def test_magcache_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        make_cache("magcache", 0.1, **kw)
