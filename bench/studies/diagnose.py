@@ -1,7 +1,8 @@
 """Why the 28x28 model does not draw digits: candidate recipes trained for equal CPU time.
 
-``python -m bench.studies.diagnose --minutes 15`` trains each candidate for the same wall-clock
-budget (training only; evaluation is not counted) on the MNIST training split and measures,
+``python -m bench.studies.diagnose --minutes 15`` trains each candidate for the same CPU-time
+budget (the process's CPU seconds, so other load on the machine does not shorten a candidate's
+budget; training only, evaluation is not counted) on the MNIST training split and measures,
 along the way, the EMA weights' held-out epsilon-MSE at fixed noise levels (the same noise for
 every candidate) and, at half time and at the end, FID of DDIM samples against the training split
 with the offline extractor (:mod:`bench.metrics`). Candidates (:data:`CANDIDATES`):
@@ -147,7 +148,7 @@ def _lr(c: Candidate, step: int, frac: float) -> float:
 
 
 def run_candidate(c: Candidate, setup: _Setup, seconds: float, evals: int = 4) -> dict[str, Any]:
-    """Train ``c`` for ``seconds`` of training time; returns its measured rows and samples."""
+    """Train ``c`` for ``seconds`` of CPU time; returns its measured rows and samples."""
     torch.manual_seed(0)
     info = dataset_info(setup.dataset)
     model = c.build(info.img_size, info.channels)
@@ -159,7 +160,7 @@ def run_candidate(c: Candidate, setup: _Setup, seconds: float, evals: int = 4) -
     rows, step, trained, last = [], 0, 0.0, None
     for k in range(1, evals + 1):
         while trained < seconds * k / evals:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for g in opt.param_groups:
                 g["lr"] = _lr(c, step, trained / seconds)
             x0, y = next(stream)
@@ -170,7 +171,7 @@ def run_candidate(c: Candidate, setup: _Setup, seconds: float, evals: int = 4) -
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             ema_update(ema, model, step, c.ema_decay)
-            step, trained = step + 1, trained + time.perf_counter() - t0
+            step, trained = step + 1, trained + time.process_time() - t0
         row = {"step": step, "minutes": trained / 60, "loss": loss.item(), "eps": {}}
         row["eps"] = _eps_mse(ema.eval(), setup)
         if k == evals or k == evals // 2:
@@ -224,7 +225,7 @@ def _write(results: list[dict[str, Any]], floor: float, out: Path) -> None:
         final = r["rows"][-1]["eps"]
         ex.plot(EPS_TIMESTEPS, [final[str(t)] for t in EPS_TIMESTEPS], "o-", label=r["name"])
     ax.axhline(3 * floor, color="tab:red", ls="--", label="3 x floor")
-    ax.set(yscale="log", xlabel="training minutes (1 thread)", ylabel="FID (log)")
+    ax.set(yscale="log", xlabel="training CPU minutes", ylabel="FID (log)")
     ax.set_title("FID along training, equal CPU time", fontsize=10)
     ex.set(yscale="log", xlabel="timestep t", ylabel="held-out eps-MSE (log)")
     ex.set_title("held-out eps-MSE at the end", fontsize=10)
