@@ -38,6 +38,7 @@ class Full(ExitPolicy):
 
     name = "full"
     recipe = "full"
+    exits = False  # the executor skips decide and its per-block host sync
 
     def decide(self, ctx):
         return _no_exit(ctx)

@@ -226,6 +226,7 @@ def test_registry_has_every_policy():
         "uem",
         "uem-official",
         "duodiff",
+        "dydit",
     }
 
 
