@@ -42,3 +42,25 @@ def test_bad_arguments_exit_2(argv, tmp_path, capsys):
         diagnose.main([*argv, "--out", str(tmp_path / "out")])
     assert e.value.code == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_samples_study_splits_one_run_into_disjoint_sets(shared_cache_dir, tmp_path):
+    import pandas as pd
+
+    from bench.studies import samples
+
+    out = tmp_path / "s"
+    argv = ["--model", "micro", "--sizes", "8", "16", "--steps", "2", "--out", str(out)]
+    assert samples.main([*argv, "--cache-dir", str(shared_cache_dir)]) == 0
+    df = pd.read_csv(out / "samples.csv")
+    assert df["samples"].tolist() == [8, 16] and df["sets"].tolist() == [2, 1]
+    assert (df["fid_boot_sd"] > 0).all() and (df["resolvable_fid_difference"] > 0).all()
+
+
+@pytest.mark.parametrize("argv", [["--sizes", "1"], ["--model", "huge"]])
+def test_samples_study_bad_arguments_exit_2(argv, tmp_path):
+    from bench.studies import samples
+
+    with pytest.raises(SystemExit) as e:
+        samples.main([*argv, "--out", str(tmp_path / "s")])
+    assert e.value.code == 2 and not (tmp_path / "s").exists()
