@@ -124,26 +124,23 @@ class DyDiT(ExitPolicy):
     def _mlp(self, i: int, block, x: Tensor, groups: Tensor, tokens: Tensor | None) -> Tensor:
         """``x`` plus the MLP branch, run on the tokens ``tokens`` (B, N) lets through (all if
         None) with each row's active channel groups."""
-        out = x.clone()
+        if tokens is not None and bool(tokens.all()):
+            tokens = None  # no gather / scatter when no token skips
         xn = block.norm2(x)
-        H = groups.shape[1]
+        out = None
         for rows, idx in _groups(groups):
-            w1, b1, w2 = self._mlp_weights(i, block.mlp, idx, H)
+            w1, b1, w2 = self._mlp_weights(i, block.mlp, idx, groups.shape[1])
             xr = xn if rows is None else xn[rows]
             flat = xr.reshape(-1, xr.shape[-1])
             sel = None if tokens is None else (tokens if rows is None else tokens[rows]).reshape(-1)
-            inp = flat if sel is None else flat[sel]
-            y = F.linear(F.gelu(F.linear(inp, w1, b1)), w2, block.mlp[2].bias)
-            delta = torch.zeros_like(flat)
-            if sel is None:
-                delta = y
-            else:
-                delta[sel] = y
-            delta = delta.view_as(xr)
+            y = F.linear(F.gelu(F.linear(flat if sel is None else flat[sel], w1, b1)), w2)
+            y = y + block.mlp[2].bias
+            if sel is not None:
+                y = torch.zeros_like(flat).index_put_((sel,), y)
             if rows is None:
-                out = out + delta
-            else:
-                out[rows] = out[rows] + delta
+                return x + y.view_as(x)
+            out = x.clone() if out is None else out
+            out[rows] += y.view_as(xr)
         return out
 
     def run_block(self, model, i: int, state) -> float:
