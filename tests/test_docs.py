@@ -175,3 +175,29 @@ def test_site_builds_without_warnings(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
     assert (tmp_path / "concepts" / "index.html").exists()
+
+
+def _readme_commands() -> list[list[str]]:
+    """The ``python -m MODULE ARGS`` commands of the README's bash blocks (comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    found = []
+    for line in "\n".join(blocks).splitlines():
+        for part in line.split("#")[0].split("&&"):
+            m = re.search(r"python -m ([\w.]+)(.*)", part)
+            if m and m.group(1) != "pytest":  # the test command is this suite itself
+                found.append([m.group(1), *m.group(2).split()])
+    return found
+
+
+def test_readme_commands_run_in_their_dry_forms(one_thread):
+    """Each README command, in a form that checks it without the long work: the sweep with
+    --dry-run (its cells are validated), every other command's --help."""
+    commands = _readme_commands()
+    assert {c[0] for c in commands} >= {"bench.grid", "bench.report"}
+    for module, *args in commands:
+        extra = ["--dry-run"] if module == "bench.grid" else ["--help"]
+        res = subprocess.run(
+            [sys.executable, "-m", module, *args, *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, (module, res.stderr[-2000:])
