@@ -18,7 +18,6 @@ from its last snapshot.
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from bench.devices import resolve_device
 from bench.metrics import FeatureExtractor, evaluate, fid_floor, get_extractor
 from bench.resume import DEFAULT_SAVE_EVERY, Resume
 from bench.sampling import generate, save_grid
+from bench.studies.plotting import write_png
 from bench.train import BUDGETS, TrainConfig, TrainOptions, build_model, train
 from models import MODELS
 from samplers import SAMPLERS
@@ -262,10 +262,7 @@ def _write(df: pd.DataFrame, cfg: TrainConfig, out: Path, last: Tensor | None) -
     nn.set_ylabel("mean L2 distance to nearest training image")
     nn.set_title("memorisation check", fontsize=10)
     nn.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(out / "curve.png", buf.getvalue())
+    write_png(fig, out / "curve.png")
     if last is not None:
         save_grid(last[:64], out / "samples_final.png", nrow=8)
 

@@ -44,6 +44,7 @@ from bench.data import DatasetError, as_tensors, data_source, dataset_info
 from bench.metrics import evaluate, fid_floor, get_extractor
 from bench.sampling import generate, save_grid
 from bench.steps import BatchStream, ema_update, noisy_batch
+from bench.studies.plotting import write_png
 from bench.train import TrainConfig
 from models import make_model
 
@@ -231,12 +232,8 @@ def _write(results: list[dict[str, Any]], floor: float, out: Path) -> None:
     ex.set_title("held-out eps-MSE at the end", fontsize=10)
     ax.legend(fontsize=8)
     ex.legend(fontsize=8)
-    import io
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(out / "diagnose.png", buf.getvalue())
+    write_png(fig, out / "diagnose.png")
     atomic_write_bytes(out / "diagnose.md", ("\n".join(lines) + "\n").encode())
 
 

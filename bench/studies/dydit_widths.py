@@ -11,7 +11,6 @@ of the active fraction of heads, MLP channel groups and MLP tokens.
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.cli import make_parser
 from bench.data import DatasetError, dataset_info
 from bench.sampling import generate
+from bench.studies.plotting import write_png
 from bench.train import BUDGETS, TrainConfig, load_or_train
 from blockloop import EarlyExitDenoiser
 
@@ -68,10 +68,7 @@ def _figure(results: dict[float, dict], out: Path) -> None:
                 f"target {target:g}: {part} on (FLOPs {res['flop_ratio']:.3f})", fontsize=9
             )
     fig.colorbar(im, ax=axes, shrink=0.6, label="active fraction")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(out / "dydit_widths.png", buf.getvalue())
+    write_png(fig, out / "dydit_widths.png", dpi=120)
 
 
 def _parser():

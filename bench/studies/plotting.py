@@ -86,6 +86,17 @@ def save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
+def write_png(fig, path: Path, dpi: int = 130) -> Path:
+    """``fig`` as one PNG at ``path`` (written atomically), then closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 _MARKERS = "os^Dv<>pPX*h"
 ERROR_BARS = "1 sd (over seeds where a cell has several, else FID's bootstrap sd)"
 LEGEND_TITLE = "colour: exit policy / cache\nmarker: sampler and steps"

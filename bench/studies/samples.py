@@ -11,7 +11,6 @@ carries), KID alike, and the smallest FID difference two cells of that size can 
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from bench.cell import Cell
 from bench.cli import make_parser
 from bench.intervals import Z
 from bench.pipeline import build_pipeline
+from bench.studies.plotting import write_png
 
 __all__ = ["main", "spread_by_size"]
 
@@ -68,10 +68,7 @@ def _figure(df: pd.DataFrame, out: Path) -> None:
     ax.set(xscale="log", xlabel="samples per FID", ylabel="FID")
     ax.set_title("FID's spread against the sample count", fontsize=10)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(out / "samples.png", buf.getvalue())
+    write_png(fig, out / "samples.png")
 
 
 def _parser():

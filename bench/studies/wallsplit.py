@@ -22,7 +22,6 @@ same calls (timed interleaved); FLOPs are the executor's meter split into blocks
 
 from __future__ import annotations
 
-import io
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from bench.cache import ArtifactCache, atomic_write_bytes
 from bench.cell import Cell
 from bench.cli import make_parser
 from bench.pipeline import build_pipeline
+from bench.studies.plotting import write_png
 from blockloop import executor as executor_mod
 from models import MODELS
 
@@ -163,10 +163,7 @@ def _figure(df: pd.DataFrame, out: Path) -> None:
     ax.set_ylabel("/ plain forward (left bar: wall-clock, right bar: FLOPs)")
     ax.set_title("Where the executor's time goes", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(out / "wallsplit.png", buf.getvalue())
+    write_png(fig, out / "wallsplit.png")
 
 
 def _parser():
