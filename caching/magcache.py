@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import samplers
 from blockloop.model import BlockState, LayerwiseModel
 from caching.policies import ResidualCache
-from samplers import ClassifierFreeGuidance
+from caching.teacache import recorded_runs
 
 __all__ = ["MagCache", "fit_ratios"]
 
@@ -134,19 +133,10 @@ def fit_ratios(
     model: LayerwiseModel, schedule, sampler: str, steps: int, **run: Any
 ) -> tuple[dict, dict]:
     """MagCache's calibration: gamma_k = mean over rows and tokens of ``||r_k|| / ||r_{k-1}||``
-    on full runs (``run`` as :meth:`caching.teacache.TeaCacheBatch.fit`), averaged over the
+    on full runs (:func:`caching.teacache.recorded_runs`), averaged over the
     runs; gamma_0 = 1. Returns ({"ratios": (gamma_0, ...)}, info with ``calls``)."""
-    dev = next(model.parameters()).device
     per_run = []
-    for b in range(max(1, run["n"] // run["batch"])):
-        rec = _Residuals(model)
-        denoiser = rec
-        if run.get("guidance") is not None:
-            denoiser = ClassifierFreeGuidance(rec, run["guidance"], model.null_cond())
-        gen = torch.Generator(device=dev).manual_seed(run["seed"] * 1000 + b)
-        shape = (run["batch"], *model.input_shape)
-        samplers.sample(sampler, denoiser, schedule, shape, steps, generator=gen,
-                        cond=run.get("cond"), **run.get("sampler_kw", {}))  # fmt: skip
+    for rec in recorded_runs(model, schedule, sampler, steps, _Residuals, **run):
         norms = rec.norms
         gammas = [1.0] + [
             float((norms[k] / norms[k - 1].clamp_min(1e-12)).mean()) for k in range(1, len(norms))

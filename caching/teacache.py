@@ -17,6 +17,7 @@ halves of a classifier-free-guidance batch separately (upstream keeps one state 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from blockloop.model import BlockState, LayerwiseModel
 from caching.policies import ResidualCache
 from samplers import ClassifierFreeGuidance, VPSchedule
 
-__all__ = ["TeaCacheBatch", "fit_rescale", "rel_l1"]
+__all__ = ["TeaCacheBatch", "fit_rescale", "recorded_runs", "rel_l1"]
 
 IDENTITY = (1.0, 0.0)  # no rescaling: the polynomial x
 
@@ -123,6 +124,27 @@ class _Signals:
         return eps
 
 
+def recorded_runs(model: LayerwiseModel, schedule: VPSchedule, sampler: str, steps: int,
+                  recorder: Callable[[LayerwiseModel], Any], **run: Any) -> list[Any]:  # fmt: skip
+    """Full sampling runs of ``model`` for a fitted cache's options, one ``recorder(model)``
+    denoiser per run (under guidance when ``run["guidance"]`` is set): ``run["n"] //
+    run["batch"]`` runs of ``run["batch"]`` samples, seeded by ``run["seed"]``, with the cell's
+    ``cond`` and ``sampler_kw``. Returns the recorders."""
+    dev = next(model.parameters()).device
+    recorders = []
+    for b in range(max(1, run["n"] // run["batch"])):
+        rec = recorder(model)
+        denoiser = rec
+        if run.get("guidance") is not None:
+            denoiser = ClassifierFreeGuidance(rec, run["guidance"], model.null_cond())
+        gen = torch.Generator(device=dev).manual_seed(run["seed"] * 1000 + b)
+        shape = (run["batch"], *model.input_shape)
+        samplers.sample(sampler, denoiser, schedule, shape, steps, generator=gen,
+                        cond=run.get("cond"), **run.get("sampler_kw", {}))  # fmt: skip
+        recorders.append(rec)
+    return recorders
+
+
 @torch.inference_mode()
 def fit_rescale(
     model: LayerwiseModel, schedule: VPSchedule, sampler: str, steps: int, **run: Any
@@ -132,18 +154,8 @@ def fit_rescale(
     ``run["seed"]``; ``guidance`` / ``cond`` / ``sampler_kw`` as the cell samples), the relative
     L1 change of the output between consecutive calls against that of the embedded input,
     ``numpy.polyfit``. Returns (coefficients, info: ``calls`` per run and what was fitted on)."""
-    dev = next(model.parameters()).device
     xs, ys = [], []
-    for b in range(max(1, run["n"] // run["batch"])):
-        rec = _Signals(model)
-        denoiser = rec
-        if run.get("guidance") is not None:
-            denoiser = ClassifierFreeGuidance(rec, run["guidance"], model.null_cond())
-        gen = torch.Generator(device=dev).manual_seed(run["seed"] * 1000 + b)
-        shape = (run["batch"], *model.input_shape)
-        cond = run.get("cond")
-        samplers.sample(sampler, denoiser, schedule, shape, steps, generator=gen,
-                        cond=cond, **run.get("sampler_kw", {}))  # fmt: skip
+    for rec in recorded_runs(model, schedule, sampler, steps, _Signals, **run):
         for k in range(1, len(rec.inputs)):
             xs.append(rel_l1(rec.inputs[k], rec.inputs[k - 1]))
             ys.append(rel_l1(rec.outputs[k], rec.outputs[k - 1]))
