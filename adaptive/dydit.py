@@ -149,16 +149,6 @@ def block_costs(model: nn.Module) -> list[BlockCost]:
     ]
 
 
-def _block(model: nn.Module, i: int, state) -> tuple[nn.Module, Tensor | None]:
-    """Block ``i`` (execution order) and the long skip it fuses (popped from ``state``)."""
-    half = model.cfg.depth // 2
-    if i < half:
-        return model.in_blocks[i], None
-    if i == half:
-        return model.mid_block, None
-    return model.out_blocks[i - half - 1], state.skips.pop()
-
-
 def hard_mask(logits: Tensor) -> Tensor:
     """The inference mask at DyDiT's threshold: ``sigmoid(logits) > 0.5`` as 0/1 floats."""
     return (logits > 0).to(logits.dtype)
@@ -168,7 +158,7 @@ def _masked_block(model, i: int, state, masks: dict[str, Tensor], mask_fn) -> No
     """Block ``i`` with multiplied masks (training): ``masks`` holds per-row ``heads`` (B, H)
     and ``groups`` (B, H) when the width is dynamic, and a ``tokens`` entry, replaced by the
     (B, N) token mask ``mask_fn`` makes of the token router's logits, when tokens are."""
-    block, skip = _block(model, i, state)
+    block, skip = model.block_at(i, state)
     x = state.h
     if skip is not None:
         x = block.skip_linear(torch.cat([x, skip], dim=-1))

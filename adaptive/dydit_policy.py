@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adaptive.dydit import BlockCost, _block, block_costs, with_head0
+from adaptive.dydit import BlockCost, block_costs, with_head0
 from blockloop.contracts import ExitContext, ExitPolicy
 
 __all__ = ["DyDiT"]
@@ -52,6 +52,8 @@ class DyDiT(ExitPolicy):
 
     def __init__(self, knob: float | None = None) -> None:
         super().__init__(knob)
+        # sigmoid(l) > knob  <=>  l > logit(knob): the routers' logits are compared with this
+        self._logit = math.log(self.knob / (1 - self.knob))
         self.widths: list[dict[str, object]] = []  # per call: t and active fractions per block
         self._weights: dict[tuple, tuple[Tensor, ...]] = {}
         self._costs: list[BlockCost] | None = None
@@ -81,8 +83,7 @@ class DyDiT(ExitPolicy):
             on = torch.ones(B, H, dtype=torch.bool, device=temb.device)
             return on, on
         hl, gl = r.width_logits(i, temb)
-        thr = math.log(self.knob / (1 - self.knob))  # sigmoid(l) > knob  <=>  l > logit(knob)
-        return with_head0(hl > thr), with_head0(gl > thr)
+        return with_head0(hl > self._logit), with_head0(gl > self._logit)
 
     def _attn_weights(self, i: int, att, idx: Tensor) -> tuple[Tensor, ...]:
         key = (i, "attn", tuple(idx.tolist()))
@@ -148,7 +149,7 @@ class DyDiT(ExitPolicy):
         if self._costs is None:
             self._costs = block_costs(model)
         c, r = self._costs[i], model.routers
-        block, skip = _block(model, i, state)
+        block, skip = model.block_at(i, state)
         x = state.h
         if skip is not None:
             x = block.skip_linear(torch.cat([x, skip], dim=-1))
@@ -156,8 +157,7 @@ class DyDiT(ExitPolicy):
         x = x + self._attention(i, block.attn, block.norm1(x), heads)
         tokens = None
         if r.token:
-            thr = math.log(self.knob / (1 - self.knob))
-            tokens = r.tokens[i](x) > thr  # (B, N)
+            tokens = r.tokens[i](x) > self._logit  # (B, N)
         state.h = self._mlp(i, block, x, groups, tokens)
         if i < model.cfg.depth // 2:
             state.skips.append(state.h)

@@ -299,18 +299,24 @@ class UViT(nn.Module):
         h = torch.cat([*tokens, h], dim=1) + self.pos_embed  # (B, extras + L, D)
         return UViTState(h=h, temb=temb)
 
+    def block_at(self, i: int, state: UViTState) -> tuple[Block, Tensor | None]:
+        """Block ``i`` (0-based, execution order) and the long skip it fuses, popped from
+        ``state`` (None for in-blocks and the mid block)."""
+        half = self.cfg.depth // 2
+        if not 0 <= i < self.cfg.depth:
+            raise ValueError(f"block index {i} out of range [0, {self.cfg.depth})")
+        if i < half:
+            return self.in_blocks[i], None
+        if i == half:
+            return self.mid_block, None
+        return self.out_blocks[i - half - 1], state.skips.pop()
+
     def run_block(self, i: int, state: UViTState) -> UViTState:
         """Run block ``i`` (0-based, execution order) in place on ``state`` and return it."""
-        half = self.cfg.depth // 2
-        if i < half:
-            state.h = self.in_blocks[i](state.h)
+        block, skip = self.block_at(i, state)
+        state.h = block(state.h, skip)
+        if i < self.cfg.depth // 2:
             state.skips.append(state.h)
-        elif i == half:
-            state.h = self.mid_block(state.h)
-        elif i < self.cfg.depth:
-            state.h = self.out_blocks[i - half - 1](state.h, state.skips.pop())
-        else:
-            raise ValueError(f"block index {i} out of range [0, {self.cfg.depth})")
         return state
 
     def block_parts(
@@ -324,17 +330,9 @@ class UViT(nn.Module):
         """Run block ``i`` in place on ``state`` like :meth:`run_block`, reusing the residual
         branches given (see :meth:`Block.forward_parts`); returns the (attention, MLP) branches
         it used."""
-        half = self.cfg.depth // 2
-        if not 0 <= i < self.cfg.depth:
-            raise ValueError(f"block index {i} out of range [0, {self.cfg.depth})")
-        if i < half:
-            block, skip = self.in_blocks[i], None
-        elif i == half:
-            block, skip = self.mid_block, None
-        else:
-            block, skip = self.out_blocks[i - half - 1], state.skips.pop()
+        block, skip = self.block_at(i, state)
         state.h, a, m = block.forward_parts(state.h, skip, attn, mlp, mix)
-        if i < half:
+        if i < self.cfg.depth // 2:
             state.skips.append(state.h)
         return a, m
 
