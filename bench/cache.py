@@ -124,22 +124,44 @@ def _digest(tensors: dict[str, Tensor]) -> str:
 
 
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
     """An exclusive advisory lock on ``path`` (``fcntl.flock``; works across processes and, on
-    most shared filesystems, across hosts). Where ``fcntl`` is missing it is a no-op: atomic
-    renames still keep files whole, only duplicate work is no longer prevented."""
+    most shared filesystems, across hosts); yields True while held. With ``wait=False`` it
+    yields False at once if another process holds it. The lock file is removed on release (while
+    still held; a waiter that then gets the old file sees it unlinked and retries), so no lock
+    files stay behind. Where ``fcntl`` is missing it is a no-op yielding True: atomic renames
+    still keep files whole, only duplicate work is no longer prevented."""
     try:
         import fcntl
     except ImportError:  # Windows
-        yield
+        yield True
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
+    while True:
+        f = open(path, "a")
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(f.fileno(), flags)
+        except BlockingIOError:
+            f.close()
+            yield False
+            return
+        if _same_file(f, path):
+            break
+        f.close()  # removed by its last holder while we waited: lock the new one
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)
+        f.close()  # closing drops the lock
+
+
+def _same_file(f: Any, path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 class ArtifactCache:
@@ -257,13 +279,22 @@ def os_error_line(e: OSError) -> str:
     return f"{e.strerror or type(e).__name__}{where}"
 
 
-def preflight(*folders: Path) -> None:
-    """Check that every folder can be created and written (a real file is written and removed),
-    before any work; a read-only or full filesystem is one clear ``ValueError``."""
-    for folder in folders:
+def preflight(*paths: Path) -> None:
+    """Check, before any work, that each of ``paths`` (a folder, or a file to be written) could
+    be created and written: a real file is written, fsynced and removed in the nearest folder
+    that exists. Nothing is created, so a refused command leaves nothing behind; a read-only
+    or full filesystem, or a file where a folder must be, is one clear ``ValueError``."""
+    for path in paths:
+        path = Path(path).expanduser()
+        here = path
+        while not here.exists() and here != here.parent:
+            here = here.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".preflight-")
+            if here.is_file() and here == path:
+                here = path.parent  # an existing output file: it is replaced in its folder
+            if not here.is_dir():
+                raise NotADirectoryError(20, os.strerror(20), str(here))
+            fd, tmp = tempfile.mkstemp(dir=here, prefix=".preflight-")
             try:
                 os.write(fd, b"x" * 4096)
                 os.fsync(fd)
@@ -271,4 +302,4 @@ def preflight(*folders: Path) -> None:
                 os.close(fd)
                 os.unlink(tmp)
         except OSError as e:
-            raise ValueError(f"cannot write to {folder}: {os_error_line(e)}") from e
+            raise ValueError(f"cannot write to {path}: {os_error_line(e)}") from e

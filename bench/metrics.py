@@ -15,6 +15,7 @@ over subsets as clean-fid does.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -41,6 +42,7 @@ __all__ = [
     "fid_from_feats",
     "frechet_distance",
     "get_extractor",
+    "inception_weights",
     "kid_from_feats",
     "reference_stats",
 ]
@@ -270,17 +272,9 @@ class InceptionExtractor:
         from cleanfid.resize import make_resizer
 
         if network is None:
-            path = Path(weights or os.environ.get(INCEPTION_ENV) or CLEANFID_WEIGHTS)
-            if not path.is_file():
-                raise ValueError(
-                    f"InceptionV3 weights not found at {path}: set ${INCEPTION_ENV} (or pass "
-                    "weights=) to clean-fid's inception-2015-12-05.pt, or use the offline "
-                    "'cnn' extractor"
-                )
+            path = inception_weights(weights)
             from cleanfid.inception_torchscript import InceptionV3W
 
-            if path.name != "inception-2015-12-05.pt":
-                raise ValueError(f"expected a file named inception-2015-12-05.pt, got {path.name}")
             network = InceptionV3W(str(path.parent), download=False, resize_inside=False)
         self.net = network.to(device).eval()
         self.device = device
@@ -303,6 +297,23 @@ class InceptionExtractor:
 # the environment variable, when set, wins.
 CLEANFID_WEIGHTS = Path("/tmp/inception-2015-12-05.pt")
 INCEPTION_ENV = "DIFFCOMPRESS_INCEPTION_WEIGHTS"
+
+
+def inception_weights(weights: str | Path | None = None) -> Path:
+    """The path of clean-fid's ``inception-2015-12-05.pt``: ``weights``, else
+    ``$DIFFCOMPRESS_INCEPTION_WEIGHTS``, else clean-fid's cache; a ``ValueError`` saying how
+    to get it when the file is not there (nothing is downloaded) or clean-fid is missing."""
+    path = Path(weights or os.environ.get(INCEPTION_ENV) or CLEANFID_WEIGHTS)
+    if not path.is_file():
+        raise ValueError(
+            f"InceptionV3 weights not found at {path}: set ${INCEPTION_ENV} (or pass "
+            "weights=) to clean-fid's inception-2015-12-05.pt, or use the offline 'cnn' extractor"
+        )
+    if path.name != "inception-2015-12-05.pt":
+        raise ValueError(f"expected a file named inception-2015-12-05.pt, got {path.name}")
+    if importlib.util.find_spec("cleanfid") is None:
+        raise ValueError("the inception extractor needs clean-fid: pip install clean-fid")
+    return path
 
 
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {

@@ -177,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        from bench.cache import ArtifactCache
+        from bench.cache import ArtifactCache, preflight
 
+        if a.out is None:
+            preflight(a.grid / "report")  # --out itself is checked by the parser
         cache = ArtifactCache(a.cache_dir)
         paths = make_report(a.grid, a.out or a.grid / "report", a.cells, cache)
     except ValueError as e:

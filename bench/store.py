@@ -5,7 +5,8 @@ Layout under a sweep's ``out`` folder::
     records/<key>.json   a finished cell (written atomically: it exists only once complete)
     failed/<key>.json    a cell that raised, with its error (retried by the next run)
     samples/<key>.png    the cell's first 100 samples
-    claims/<key>.lock    held (``fcntl.flock``) by the process running the cell
+    claims/<key>.lock    held (``fcntl.flock``) by the process running the cell; removed
+                         when the cell ends
     corrupt/             unreadable or mismatched records, moved aside for inspection
     superseded/          records made with a model the cell no longer runs (retrained)
 
@@ -34,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.cache import atomic_write_bytes, os_error_line, preflight
+from bench.cache import atomic_write_bytes, file_lock, os_error_line
 from bench.summary import KID_NOTE, write_tables
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ __all__ = [
     "load_records",
     "os_error_line",
     "pending",
-    "preflight",
     "read_record",
     "record_path",
     "sample_path",
@@ -166,28 +166,13 @@ def pending(cells: list[Cell], out: Path, move_bad: bool = True) -> list[Cell]:
 @contextmanager
 def claim(out: Path, cell: Cell) -> Iterator[bool]:
     """Try to claim ``cell`` for this process: yields True while it holds the claim, False
-    (at once, without waiting) if another live process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no claims (records are still atomic)
-        yield True
-        return
+    (at once, without waiting) if another live process holds it. The claim file names the
+    holder's pid and start time while it runs, and is removed when the cell ends."""
     path = out / "claims" / f"{cell.key}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{os.getpid()} {datetime.now(UTC).isoformat(timespec='seconds')}\n")
-            f.flush()
-            yield True
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with file_lock(path, wait=False) as held:
+        if held and path.exists():  # absent where locks are no-ops (no fcntl)
+            path.write_text(f"{os.getpid()} {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+        yield held
 
 
 def write_record(out: Path, cell: Cell, rec: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import logging
+import pickle
 import shutil
 import tempfile
 import zipfile
@@ -153,6 +154,11 @@ class HFTextEncoder:
             self.model = cls.from_pretrained(source).eval().requires_grad_(False)
         except (OSError, ValueError) as e:
             raise TextError(f"cannot load a text encoder from {source!r}: {e}") from e
+        except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused a pickle
+            raise TextError(
+                f"refused to load the text encoder in {source!r}: its weights are a pickle that "
+                "loads only by running code; use a folder with model.safetensors"
+            ) from e
         self.name = name
         self.dim = int(self.model.config.hidden_size)
         self.max_tokens = int(

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
-from bench.cache import ArtifactCache, preflight
+from bench.cache import ArtifactCache
 from bench.cli import add_config_options, add_save_every, make_parser
 from bench.data import DataSource
 from bench.devices import AUTOCAST, resolve_device
@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(a)
         device = resolve_device(a.device)
-        preflight(ArtifactCache(a.cache_dir).root)  # a read-only cache: one line, before work
         trained = load_or_train(
             cfg,
             ArtifactCache(a.cache_dir),

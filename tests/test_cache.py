@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 import torch
 
-from bench.cache import config_hash
+from bench.cache import config_hash, file_lock
 from bench.train import TrainConfig
 
 
@@ -24,9 +28,41 @@ def test_roundtrip_and_hit(cache):
     t2, m2, hit2 = cache.get_or_build("thing", "k", build)
     assert (hit1, hit2) == (False, True) and len(calls) == 1
     assert torch.equal(t1["w"], t2["w"]) and m2 == {"note": "hi"}
-    # Nothing but the artifact and its (empty, reusable) lock file is left: no temp files.
+    # Nothing but the artifact is left: no temp files, no lock file.
     left = sorted(p.name for p in cache.path("thing", "k").parent.iterdir())
-    assert left == [".k.lock", "k.safetensors"]
+    assert left == ["k.safetensors"]
+
+
+def test_a_failed_build_leaves_no_lock_file(cache):
+    def build():
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        cache.get_or_build("thing", "k", build)
+    assert list(cache.root.joinpath("thing").iterdir()) == []
+
+
+def test_file_lock_is_exclusive_and_removed_while_a_waiter_still_gets_it(tmp_path):
+    path, order = tmp_path / "x.lock", []
+    got_first = threading.Event()
+
+    def waiter():
+        got_first.wait()
+        with file_lock(path) as held:  # blocks until the first holder lets go
+            order.append(("second", held, path.exists()))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    with file_lock(path) as held:
+        with file_lock(path, wait=False) as other:
+            assert held and not other  # held: a non-waiting second claim fails at once
+        got_first.set()
+        time.sleep(0.3)  # the waiter is now blocked on this file
+        order.append(("first", held, path.exists()))
+    t.join(timeout=10)
+    # The waiter ran after the first holder, holding a lock file of its own, and both are gone.
+    assert order == [("first", True, True), ("second", True, True)]
+    assert not path.exists()
 
 
 def test_truncated_file_is_detected_and_rebuilt(cache):

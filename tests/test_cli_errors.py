@@ -43,6 +43,9 @@ def _files(tmp: Path) -> dict[str, str]:
         "order_steps": '[[cell]]\nsampler = "unipc-bh2"\norder = 3\nsteps = 2\n',
         "spacing": '[[cell]]\nspacing = "karras"\n',
         "end": '[[cell]]\nspacing = "linspace"\nend = "eps"\n',
+        "cifar": '[[cell]]\ndataset = "cifar10"\nmodel = "micro"\nsteps = 2\nsamples = 8\n',
+        "inception": '[[cell]]\nmodel = "micro"\nsteps = 2\nsamples = 8\nextractor = "inception"\n',
+        "huge": f"[sweep]\nseed = {list(range(200))}\nguidance = {[g / 10 for g in range(60)]}\n",
     }
     paths = {}
     for name, body in bad.items():
@@ -109,6 +112,25 @@ CASES = [
     ("bench.studies.throughput", "--model micro --official {evil} --out {out}", "was refused"),
     ("bench.studies.throughput", "--model micro --targets 1.5 --out {out}", "--targets must be"),
     ("bench.prune", "--ratio 1.5 --model micro --cache-dir {cache}", "ratio must be in [0, 1)"),
+    # Resources a sweep needs, checked before any cell trains (not failed cells minutes later).
+    ("bench.grid", "--config {cifar} --out {out}", "CIFAR-10 not found (no --data-root given)"),
+    ("bench.grid", "--config {inception} --out {out}", "InceptionV3 weights not found"),
+    ("bench.grid", "--config {huge} --out {out}", "expands to 12,000 cells, more than"),
+    (
+        "bench.grid",
+        "--quick --executor dask --scheduler tcp://127.0.0.1:9 --out {out}",
+        "cannot reach the Dask scheduler at tcp://127.0.0.1:9",
+    ),
+    ("bench.grid", "--quick --scheduler tcp://127.0.0.1:9 --out {out}", "needs --executor dask"),
+    # Every command checks the folders it writes before any work.
+    ("bench.train", "--model micro --cache-dir {file}/cache", "cannot write to"),
+    ("bench.prune", "--model micro --cache-dir {file}/cache", "cannot write to"),
+    ("bench.report", "--grid {file}/grid", "cannot write to"),
+    ("bench.text", "--cache-dir {file}/cache", "cannot write to"),
+    ("bench.studies.curve", "--model micro --out {file}/o --cache-dir {cache}", "cannot write to"),
+    ("bench.studies.throughput", "--model micro --out {file}/o", "cannot write to"),
+    ("bench.studies.samples", "--out {file}/o --cache-dir {cache}", "cannot write to"),
+    ("bench.studies.ablation", "--out {file}/o --cache-dir {cache}", "cannot write to"),
 ]
 
 
@@ -122,6 +144,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(inputs, tmp_path, module, 
     out, cache = tmp_path / "out", tmp_path / "cache"
     argv = args.format(out=out, cache=cache, **inputs).split()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env["DIFFCOMPRESS_INCEPTION_WEIGHTS"] = str(tmp_path / "absent" / "inception-2015-12-05.pt")
     proc = subprocess.run(
         [sys.executable, "-m", module, *argv],
         cwd=tmp_path,  # a refused pickle that ran would leave PWNED here
@@ -152,3 +175,41 @@ def test_taylor_3m_below_order_3_is_refused(tmp_path, capsys):
         main(["--config", str(cfg), "--dry-run", "--out", str(tmp_path / "o")])
     assert e.value.code == 2
     assert "taylor_3m applies to 'dpm-solver++' at order 3, not order 2" in capsys.readouterr().err
+
+
+def _clip_folder_with_a_pickle(folder: Path) -> None:
+    """A tiny CLIP text-encoder folder whose weights are a code-running pickle (no safetensors)."""
+    transformers = pytest.importorskip("transformers")
+    folder.mkdir()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt")
+    ).save_pretrained(folder)
+    transformers.CLIPTextConfig(
+        vocab_size=4,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=8,
+    ).save_pretrained(folder)
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Evil()))
+
+
+def test_a_text_encoder_folder_with_a_pickle_is_refused_in_one_line(tmp_path):
+    _clip_folder_with_a_pickle(tmp_path / "clip")
+    argv = ["--encoder", f"clip:{tmp_path / 'clip'}", "--prompts", "a", "--cache-dir"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.text", *argv, str(tmp_path / "cache")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "refused to load the text encoder" in errors[0], proc.stderr
+    assert not (tmp_path / "PWNED").exists()

@@ -166,6 +166,7 @@ def test_concurrent_sweeps_split_the_cells_and_run_each_once(tmp_path):
     assert sorted(keys) == sorted(c.key for c in CELLS)  # each once
     assert len({line.split()[0] for line in log.read_text().splitlines()}) == 2  # both worked
     assert store.pending(CELLS, tmp_path / "out") == []
+    assert list((tmp_path / "out" / "claims").iterdir()) == []  # claims removed when done
 
 
 def test_a_claim_held_by_a_killed_process_is_free_again(tmp_path):
