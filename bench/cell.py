@@ -31,12 +31,12 @@ from bench.metrics import EXTRACTORS
 from bench.prune import PRUNE_REVISION, PruneConfig
 from bench.text import PROMPT_SPLITS
 from bench.train import BUDGETS, TrainConfig
+from bench.trainconfig import check_seed
 from caching import CACHES, CacheSpec
 from models import MODELS
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS, check_options
 
-MAX_SEED = 2**32  # sampling seeds are multiplied by 100,003 into a 64-bit generator seed
 MAX_SAMPLES = 100_000  # per cell; the samples are held in memory for FID
 
 __all__ = [
@@ -159,10 +159,7 @@ class Cell:
             raise ValueError(
                 f"samples must be >= 2 and steps >= 1, got {self.samples}, {self.steps}"
             )
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.seed >= MAX_SEED:
-            raise ValueError(f"seed must be < 2**32, got {self.seed}")
+        check_seed(self.seed)
         if self.samples > MAX_SAMPLES:
             raise ValueError(
                 f"samples must be <= {MAX_SAMPLES:,} (FID papers use 50,000), got {self.samples:,}"

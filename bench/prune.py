@@ -37,6 +37,7 @@ from bench.devices import resolve_device
 from bench.distill import Distiller
 from bench.resume import DEFAULT_SAVE_EVERY, Resume
 from bench.train import TrainConfig, TrainOptions, build_model, load_or_train, train
+from bench.trainconfig import check_seed
 from blockloop import CostModel
 from models import MODELS, UViT
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune, prune, replay
@@ -106,6 +107,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         check_prune(self.ratio, self.importance, self.rounds)
+        check_seed(self.seed)
         if isinstance(self.finetune_steps, bool) or not isinstance(self.finetune_steps, int):
             raise ValueError(f"finetune_steps must be an integer, got {self.finetune_steps!r}")
         if self.finetune_steps < 1:

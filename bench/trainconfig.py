@@ -18,12 +18,32 @@ from bench.text import CONTEXT_LEN, check_text, context_dim
 from models import MODELS, UViT, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
 
-__all__ = ["BUDGETS", "Budget", "TrainConfig", "TrainedModel", "build_model"]
+__all__ = [
+    "BUDGETS",
+    "MAX_SEED",
+    "Budget",
+    "TrainConfig",
+    "TrainedModel",
+    "build_model",
+    "check_seed",
+]
 
 
 def _opt(help: str, choices=None) -> dict[str, Any]:
     """A field's command-line description (:func:`bench.cli.add_config_options`)."""
     return {"help": help} if choices is None else {"help": help, "choices": choices}
+
+
+# Every seed (sampling, training, importance scoring) lies in [0, 2**32): sampling seeds are
+# multiplied by 100,003 into a 64-bit generator seed, and one rule for all keeps a seed that a
+# cell accepts valid for the commands that build its models.
+MAX_SEED = 2**32
+
+
+def check_seed(seed: Any, name: str = "seed") -> None:
+    """A ``ValueError`` unless ``seed`` is an integer in [0, :data:`MAX_SEED`)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +119,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not self.lr > 0 or not self.finetune_lr > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {self.lr}, {self.finetune_lr}")
+        check_seed(self.seed)
         self._check_flop_target()
         if self.text is not None:
             check_text(self.text)

@@ -92,6 +92,12 @@ CASES = [
     ("bench.train", "--lambda-u 2 --cache-dir {cache}", "no effect with recipe 'full'"),
     ("bench.train", "--text bogus --cache-dir {cache}", "unknown text encoder 'bogus'"),
     ("bench.train", "--save-every -1 --cache-dir {cache}", "save_every must be >= 0"),
+    (
+        "bench.train",
+        "--seed 99999999999 --cache-dir {cache}",
+        "seed must be an integer in [0, 2**32)",
+    ),
+    ("bench.prune", "--seed -1 --model micro --cache-dir {cache}", "seed must be an integer in"),
     ("bench.report", "--grid {out}", "no records"),
     ("bench.report", "--grid {grid} --cells nomatch --out {out}", "no cell label contains"),
     (

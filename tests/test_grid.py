@@ -65,7 +65,7 @@ def test_each_varies_fields_together(tmp_path):
         ("[[cell]]\nsamples = true\n", "field 'samples' must be an integer, got True"),
         ("[[cell]]\nprune_ratio = nan\n", "field 'prune_ratio' must be a finite number"),
         ("[[cell]]\ncfg_exit_together = 1\n", "must be a boolean"),
-        ("[[cell]]\nseed = -1\n", "seed must be >= 0"),
+        ("[[cell]]\nseed = -1\n", r"seed must be an integer in \[0, 2\*\*32\)"),
         ("[[cell]]\nsteps = 5000\n", "steps must be <= the schedule's T = 1000"),
         ("[[cell]]\ntarget_flop_ratio = 0.5\n", "'full' never exits"),
         (
