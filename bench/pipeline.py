@@ -344,7 +344,8 @@ def load_or_fit(
 
 # Learning-to-Cache's router training (caching.l2c.train_router): trajectories of this many
 # samples, iterations, batch and sparsity weight. Part of the router's artifact key.
-L2C_TRAINING = dict(n=256, iters=400, batch=64, lam=1e-3, lr=0.05, seed=0)
+# alternate: full and cache calls alternate, as the authors run it (caching.l2c).
+L2C_TRAINING = dict(n=256, iters=400, batch=64, lam=1e-3, lr=0.05, seed=0, alternate=True)
 
 
 def load_or_learn_router(

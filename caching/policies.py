@@ -95,7 +95,9 @@ class LearningToCache(_BranchCache):
     """Learning-to-Cache (Ma et al., NeurIPS 2024, Sec. 3): a router ``beta[call, block, part]``
     in [0, 1], learned for one sampler and call count (:mod:`caching.l2c`), decides which
     attention (part 0) and MLP (part 1) branches are reused: part p of block i is reused on
-    call c > 0 when ``beta < threshold``. Threshold 0 computes everything."""
+    call c > 0 when ``beta < threshold``. Threshold 0 computes everything. A router learned as
+    the authors run it holds 1 on even calls (full calls between the cache calls), so those are
+    never reused from."""
 
     name = "l2c"
     knob_name = "threshold"
