@@ -20,6 +20,7 @@ from torch import Tensor
 
 from adaptive.dydit import attach_routers, dydit_loss
 from blockloop.contracts import ExitPolicy
+from blockloop.model import forward_all
 from models import UViT
 
 __all__ = [
@@ -69,14 +70,14 @@ def full_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, di
 
 def layerwise_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
     """Uniform average of every layer's readout MSE (the plain early-exit training loss)."""
-    per_layer = _per_layer_mse(model.forward_all(x_t, t, cond), eps)
+    per_layer = _per_layer_mse(forward_all(model, x_t, t, cond), eps)
     loss = per_layer.mean()
     return loss, {"loss": loss.item(), "final": per_layer[-1].item()}
 
 
 def pabee_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
     """PABEE (Zhou et al. 2020, Eq. 5): layer i's loss weighted by i + 1, normalised."""
-    per_layer = _per_layer_mse(model.forward_all(x_t, t, cond), eps)
+    per_layer = _per_layer_mse(forward_all(model, x_t, t, cond), eps)
     w = torch.arange(1, len(per_layer) + 1, dtype=per_layer.dtype, device=per_layer.device)
     loss = (w * per_layer).sum() / w.sum()
     return loss, {"loss": loss.item(), "final": per_layer[-1].item()}

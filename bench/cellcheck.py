@@ -17,7 +17,7 @@ from adaptive.policies import POLICIES
 from adaptive.recipes import LOSS_WEIGHTS, RECIPES, check_pairing
 from bench.data import dataset_info
 from bench.text import PROMPT_SETS, check_text
-from caching import check_composition
+from caching import CACHES, check_composition
 from models import MODELS
 
 # A bench.cell.Cell: not imported, since bench.cell imports this module (no import circle).
@@ -180,6 +180,8 @@ def check_training(cell: Cell) -> None:
             )
         if cell.prune_ratio:
             raise ValueError(f"recipe {cell.recipe!r} does not compose with pruning (prune_ratio)")
+    if MODELS[cell.model].get("arch") == "dit":
+        _check_dit(cell)
     if cell.finetune_steps is not None and not recipe.finetune:
         raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {cell.recipe!r}")
     if cell.text is not None:
@@ -191,6 +193,27 @@ def check_training(cell: Cell) -> None:
             )
     elif cell.prompts != "heldout":
         raise ValueError("prompts applies to text-conditioned cells (set text)")
+
+
+def _check_dit(cell: Cell) -> None:
+    """What a DiT (models.dit) cannot do: exit heads, pruning, text conditioning."""
+    heads = RECIPES[cell.recipe].heads
+    if heads != "none" or RECIPES[cell.recipe].prepare is not None:
+        usable = [r for r, rec in RECIPES.items() if rec.heads == "none" and rec.prepare is None]
+        raise ValueError(
+            f"model {cell.model!r} is a DiT: recipe {cell.recipe!r} needs parts it lacks; "
+            f"valid recipes: {', '.join(usable)}"
+        )
+    if cell.prune_ratio:
+        raise ValueError(f"model {cell.model!r} is a DiT: pruning supports the U-ViT sizes")
+    if cell.text is not None:
+        raise ValueError(f"model {cell.model!r} is a DiT: no text conditioning")
+    missing = set(CACHES[cell.cache].requires) - {"block_parts"} if cell.cache != "none" else set()
+    if missing:
+        raise ValueError(
+            f"cache {cell.cache!r} needs {', '.join(sorted(missing))}, which a DiT "
+            f"({cell.model!r}) lacks"
+        )
 
 
 def check_conditioning(cell: Cell) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["CAPABILITIES", "BlockState", "LayerwiseModel", "capabilities", "require"]
+__all__ = ["CAPABILITIES", "BlockState", "LayerwiseModel", "capabilities", "forward_all", "require"]
 
 
 @runtime_checkable
@@ -133,3 +133,10 @@ def require(model: Any, needs: tuple[str, ...], who: str) -> None:
     if missing:
         what = "; ".join(f"{c}: {CAPABILITIES[c]}" for c in missing)
         raise ValueError(f"{who} needs what {type(model).__name__} does not have ({what})")
+
+
+def forward_all(model: LayerwiseModel, x: Tensor, t: Tensor, cond: Tensor | None = None) -> list:
+    """The readout after every block (layer-wise training losses, probes): ``depth`` tensors
+    (B, C, H, W), from one pass through the contract (``embed``, ``run_block``, ``readout``)."""
+    state = model.embed(x, t, cond)
+    return [model.readout(model.run_block(i, state)) for i in range(model.depth)]

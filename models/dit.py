@@ -16,6 +16,7 @@ model from a config or a ``from_pretrained`` folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DiTAdapter", "DiTState", "load_dit", "tiny_dit"]
+__all__ = ["DiTAdapter", "DiTState", "load_dit", "make_dit", "tiny_dit"]
 
 
 @dataclass
@@ -44,13 +45,17 @@ class DiTAdapter(nn.Module):
     """``dit`` (a diffusers ``DiTTransformer2DModel`` with ``norm_type="ada_norm_zero"``) as a
     layer-wise model: ``embed`` patchifies, ``run_block(i)`` runs transformer block ``i``,
     ``readout`` applies the adaLN final layer and unpatchifies. ``forward`` equals ``dit``'s
-    own forward (its eps half). No exit heads, no block parts, no long skips: exit policies
-    that read the readout (static, CALM, PABEE, ...) and caches that reuse whole calls or rows
-    apply; UEM / LTE, DeepCache and the branch caches say what is missing."""
+    own forward (its eps half). Block parts (attention / MLP branches) for the branch caches;
+    no exit heads and no long skips: exit policies that read the readout (static, CALM, PABEE,
+    ...) and every cache but DeepCache apply; UEM / LTE and DeepCache say what is missing.
+
+    ``conditional=False`` serves an unconditional model: every row gets the null label (DiT's
+    label embedding is then one learned vector) and ``num_classes`` is 0, so the pipeline
+    never draws labels for it."""
 
     exit_heads = "none"
 
-    def __init__(self, dit: nn.Module) -> None:
+    def __init__(self, dit: nn.Module, conditional: bool = True) -> None:
         super().__init__()
         cfg = dit.config
         if cfg.norm_type != "ada_norm_zero" or not cfg.num_embeds_ada_norm:
@@ -60,6 +65,7 @@ class DiTAdapter(nn.Module):
                 f"num_embeds_ada_norm={cfg.num_embeds_ada_norm!r}"
             )
         self.dit = dit
+        self.conditional = conditional
 
     @property
     def depth(self) -> int:
@@ -74,12 +80,13 @@ class DiTAdapter(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        """K, the number of classes (label K is the null class)."""
-        return int(self.dit.config.num_embeds_ada_norm)
+        """K, the number of classes (label K is the null class); 0 when unconditional."""
+        return int(self.dit.config.num_embeds_ada_norm) if self.conditional else 0
 
     def null_cond(self) -> Tensor:
-        """The null class (label ``num_classes``), guidance's unconditional branch."""
-        return torch.tensor(self.num_classes, device=self.dit.proj_out_2.weight.device)
+        """The null class (label K), guidance's unconditional branch."""
+        k = int(self.dit.config.num_embeds_ada_norm)
+        return torch.tensor(k, device=self.dit.proj_out_2.weight.device)
 
     def example_cond(self, batch: int) -> Tensor:
         """``batch`` null-class labels (for tracing and cost measurement)."""
@@ -87,7 +94,7 @@ class DiTAdapter(nn.Module):
 
     def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> DiTState:
         """x (B, C, H, W), t (B,), cond (B,) labels (None: the null class) -> state."""
-        y = self.example_cond(x.shape[0]) if cond is None else cond.long()
+        y = self.example_cond(x.shape[0]) if cond is None or not self.conditional else cond.long()
         return DiTState(h=self.dit.pos_embed(x), t=t, y=y)  # h: (B, L, D)
 
     def run_block(self, i: int, state: DiTState) -> DiTState:
@@ -97,6 +104,36 @@ class DiTAdapter(nn.Module):
         block = self.dit.transformer_blocks[i]
         state.h = block(state.h, timestep=state.t, class_labels=state.y)
         return state
+
+    def block_parts(
+        self,
+        i: int,
+        state: DiTState,
+        attn: Tensor | None = None,
+        mlp: Tensor | None = None,
+        mix: Callable[[int, Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Run block ``i`` in place on ``state`` like :meth:`run_block`, as its two gated
+        residual branches: ``attn`` / ``mlp`` given are reused instead of computed, ``mix(p,
+        fresh)`` blends a computed branch (Learning-to-Cache's training); returns the (attention,
+        MLP) branches used. The adaLN modulation (time + class) is always recomputed: it is the
+        cheap part, and the MLP branch's norm reads the fresh residual stream."""
+        block, h = self.dit.transformer_blocks[i], state.h
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(
+            h, state.t, state.y, hidden_dtype=h.dtype
+        )
+        a = attn if attn is not None else gate_msa[:, None] * block.attn1(normed)
+        if mix is not None and attn is None:
+            a = mix(0, a)
+        h = h + a
+        if mlp is None:
+            mlp_in = block.norm3(h) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+            m = gate_mlp[:, None] * block.ff(mlp_in)
+            m = mix(1, m) if mix is not None else m
+        else:
+            m = mlp
+        state.h = h + m
+        return a, m
 
     def readout(self, state: DiTState) -> Tensor:
         """The adaLN-modulated final layer on any block's state: (B, C, H, W) eps."""
@@ -140,6 +177,46 @@ def tiny_dit(
         norm_num_groups=1,
     )
     return DiTAdapter(DiTTransformer2DModel(**{**kw, **overrides}).eval())
+
+
+def make_dit(
+    img_size: int,
+    in_chans: int,
+    num_classes: int,
+    *,
+    patch_size: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    exit_heads: str = "none",
+) -> DiTAdapter:
+    """A fresh DiT of a registered size (:data:`models.MODELS`) for ``in_chans x img_size x
+    img_size`` images, trained by the suite like its U-ViTs: adaLN-Zero on the time and class
+    embedding (``num_classes`` 0: unconditional, every row the null label), no learned sigma
+    (the suite trains eps only). DiT has no exit heads: a recipe that needs them is refused."""
+    if exit_heads != "none":
+        raise ValueError(
+            f"a DiT has no {exit_heads!r} exit heads; its recipes are those without heads "
+            "(full, full-ft, layerwise, pabee)"
+        )
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
+    try:
+        from diffusers import DiTTransformer2DModel
+    except ImportError as e:
+        raise ValueError("the DiT models need diffusers: pip install diffusers") from e
+    dit = DiTTransformer2DModel(
+        num_attention_heads=num_heads,
+        attention_head_dim=embed_dim // num_heads,
+        in_channels=in_chans,
+        out_channels=in_chans,
+        num_layers=depth,
+        sample_size=img_size,
+        patch_size=patch_size,
+        num_embeds_ada_norm=max(num_classes, 1),
+        norm_num_groups=1,
+    )
+    return DiTAdapter(dit, conditional=num_classes > 0)
 
 
 def load_dit(folder: str | Path) -> DiTAdapter:

@@ -375,11 +375,3 @@ class UViT(nn.Module):
         for i in range(self.depth):
             self.run_block(i, state)  # h: (B, N, D)
         return self.readout(state)  # (B, C, H, W)
-
-    def forward_all(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> list[Tensor]:
-        """Readouts after every block (for layer-wise training losses): depth x (B, C, H, W)."""
-        state = self.embed(x, t, cond)
-        outs = []
-        for i in range(self.depth):
-            outs.append(self.readout(self.run_block(i, state)))
-        return outs

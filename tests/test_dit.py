@@ -12,9 +12,11 @@ pytest.importorskip("diffusers")
 import samplers
 from adaptive.calibrate import CalibrationRun, calibrate
 from adaptive.policies import make_policy
+from bench.cell import Cell
+from bench.train import TrainConfig, load_or_train
 from blockloop.executor import EarlyExitDenoiser
 from blockloop.flops import flop_counter
-from blockloop.model import LayerwiseModel, capabilities
+from blockloop.model import LayerwiseModel, capabilities, forward_all
 from caching import make_cache
 from models.dit import DiTAdapter, load_dit, tiny_dit
 
@@ -41,7 +43,7 @@ def _inputs(b: int = 6):
 def test_the_dit_adapter_keeps_the_contract_and_equals_the_dit():
     model = _dit()
     assert isinstance(model, LayerwiseModel)
-    assert capabilities(model) == frozenset()  # no block parts, long skips or exit heads
+    assert capabilities(model) == frozenset({"block_parts"})  # no long skips, no exit heads
     x, t, y = _inputs()
     ex = EarlyExitDenoiser(model, make_policy("full"), T)
     with torch.inference_mode():
@@ -52,12 +54,19 @@ def test_the_dit_adapter_keeps_the_contract_and_equals_the_dit():
 
 @pytest.mark.parametrize(
     ("policy", "knob", "cache"),
-    [("full", None, None), ("static", 1, None), ("calm", 0.9, None), ("full", None, "teacache")],
+    [
+        ("full", None, None),
+        ("static", 1, None),
+        ("calm", 0.9, None),
+        ("full", None, "teacache"),
+        ("full", None, "fora"),
+        ("full", None, "taylorseer"),
+    ],
 )
 def test_the_flop_meter_matches_flop_counter_on_a_dit(policy, knob, cache):
     model = _dit()
     x, t, y = _inputs(8)
-    cp = None if cache is None else make_cache(cache, 0.5)
+    cp = None if cache is None else make_cache(cache, 0.5 if cache == "teacache" else None)
     ex = EarlyExitDenoiser(model, make_policy(policy, knob), T, cache=cp)
     measured = []
     for step in range(3):  # a sampling run's calls: the cache reuses on the later ones
@@ -76,7 +85,7 @@ def test_calibration_lands_on_the_target_on_a_dit():
     assert abs(cal.achieved - 0.65) <= 0.02, cal.history
 
 
-@pytest.mark.parametrize(("cache", "missing"), [("deepcache", "long_skips"), ("fora", "block")])
+@pytest.mark.parametrize(("cache", "missing"), [("deepcache", "long_skips")])
 def test_a_cache_that_needs_what_the_model_lacks_says_so(cache, missing):
     with pytest.raises(ValueError, match=f"{cache}.*DiTAdapter.*{missing}"):
         EarlyExitDenoiser(_dit(), make_policy("full"), T, cache=make_cache(cache))
@@ -100,3 +109,58 @@ def test_a_from_pretrained_folder_round_trips_and_bad_folders_say_why(tmp_path):
     (tmp_path / "other" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
     with pytest.raises(ValueError, match="'UNet2DModel', not a DiTTransformer2DModel"):
         load_dit(tmp_path / "other")
+
+
+def test_block_parts_run_the_block_and_reuse_what_they_are_given():
+    model = _dit()
+    x, t, y = _inputs()
+    with torch.inference_mode():
+        plain, parts = model.embed(x, t, y), model.embed(x, t, y)
+        branches = []
+        for i in range(model.depth):
+            model.run_block(i, plain)
+            branches.append(model.block_parts(i, parts))
+        assert (plain.h - parts.h).abs().max() <= 1e-6 and plain.h.abs().mean() > 0.1
+        # Reusing both branches of every block reproduces the run that computed them.
+        again = model.embed(x, t, y)
+        for i, (a, m) in enumerate(branches):
+            assert model.block_parts(i, again, a, m) == (a, m)
+        assert torch.equal(again.h, parts.h)
+
+
+def test_fora_computing_every_call_equals_the_dit():
+    model = _dit()
+    x, t, y = _inputs()
+    ex = EarlyExitDenoiser(model, make_policy("full"), T, cache=make_cache("fora", 1.0))
+    with torch.inference_mode():
+        for step in range(3):
+            tt = t * (1 - step / 3)
+            assert (ex(x, tt, y) - model(x, tt, y)).abs().max() <= 1e-6
+
+
+def test_the_registered_dit_trains_with_the_suites_recipes(cache):
+    full = load_or_train(
+        TrainConfig(model="dit-tiny", steps=3, batch_size=8), cache, progress=False
+    )
+    assert isinstance(full.model, DiTAdapter) and full.model.num_classes == 0
+    assert sum(p.numel() for p in full.model.parameters()) == pytest.approx(1.23e6, rel=0.01)
+    cfg = TrainConfig(model="dit-tiny", steps=3, batch_size=8, recipe="layerwise", finetune_steps=2)
+    tuned = load_or_train(cfg, cache, progress=False)  # fine-tuned from `full` at every depth
+    x, t, _ = _inputs(4)
+    with torch.inference_mode():
+        outs = forward_all(tuned.model, x, t)
+    assert len(outs) == 6 and all(torch.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (dict(recipe="uem", policy="uem", knob=0.1), "is a DiT: recipe 'uem' needs parts"),
+        (dict(recipe="dydit", policy="dydit", target_flop_ratio=0.5), "valid recipes: full"),
+        (dict(prune_ratio=0.3), "pruning supports the U-ViT sizes"),
+        (dict(cache="deepcache"), "deepcache.*long_skips"),
+    ],
+)
+def test_a_dit_cell_that_needs_what_a_dit_lacks_is_refused_when_read(fields, match):
+    with pytest.raises(ValueError, match=match):
+        Cell(model="dit-tiny", **fields)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from blockloop.model import forward_all
 from models import MODELS, UViTConfig, make_model
 
 
@@ -19,7 +20,7 @@ def test_layerwise_interface_equals_forward_exactly(num_classes):
             model.run_block(i, state)
         assert state.skips == []  # every out-block consumed its skip
         out = model.readout(state)
-        outs = model.forward_all(x, t, cond)
+        outs = forward_all(model, x, t, cond)
     assert torch.equal(out, ref)
     assert len(outs) == model.depth and torch.equal(outs[-1], ref)
     assert ref.shape == x.shape

@@ -11,6 +11,7 @@ from bench.data import as_tensors, load_dataset
 from bench.prune import PruneConfig, load_or_prune, pruned_before_finetune
 from bench.train import TrainConfig
 from blockloop import CostModel, EarlyExitDenoiser
+from blockloop.model import forward_all
 from models import make_model
 from pruning import IMPORTANCES, prune, replay
 
@@ -40,7 +41,7 @@ def test_prune_removes_heads_and_channels_and_every_readout_runs(importance):
         assert blk.mlp[0].out_features == 64  # 128 hidden channels halved
     x, t = _inputs()
     with torch.no_grad():
-        outs = model.forward_all(x, t)
+        outs = forward_all(model, x, t)
         state = model.embed(x, t)
         for i in range(model.depth):
             model.run_block(i, state)

@@ -34,6 +34,7 @@ from bench.cli import make_parser
 from bench.report import load_table, make_report
 from bench.studies.ablation_figures import plot_ablation, plot_composition, plot_uem_heatmaps
 from bench.studies.ablation_tables import ablation_table
+from blockloop.model import forward_all
 
 __all__ = ["layer_mse", "main", "write_ablation"]
 
@@ -55,7 +56,7 @@ def layer_mse(model, schedule, images, seed: int = 0, repeats: int = 4) -> list[
         eps = torch.randn(images.shape, generator=gen)
         a = ab[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * images + (1 - a).sqrt() * eps
-        for i, out in enumerate(model.forward_all(x_t, t.float())):
+        for i, out in enumerate(forward_all(model, x_t, t.float())):
             sums[i] += float(((out - eps) ** 2).mean())
     return (sums / repeats).tolist()
 
