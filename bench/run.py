@@ -48,7 +48,13 @@ from bench.store import (
 )
 from blockloop.executor import EarlyExitDenoiser
 
-__all__ = ["run_and_store", "run_cell", "threads_per_worker"]
+__all__ = [
+    "capture_for",
+    "run_and_store",
+    "run_cell",
+    "side_by_side_wall_ratio",
+    "threads_per_worker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +139,7 @@ UNSTABLE_SPREAD = 0.25
 BUSY_CORES = 0.3
 
 
-def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any]:
+def side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any]:
     """Wall-clock of the executor over the captured calls / the unpruned model's plain forward
     over the same calls, as the ratio of interleaved medians (DESIGN "Wall-clock"), with the
     per-repeat ratios and whether either timing was unstable (a busy machine). With a
@@ -177,6 +183,14 @@ def _side_by_side_wall_ratio(ex, reference, calls, amp, device) -> dict[str, Any
     }
 
 
+def capture_for(ex: EarlyExitDenoiser, steps: int) -> _Capture:
+    """What the side-by-side timing replays: every few of the first ``steps`` calls, or with a
+    step-level cache every call of the first sampling run (its reuse depends on the sequence)."""
+    if ex.cache is None:
+        return _Capture(ex, first=steps, every=max(1, steps // WALL_CALLS))
+    return _Capture(ex, first=None)
+
+
 def _cache_stats(ex: EarlyExitDenoiser) -> dict[str, Any]:
     """The cache's share of block FLOPs reused and the most memory it held (MiB)."""
     if ex.cache is None:
@@ -208,7 +222,7 @@ def _timing(pipe: Pipeline, capture: _Capture, batch_seconds: list[float]) -> di
         sizes,
     )
     amp = AUTOCAST[cell.autocast]
-    wall = _side_by_side_wall_ratio(pipe.executor, pipe.base.model, capture.calls, amp, pipe.device)
+    wall = side_by_side_wall_ratio(pipe.executor, pipe.base.model, capture.calls, amp, pipe.device)
     capture.calls.clear()
     return {
         "seconds_per_image": seconds,
@@ -235,10 +249,7 @@ def run_cell(
     phase = phase or (lambda name: None)
     pipe = build_pipeline(cell, cache, device, data=data, phase=phase)
     ex = pipe.executor
-    if ex.cache is None:
-        capture = _Capture(ex, first=cell.steps, every=max(1, cell.steps // WALL_CALLS))
-    else:  # a cache is timed over a whole run: keep every call of the first batch
-        capture = _Capture(ex, first=None)
+    capture = capture_for(ex, cell.steps)
     batch_seconds: list[float] = []
     phase("sample")
     imgs, nfe = pipe.sample(

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KID_NOTE",
+    "cell_of",
     "claim",
     "failure_path",
     "load_records",
@@ -77,6 +78,22 @@ def failure_path(out: Path, cell: Cell) -> Path:
 # Cell fields a record holds in resolved form, starting with the cell's value: the extractor's
 # full name (kind, dataset, weights hash) and the device torch resolved.
 RESOLVED_FIELDS = ("extractor", "device")
+
+
+def cell_of(rec: dict[str, Any]) -> Cell:
+    """The cell a finished record measured, rebuilt from its fields (a resolved field back to
+    the name the cell gave: ``cnn-digits-89de92c8`` is ``cnn``); a ``ValueError`` unless the
+    rebuilt cell has the record's key."""
+    from bench.cell import Cell
+    from bench.metrics import EXTRACTORS
+
+    fields = {f.name: rec[f.name] for f in dataclasses.fields(Cell) if f.name in rec}
+    have = str(fields.get("extractor", ""))
+    fields["extractor"] = next((n for n in EXTRACTORS if have.startswith(n)), have or "cnn")
+    cell = Cell(**fields)
+    if cell.key != rec.get("key"):
+        raise ValueError(f"record {rec.get('key')!r} does not rebuild its cell (key {cell.key})")
+    return cell
 
 
 def _mismatch(rec: Any, cell: Cell) -> str | None:

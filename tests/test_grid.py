@@ -313,7 +313,7 @@ def test_side_by_side_timing_flags_an_unstable_reference(
 
     monkeypatch.setattr(runner, "interleaved_times", fake_times)
     x = torch.zeros(2, 1, 8, 8)
-    wall = runner._side_by_side_wall_ratio(
+    wall = runner.side_by_side_wall_ratio(
         lambda *a: x, lambda *a: x, [(x, torch.zeros(2), None)], None, torch.device("cpu")
     )
     assert len(calls) == measured and calls[0] == runner.WALL_REPEATS

@@ -47,3 +47,31 @@ def test_bad_arguments_exit_2(argv, tmp_path):
     with pytest.raises(SystemExit) as e:
         wallsplit.main([*argv, "--model", "micro", "--out", str(tmp_path / "ws")])
     assert e.value.code == 2 and not (tmp_path / "ws").exists()
+
+
+def test_retime_reruns_each_record_with_its_knobs_and_times_it_again(shared_cache_dir, tmp_path):
+    from bench.grid import main as grid_main
+    from bench.studies import retime
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        '[[cell]]\nmodel = "micro"\nrecipe = "uem"\npolicy = "uem"\ntarget_flop_ratio = 0.7\n'
+        'steps = 4\nsamples = 16\n\n[[cell]]\nmodel = "micro"\ncache = "fora"\n'
+        "target_flop_ratio = 0.6\nsteps = 4\nsamples = 16\n"
+    )
+    out, cache = tmp_path / "g", ["--cache-dir", str(shared_cache_dir)]
+    assert grid_main(["--config", str(sweep), "--out", str(out), *cache]) == 0
+    assert retime.main(["--grid", str(out), *cache]) == 0
+    df = pd.read_csv(out / "retime.csv")
+    assert len(df) == 2 and (df["wall_ratio_per_call"] > 0).all()
+    # The knobs the records ran, fixed (no calibration): the same 16 samples, the same FLOPs.
+    assert df["flop_ratio_rerun"].tolist() == pytest.approx(df["flop_ratio_per_call"].tolist())
+    assert (out / "retime.md").read_text().startswith("# Wall ratio per call, re-timed")
+
+
+def test_retime_without_records_is_one_line(tmp_path, capsys):
+    from bench.studies import retime
+
+    with pytest.raises(SystemExit) as e:
+        retime.main(["--grid", str(tmp_path / "none")])
+    assert e.value.code == 2 and "no records to re-time" in capsys.readouterr().err
