@@ -15,7 +15,7 @@ from adaptive.recipes import LOSS_WEIGHTS, RECIPES, get_recipe
 from bench.cache import OMIT_DEFAULT, config_hash
 from bench.data import DATASETS, dataset_info
 from bench.text import CONTEXT_LEN, check_text, context_dim
-from models import MODELS, UViT, make_model
+from models import MODELS, UViT, check_geometry, make_model
 from samplers import SCHEDULES, VPSchedule, make_schedule
 
 __all__ = [
@@ -120,6 +120,7 @@ class TrainConfig:
         if not self.lr > 0 or not self.finetune_lr > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {self.lr}, {self.finetune_lr}")
         check_seed(self.seed)
+        check_geometry(self.model, dataset_info(self.dataset).img_size)
         self._check_flop_target()
         if self.text is not None:
             check_text(self.text)

@@ -1,6 +1,6 @@
 """Denoiser backbones with a layer-wise interface (see :mod:`models.uvit`)."""
 
-from models.registry import MODELS, make_model
+from models.registry import MODELS, check_geometry, make_model
 from models.uvit import (
     EXIT_HEADS,
     UViT,
@@ -15,6 +15,7 @@ __all__ = [
     "UViT",
     "UViTConfig",
     "UViTState",
+    "check_geometry",
     "make_model",
     "timestep_embedding",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from models.uvit import UViT, UViTConfig
 
-__all__ = ["MODELS", "make_model"]
+__all__ = ["MIN_GRID", "MODELS", "check_geometry", "make_model"]
 
 # Sizes by name. Geometry (img_size, in_chans, num_classes) comes from the dataset.
 MODELS: dict[str, dict[str, Any]] = {
@@ -30,6 +30,30 @@ MODELS: dict[str, dict[str, Any]] = {
     # (each DiT block carries its own time / label embedding and adaLN modulation).
     "dit-tiny": dict(arch="dit", patch_size=2, embed_dim=96, depth=6, num_heads=4),
 }
+
+
+# The fewest patches per side a size may cut an image into: below 4 x 4 tokens a transformer
+# has next to nothing to attend over (e.g. the 28x28 benchmark's 4x4 patches on 8x8 digits: 4).
+MIN_GRID = 4
+
+
+def check_geometry(name: str, img_size: int) -> None:
+    """A ``ValueError`` naming the sizes that fit unless size ``name``'s patch divides
+    ``img_size`` into at least :data:`MIN_GRID` patches per side."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
+
+    def fits(size: str) -> bool:
+        p = MODELS[size]["patch_size"]
+        return img_size % p == 0 and img_size // p >= MIN_GRID
+
+    if not fits(name):
+        p = MODELS[name]["patch_size"]
+        ok = ", ".join(m for m in MODELS if fits(m))
+        raise ValueError(
+            f"model {name!r} cuts {img_size}x{img_size} images into {p}x{p} patches: not at least "
+            f"{MIN_GRID} whole patches per side; valid models for this data set: {ok}"
+        )
 
 
 def make_model(name: str, img_size: int, in_chans: int, num_classes: int = 0, **overrides):

@@ -43,6 +43,7 @@ def _files(tmp: Path) -> dict[str, str]:
         "order_steps": '[[cell]]\nsampler = "unipc-bh2"\norder = 3\nsteps = 2\n',
         "spacing": '[[cell]]\nspacing = "karras"\n',
         "end": '[[cell]]\nspacing = "linspace"\nend = "eps"\n',
+        "p4_on_digits": '[[cell]]\nmodel = "tiny13-p4"\n',
         "cifar": '[[cell]]\ndataset = "cifar10"\nmodel = "micro"\nsteps = 2\nsamples = 8\n',
         "inception": '[[cell]]\nmodel = "micro"\nsteps = 2\nsamples = 8\nextractor = "inception"\n',
         "huge": f"[sweep]\nseed = {list(range(200))}\nguidance = {[g / 10 for g in range(60)]}\n",
@@ -98,6 +99,12 @@ CASES = [
         "seed must be an integer in [0, 2**32)",
     ),
     ("bench.prune", "--seed -1 --model micro --cache-dir {cache}", "seed must be an integer in"),
+    (
+        "bench.train",
+        "--model tiny13-p4 --dataset digits --cache-dir {cache}",
+        "not at least 4 whole patches per side; valid models for this data set: tiny",
+    ),
+    ("bench.grid", "--config {p4_on_digits} --out {out}", "cuts 8x8 images into 4x4 patches"),
     ("bench.report", "--grid {out}", "no records"),
     ("bench.report", "--grid {grid} --cells nomatch --out {out}", "no cell label contains"),
     (
