@@ -3,8 +3,9 @@ policies, calibration and the training recipes may ask of a denoiser's backbone.
 
 A model that provides :class:`LayerwiseModel` can be measured with every exit policy, the
 FLOP meter and the step-level caches whose capabilities it has; nothing else of its class is
-read. The suite's U-ViT (:class:`models.UViT`) and the diffusers DiT adapter
-(:class:`models.dit.DiTAdapter`) are the two implementations in the package.
+read. The suite's U-ViT (:class:`models.UViT`) and the diffusers DiT and PixArt adapters
+(:class:`models.dit.DiTAdapter`, :class:`models.pixart.PixArtAdapter`) are the implementations
+in the package.
 
 **State.** ``embed`` returns a state object with the hidden tokens ``h`` (B, N, D) and a
 ``select(idx)`` that returns the rows ``idx`` of every batch-first tensor it holds (hidden
