@@ -137,23 +137,36 @@ def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
         yield True
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
-    while True:
-        f = open(path, "a")
-        try:
-            fcntl.flock(f.fileno(), flags)
-        except BlockingIOError:
-            f.close()
-            yield False
-            return
-        if _same_file(f, path):
-            break
-        f.close()  # removed by its last holder while we waited: lock the new one
+    f = _locked(path, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), fcntl.flock)
+    if f is None:
+        yield False
+        return
     try:
         yield True
     finally:
-        path.unlink(missing_ok=True)
-        f.close()  # closing drops the lock
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            f.close()  # closing drops the lock
+
+
+def _locked(path: Path, flags: int, flock: Callable) -> Any:
+    """The open lock file at ``path``, locked with ``flags``; None if it is held elsewhere and
+    ``flags`` do not wait. A file its last holder removed while we waited is dropped and the new
+    one locked instead. The file is closed on any error."""
+    while True:
+        f = open(path, "a")
+        try:
+            flock(f.fileno(), flags)
+            if _same_file(f, path):
+                return f
+        except BlockingIOError:
+            f.close()
+            return None
+        except BaseException:
+            f.close()
+            raise
+        f.close()  # removed by its last holder while we waited: lock the new one
 
 
 def _same_file(f: Any, path: Path) -> bool:
@@ -279,19 +292,17 @@ def os_error_line(e: OSError) -> str:
     return f"{e.strerror or type(e).__name__}{where}"
 
 
-def preflight(*paths: Path) -> None:
-    """Check, before any work, that each of ``paths`` (a folder, or a file to be written) could
-    be created and written: a real file is written, fsynced and removed in the nearest folder
-    that exists. Nothing is created, so a refused command leaves nothing behind; a read-only
-    or full filesystem, or a file where a folder must be, is one clear ``ValueError``."""
-    for path in paths:
-        path = Path(path).expanduser()
-        here = path
-        while not here.exists() and here != here.parent:
-            here = here.parent
+def preflight(*folders: Path) -> None:
+    """Check, before any work, that each of ``folders`` could be created and written: a real
+    file is written, fsynced and removed in the nearest folder that exists. Nothing is created,
+    so a refused command leaves nothing behind; a read-only or full filesystem, an unreadable
+    parent, or a file where a folder must be, is one clear ``ValueError``."""
+    for folder in folders:
+        folder = Path(folder)
         try:
-            if here.is_file() and here == path:
-                here = path.parent  # an existing output file: it is replaced in its folder
+            here = folder
+            while not here.exists() and here != here.parent:
+                here = here.parent
             if not here.is_dir():
                 raise NotADirectoryError(20, os.strerror(20), str(here))
             fd, tmp = tempfile.mkstemp(dir=here, prefix=".preflight-")
@@ -302,4 +313,4 @@ def preflight(*paths: Path) -> None:
                 os.close(fd)
                 os.unlink(tmp)
         except OSError as e:
-            raise ValueError(f"cannot write to {path}: {os_error_line(e)}") from e
+            raise ValueError(f"cannot write to {folder}: {os_error_line(e)}") from e

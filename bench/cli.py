@@ -68,7 +68,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _written(ns: argparse.Namespace) -> list[Path]:
-    """The folders a parsed command line will write: ``--out`` (when set) and the cache."""
+    """The folders a parsed command line will write: ``--out`` (when set) and the cache; none
+    for a command that only lists or checks (``--list``, ``--dry-run``, ``--check``)."""
+    if any(getattr(ns, flag, False) for flag in ("list", "dry_run", "check")):
+        return []
     paths = [Path(ns.out)] if getattr(ns, "out", None) is not None else []
     if hasattr(ns, "cache_dir"):
         paths.append(ArtifactCache(ns.cache_dir).root)

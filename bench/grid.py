@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None, prog: str = "bench.grid") -> int:
                 seed = f" seed {c.seed}" if c.seed else ""
                 print(f"{c.key}  {'todo' if c.key in todo else 'done'}  {where}{c.label()}{seed}")
             return 0
-        check_sweep(cells, data)  # data, weights, extras: one line now, not failed cells
+        remote = a.executor == "dask" and a.scheduler is not None  # workers hold their data
+        check_sweep(cells, data, local=not remote)  # data, weights, extras: one line now
         if a.executor == "dask":
             check_dask(a.scheduler)
     except (ValueError, TypeError) as e:

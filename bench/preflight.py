@@ -25,13 +25,17 @@ __all__ = ["DASK_TIMEOUT_S", "check_dask", "check_sweep"]
 DASK_TIMEOUT_S = 10
 
 
-def check_sweep(cells: list[Cell], data: DataSource) -> None:
+def check_sweep(cells: list[Cell], data: DataSource, local: bool = True) -> None:
     """Raise one ``ValueError`` (``DatasetError`` included) naming the first thing ``cells``
-    need that this machine lacks; return quietly when everything is there."""
+    need that this machine lacks; return quietly when everything is there. ``local=False``
+    (cells run on a remote Dask cluster's workers, which may hold data and weights this machine
+    does not) checks only the cells' devices and text extras."""
     for device in sorted({c.device for c in cells}):
         resolve_device(device)  # e.g. cuda cells on a machine without CUDA
     for text in sorted({c.text for c in cells if c.text is not None}):
         check_available(text)  # a missing [text] extra
+    if not local:
+        return
     for dataset in sorted({c.dataset for c in cells}):
         data.load(dataset)  # a missing --data-root, package or file
     if any(c.extractor == "inception" for c in cells):

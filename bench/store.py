@@ -88,12 +88,14 @@ def cell_of(rec: dict[str, Any]) -> Cell:
     from bench.metrics import EXTRACTORS
 
     fields = {f.name: rec[f.name] for f in dataclasses.fields(Cell) if f.name in rec}
-    have = str(fields.get("extractor", ""))
-    fields["extractor"] = next((n for n in EXTRACTORS if have.startswith(n)), have or "cnn")
-    cell = Cell(**fields)
-    if cell.key != rec.get("key"):
-        raise ValueError(f"record {rec.get('key')!r} does not rebuild its cell (key {cell.key})")
-    return cell
+    have = fields.get("extractor")
+    # A nonfinite cell is never scored, so its extractor stays unresolved (None): try each.
+    names = [n for n in EXTRACTORS if have is None or str(have).startswith(n)]
+    for name in names:
+        cell = Cell(**{**fields, "extractor": name})
+        if cell.key == rec.get("key"):
+            return cell
+    raise ValueError(f"record {rec.get('key')!r} does not rebuild its cell")
 
 
 def _mismatch(rec: Any, cell: Cell) -> str | None:

@@ -205,7 +205,9 @@ def _fit_logits(
             break
         c = int(torch.randint(1, len(calls), (1,), generator=rng))
         if opts.alternate and c % 2 == 0:
-            c -= 1  # the cache call after full call c - 2
+            # The cache call after full call c - 2. (With an even call count the last cache
+            # call is drawn half as often as the others; kept, as every router is keyed by it.)
+            c -= 1
         rows = torch.randperm(rows_total, generator=rng)[: opts.batch].to(dev)
         beta = torch.sigmoid(logits[c])  # (depth, 2)
         loss_mse = _mixed_mse(model, _rows(calls[c - 1], rows), _rows(calls[c], rows), beta)

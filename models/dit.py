@@ -216,6 +216,8 @@ def make_dit(
         num_embeds_ada_norm=max(num_classes, 1),
         norm_num_groups=1,
     )
+    for block in dit.transformer_blocks:  # diffusers drops 10% of labels per block in train();
+        block.norm1.emb.class_embedder.dropout_prob = 0.0  # the suite's p_uncond does it once
     return DiTAdapter(dit, conditional=num_classes > 0)
 
 

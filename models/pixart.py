@@ -11,7 +11,9 @@ other. The contract's two cacheable branches are self-attention and the MLP; the
 cross-attention between them is always recomputed (it reads the fresh residual stream). With a
 learned variance (``out_channels == 2 * in_channels``) the readout returns the eps half.
 
-Only models without PixArt-α's resolution / aspect-ratio conditioning (the 1024-pixel
+Captions enter without an attention mask (every token attends; PixArt's pipeline masks the
+T5 padding), so pass captions padded as the model should see them. Only models without
+PixArt-α's resolution / aspect-ratio conditioning (the 1024-pixel
 checkpoints' ``use_additional_conditions``) are adapted: those need the pixel size of every
 latent, which the contract does not carry.
 """
@@ -178,9 +180,12 @@ def tiny_pixart(in_channels: int = 1, sample_size: int = 8, caption_channels: in
     return PixArtAdapter(PixArtTransformer2DModel(**{**cfg, **kw}).eval())
 
 
-def load_pixart(folder: str | Path, null_context: Tensor | None = None) -> PixArtAdapter:
+def load_pixart(folder: str | Path, null_context: Tensor) -> PixArtAdapter:
     """A PixArt from a local ``from_pretrained`` folder (a pipeline's ``transformer`` subfolder
-    or the model folder), adapted; a missing folder or another class is a ValueError."""
+    or the model folder), adapted; a missing folder or another class is a ValueError.
+    ``null_context``: the encoded empty prompt (Lc, caption_channels), as PixArt's pipeline
+    makes it with its T5 encoder (120 tokens for the released models); captions must have the
+    same length. Padding masks are not applied: pad captions to Lc with the encoder's states."""
     import json
 
     from diffusers import PixArtTransformer2DModel

@@ -86,6 +86,7 @@ CASES = [
     ("bench.grid", "--quick --workers 0 --out {out}", "--workers must be >= 1"),
     ("bench.grid", "--quick --samples many --out {out}", "invalid int value: 'many'"),
     ("bench.grid", "--quick --out {file}/out", "cannot write to"),
+    ("bench.grid", "--quick --out {file}", "cannot write to"),  # a file where a folder goes
     ("bench.grid", "--config {out}/missing.toml --out {out}", "cannot read config"),
     ("bench.train", "--lr inf --cache-dir {cache}", "lr must be a finite number >= 0"),
     ("bench.train", "--recipe uem --lambda-u -1 --cache-dir {cache}", "lambda_u must be"),

@@ -96,15 +96,15 @@ def test_guided_sampling_runs_through_the_executor_with_the_null_caption():
 def test_a_from_pretrained_folder_round_trips_and_bad_folders_say_why(tmp_path):
     model = _pixart()
     model.pixart.save_pretrained(tmp_path / "pipe" / "transformer")
-    loaded = load_pixart(tmp_path / "pipe")
+    loaded = load_pixart(tmp_path / "pipe", model.null_cond())
     x, t, c = _inputs()
     with torch.inference_mode():
         assert torch.equal(loaded(x, t, c), model(x, t, c))
     with pytest.raises(ValueError, match=r"no config\.json"):
-        load_pixart(tmp_path / "missing")
+        load_pixart(tmp_path / "missing", model.null_cond())
     (tmp_path / "dit").mkdir()
     (tmp_path / "dit" / "config.json").write_text('{"_class_name": "DiTTransformer2DModel"}')
     with pytest.raises(ValueError, match="'DiTTransformer2DModel', not a PixArtTransformer2DModel"):
-        load_pixart(tmp_path / "dit")
+        load_pixart(tmp_path / "dit", model.null_cond())
     with pytest.raises(ValueError, match="resolution / aspect-ratio conditioning"):
         tiny_pixart(use_additional_conditions=True)

@@ -235,6 +235,15 @@ def test_an_output_folder_that_cannot_exist_fails_before_any_work(tmp_path, monk
     assert e.value.code == 2 and "cannot write to" in capsys.readouterr().err
 
 
+def test_a_record_rebuilds_its_cell_even_unscored():
+    cell = Cell(model="micro", steps=2, samples=8)
+    rec = fake_record(cell)
+    assert store.cell_of(rec) == cell  # "cnn-digits-fake" back to "cnn"
+    assert store.cell_of({**rec, "extractor": None, "nonfinite": True}) == cell
+    with pytest.raises(ValueError, match="does not rebuild its cell"):
+        store.cell_of({**rec, "steps": 3})
+
+
 def test_summary_lists_cells_whose_timing_is_not_trusted(tmp_path):
     recs = [
         {**fake_record(c), "timing_unstable": i == 1, "wall_ratio_per_call": 1.0}

@@ -26,7 +26,8 @@ from typing import Any
 import pandas as pd
 
 from adaptive.policies import POLICIES
-from bench.cache import ArtifactCache, atomic_write_bytes
+from adaptive.recipes import RECIPES
+from bench.cache import ArtifactCache, atomic_write_bytes, preflight
 from bench.cell import Cell
 from bench.cli import make_parser
 from bench.devices import AUTOCAST
@@ -40,12 +41,15 @@ log = logging.getLogger(__name__)
 
 
 def cell_as_run(rec: dict[str, Any]) -> Cell:
-    """The record's cell with the knobs it ran fixed (no FLOP target, so nothing calibrates)."""
+    """The record's cell with the knobs it ran fixed (no FLOP target, so nothing calibrates;
+    a recipe trained for its target, DyDiT's, keeps it: the target names its model)."""
     cell = cell_of(rec)
     knob = rec.get("knob_used") if POLICIES[cell.policy].knob_name is not None else None
     cache_knob = rec.get("cache_knob_used") if cell.cache != "none" else None
+    trained_for = "flop_target" in RECIPES[cell.recipe].weights
+    target = cell.target_flop_ratio if trained_for else None
     return dataclasses.replace(
-        cell, target_flop_ratio=None, knob=knob, cache_knob=cache_knob, exit_flop_ratio=None
+        cell, target_flop_ratio=target, knob=knob, cache_knob=cache_knob, exit_flop_ratio=None
     )
 
 
@@ -81,7 +85,8 @@ def _write(df: pd.DataFrame, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.studies.retime``: re-time every record of ``--grid`` (or only the
-    flagged ones with ``--unstable``) and write the table."""
+    flagged ones with ``--unstable``) and write the table; 1 if any record could not be
+    re-timed (each is named in the log; the others are written)."""
     p = make_parser("bench.studies.retime", __doc__)
     p.add_argument("--grid", type=Path, required=True, help="a grid's --out folder")
     p.add_argument("--out", default=None, help="output folder (default: GRID)")
@@ -98,21 +103,28 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not records:
         p.error(f"no records to re-time under {a.grid / 'records'}")
-    cache, rows = ArtifactCache(a.cache_dir), []
-    for i, rec in enumerate(records, 1):
-        rows.append(retime_record(rec, cache))
-        log.info(
-            "%d/%d %s: wall ratio %.3f (recorded %s)",
-            i,
-            len(records),
-            rows[-1]["label"],
-            rows[-1]["wall_ratio_per_call"] or float("nan"),
-            rec.get("wall_ratio_per_call"),
-        )
+    if a.out is None:  # written beside the records (--out itself: checked by the parser)
+        try:
+            preflight(a.grid)
+        except ValueError as e:
+            p.error(str(e))
     out = Path(a.out) if a.out is not None else a.grid
-    _write(pd.DataFrame(rows), out)
-    print((out / "retime.md").read_text())
-    return 0
+    cache, rows, failed = ArtifactCache(a.cache_dir), [], 0
+    for i, rec in enumerate(records, 1):
+        try:
+            rows.append(retime_record(rec, cache))
+        except (ValueError, RuntimeError, KeyError) as e:  # one cell, not the whole run
+            failed += 1
+            log.warning("%d/%d %s: not re-timed (%s)", i, len(records), rec.get("label"), e)
+            continue
+        new, old = rows[-1]["wall_ratio_per_call"], rec.get("wall_ratio_per_call")
+        log.info(
+            "%d/%d %s: wall ratio %s (recorded %s)", i, len(records), rec.get("label"), new, old
+        )
+        _write(pd.DataFrame(rows), out)  # after every cell: an interrupted run keeps its rows
+    if rows:
+        print((out / "retime.md").read_text())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
