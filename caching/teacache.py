@@ -81,8 +81,13 @@ class TeaCacheBatch(ResidualCache):
         coefficients, info = fit_rescale(model, schedule, sampler, steps, **run)
         return {"coefficients": coefficients}, info
 
+    @property
+    def coefficients(self) -> tuple[float, ...]:
+        """The rescaling polynomial's coefficients, highest degree first (the fitted option)."""
+        return tuple(float(c) for c in self.rescale.c)
+
     def __repr__(self) -> str:
-        return f"TeaCacheBatch(threshold={self.knob:g}, coefficients={tuple(self.rescale.c)})"
+        return f"TeaCacheBatch(threshold={self.knob:g}, coefficients={self.coefficients})"
 
     def plan(self, state: BlockState) -> Tensor | None:
         """Add the rescaled relative L1 change of the embedded input to each guidance branch's sum;

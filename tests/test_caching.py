@@ -443,3 +443,16 @@ def test_magcache_fit_measures_one_ratio_per_call():
 def test_magcache_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         make_cache("magcache", 0.1, **kw)
+
+
+def test_fitcache_fits_each_fitted_cache_once_under_the_cells_key(shared_cache_dir, capsys):
+    from bench.studies import fitcache
+
+    argv = ["--cache", "teacache-batch", "magcache", "--model", "micro", "--steps", "4"]
+    argv += ["--cache-dir", str(shared_cache_dir), "--no-progress"]
+    assert fitcache.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "teacache-batch" in out and "coefficients" in out and "ratios" in out
+    fits = sorted(p.name for p in (shared_cache_dir / "teacache-fit").iterdir())
+    assert fitcache.main(argv) == 0  # read from the cache, not refitted
+    assert sorted(p.name for p in (shared_cache_dir / "teacache-fit").iterdir()) == fits
