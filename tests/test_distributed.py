@@ -64,7 +64,7 @@ def test_failed_cell_is_recorded_and_the_rest_continue(
 ):
     # The preflight refuses a sweep whose data is missing; here the data goes missing after it
     # (a cell that fails at run time), so the failure must be recorded and the others run.
-    monkeypatch.setattr(grid, "check_sweep", lambda cells, data: None)
+    monkeypatch.setattr(grid, "check_sweep", lambda cells, data, local=True: None)
     body = SWEEP + '\n[[cell]]\ndataset = "cifar10"\nmodel = "micro"\nsamples = 8\n'
     out = tmp_path / "out"
     args = ["--config", str(_cfg(tmp_path, body)), "--out", str(out)]
