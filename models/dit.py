@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.uvit import unpatchify
+
 __all__ = ["DiTAdapter", "DiTState", "load_dit", "make_dit", "tiny_dit"]
 
 
@@ -141,14 +143,8 @@ class DiTAdapter(nn.Module):
         emb = dit.transformer_blocks[0].norm1.emb(state.t, state.y, hidden_dtype=h.dtype)
         shift, scale = dit.proj_out_1(F.silu(emb)).chunk(2, dim=1)  # (B, D) each
         h = dit.norm_out(h) * (1 + scale[:, None]) + shift[:, None]  # (B, L, D)
-        return self._unpatchify(dit.proj_out_2(h))[:, : self.input_shape[0]]
-
-    def _unpatchify(self, x: Tensor) -> Tensor:
-        """(B, L, p*p*C_out) -> (B, C_out, H, W)"""
-        p, c = self.dit.patch_size, self.dit.out_channels
-        g = self.input_shape[1] // p
-        x = x.reshape(-1, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
-        return x.reshape(-1, c, g * p, g * p)
+        x = unpatchify(dit.proj_out_2(h), dit.patch_size, dit.out_channels)
+        return x[:, : self.input_shape[0]]  # the eps half of a learned-sigma output
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """eps (B, C, H, W) of x (B, C, H, W), t (B,), cond (B,): every block, then the readout."""
@@ -227,14 +223,22 @@ def load_dit(folder: str | Path) -> DiTAdapter:
     a ValueError naming what was found."""
     from diffusers import DiTTransformer2DModel
 
+    folder = pretrained_folder(folder, "DiTTransformer2DModel")
+    return DiTAdapter(DiTTransformer2DModel.from_pretrained(folder).eval())
+
+
+def pretrained_folder(folder: str | Path, class_name: str) -> Path:
+    """The model folder of a local ``from_pretrained`` folder (a diffusers pipeline's
+    ``transformer`` subfolder, or the folder itself) holding a ``class_name``; a ValueError
+    naming what was found when there is no config or it is another class."""
+    import json
+
     folder = Path(folder)
     if (folder / "transformer" / "config.json").exists():
         folder = folder / "transformer"
     if not (folder / "config.json").exists():
-        raise ValueError(f"{folder}: no config.json (expected a diffusers DiT model folder)")
-    import json
-
+        raise ValueError(f"{folder}: no config.json (expected a diffusers {class_name} folder)")
     cls = json.loads((folder / "config.json").read_text()).get("_class_name")
-    if cls != "DiTTransformer2DModel":
-        raise ValueError(f"{folder}: a {cls!r}, not a DiTTransformer2DModel")
-    return DiTAdapter(DiTTransformer2DModel.from_pretrained(folder).eval())
+    if cls != class_name:
+        raise ValueError(f"{folder}: a {cls!r}, not a {class_name}")
+    return folder

@@ -27,6 +27,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from models.dit import pretrained_folder
+from models.uvit import unpatchify
+
 __all__ = ["PixArtAdapter", "PixArtState", "load_pixart", "tiny_pixart"]
 
 
@@ -146,10 +149,8 @@ class PixArtAdapter(nn.Module):
         p = self.pixart
         shift, scale = (p.scale_shift_table[None] + state.temb[:, None]).chunk(2, dim=1)
         h = p.proj_out(p.norm_out(state.h) * (1 + scale) + shift)  # (B, L, p*p*C_out)
-        q, c = p.config.patch_size, p.out_channels
-        g = self.input_shape[1] // q
-        x = h.reshape(-1, g, g, q, q, c).permute(0, 5, 1, 3, 2, 4).reshape(-1, c, g * q, g * q)
-        return x[:, : self.input_shape[0]]
+        x = unpatchify(h, p.config.patch_size, p.out_channels)
+        return x[:, : self.input_shape[0]]  # the eps half of a learned-sigma output
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """eps (B, C, H, W): every block, then the readout."""
@@ -186,17 +187,8 @@ def load_pixart(folder: str | Path, null_context: Tensor) -> PixArtAdapter:
     ``null_context``: the encoded empty prompt (Lc, caption_channels), as PixArt's pipeline
     makes it with its T5 encoder (120 tokens for the released models); captions must have the
     same length. Padding masks are not applied: pad captions to Lc with the encoder's states."""
-    import json
-
     from diffusers import PixArtTransformer2DModel
 
-    folder = Path(folder)
-    if (folder / "transformer" / "config.json").exists():
-        folder = folder / "transformer"
-    if not (folder / "config.json").exists():
-        raise ValueError(f"{folder}: no config.json (expected a diffusers PixArt model folder)")
-    cls = json.loads((folder / "config.json").read_text()).get("_class_name")
-    if cls != "PixArtTransformer2DModel":
-        raise ValueError(f"{folder}: a {cls!r}, not a PixArtTransformer2DModel")
+    folder = pretrained_folder(folder, "PixArtTransformer2DModel")
     model = PixArtTransformer2DModel.from_pretrained(folder).eval()
     return PixArtAdapter(model, null_context)

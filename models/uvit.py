@@ -33,8 +33,18 @@ __all__ = [
     "UViT",
     "UViTConfig",
     "UViTState",
+    "unpatchify",
     "timestep_embedding",
 ]
+
+
+def unpatchify(x: Tensor, patch: int, channels: int) -> Tensor:
+    """Patch tokens of a square image back to pixels: (B, g*g, p*p*C) -> (B, C, g*p, g*p), each
+    token's features ordered (row in patch, column in patch, channel). The one home of this
+    layout for the U-ViT and the diffusers adapters."""
+    g = math.isqrt(x.shape[1])
+    x = x.reshape(-1, g, g, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
+    return x.reshape(-1, channels, g * patch, g * patch)
 
 
 @dataclass(frozen=True)
@@ -338,10 +348,7 @@ class UViT(nn.Module):
 
     def _unpatchify(self, x: Tensor) -> Tensor:
         """(B, L, p*p*C) -> (B, C, H, W)"""
-        cfg = self.cfg
-        g, p, C = cfg.img_size // cfg.patch_size, cfg.patch_size, cfg.in_chans
-        x = x.reshape(-1, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
-        return x.reshape(-1, C, g * p, g * p)  # (B, C, H, W)
+        return unpatchify(x, self.cfg.patch_size, self.cfg.in_chans)
 
     def readout(self, state: UViTState) -> Tensor:
         """The shared output head: eps from any block's state (its hidden tokens alone).

@@ -9,13 +9,14 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from adapters import check_flop_meter, jittered
+
 import samplers
 from adaptive.calibrate import CalibrationRun, calibrate
 from adaptive.policies import make_policy
 from bench.cell import Cell
 from bench.train import TrainConfig, load_or_train
 from blockloop.executor import EarlyExitDenoiser
-from blockloop.flops import flop_counter
 from blockloop.model import LayerwiseModel, capabilities, forward_all
 from caching import make_cache
 from models.dit import DiTAdapter, load_dit, tiny_dit
@@ -25,13 +26,7 @@ T = 1000
 
 def _dit(depth: int = 4) -> DiTAdapter:
     torch.manual_seed(0)
-    model = tiny_dit(num_layers=depth)
-    # diffusers' DiT starts with zero adaLN gates nowhere, but its output layer is small:
-    # widen every weight a little so the test compares something that is not near zero.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return jittered(tiny_dit(num_layers=depth))
 
 
 def _inputs(b: int = 6):
@@ -64,17 +59,7 @@ def test_the_dit_adapter_keeps_the_contract_and_equals_the_dit():
     ],
 )
 def test_the_flop_meter_matches_flop_counter_on_a_dit(policy, knob, cache):
-    model = _dit()
-    x, t, y = _inputs(8)
-    cp = None if cache is None else make_cache(cache, 0.5 if cache == "teacache" else None)
-    ex = EarlyExitDenoiser(model, make_policy(policy, knob), T, cache=cp)
-    measured = []
-    for step in range(3):  # a sampling run's calls: the cache reuses on the later ones
-        with torch.inference_mode(), flop_counter() as fc:
-            ex(x, t * (1 - step / 3), y)
-        measured.append(fc.get_total_flops())
-    assert ex.executed_flops == pytest.approx(sum(measured), rel=0.02)
-    assert ex.flop_ratio < 1.0 if (knob is not None or cache) else ex.flop_ratio == 1.0
+    check_flop_meter(_dit(), policy, knob, cache, *_inputs(8))
 
 
 def test_calibration_lands_on_the_target_on_a_dit():

@@ -9,12 +9,12 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from adapters import check_flop_meter, jittered
+
 import samplers
 from adaptive.policies import make_policy
 from blockloop.executor import EarlyExitDenoiser
-from blockloop.flops import flop_counter
 from blockloop.model import LayerwiseModel, capabilities
-from caching import make_cache
 from models.pixart import PixArtAdapter, load_pixart, tiny_pixart
 from samplers import ClassifierFreeGuidance
 
@@ -23,11 +23,7 @@ T = 1000
 
 def _pixart() -> PixArtAdapter:
     torch.manual_seed(0)
-    model = tiny_pixart()
-    with torch.no_grad():  # move every weight off its (often zero) initialisation
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return jittered(tiny_pixart())
 
 
 def _inputs(b: int = 6):
@@ -66,17 +62,7 @@ def test_block_parts_run_the_block_and_reuse_what_they_are_given():
     [("full", None, None), ("static", 1, None), ("full", None, "fora"), ("full", None, "teacache")],
 )
 def test_the_flop_meter_matches_flop_counter_on_pixart(policy, knob, cache):
-    model = _pixart()
-    x, t, c = _inputs(8)
-    cp = None if cache is None else make_cache(cache, 0.5 if cache == "teacache" else None)
-    ex = EarlyExitDenoiser(model, make_policy(policy, knob), T, cache=cp)
-    measured = []
-    for step in range(3):
-        with torch.inference_mode(), flop_counter() as fc:
-            ex(x, t * (1 - step / 3), c)
-        measured.append(fc.get_total_flops())
-    assert ex.executed_flops == pytest.approx(sum(measured), rel=0.02)
-    assert ex.flop_ratio < 1.0 if (knob is not None or cache) else ex.flop_ratio == 1.0
+    check_flop_meter(_pixart(), policy, knob, cache, *_inputs(8))
 
 
 def test_guided_sampling_runs_through_the_executor_with_the_null_caption():
