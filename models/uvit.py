@@ -33,8 +33,8 @@ __all__ = [
     "UViT",
     "UViTConfig",
     "UViTState",
-    "unpatchify",
     "timestep_embedding",
+    "unpatchify",
 ]
 
 
