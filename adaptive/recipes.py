@@ -22,6 +22,7 @@ from adaptive.dydit import attach_routers, dydit_loss
 from blockloop.contracts import ExitPolicy
 from blockloop.model import forward_all
 from models import UViT
+from models.heads import lte_score, uncertainty
 
 __all__ = [
     "LOSS_WEIGHTS",
@@ -93,17 +94,16 @@ def berxit_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, 
     if step % 2 == 0:
         loss, logs = layerwise_loss(model, x_t, t, cond, eps)
         return loss, logs
+    preds, targets = [], []
     with torch.no_grad():
         state = model.embed(x_t, t, cond)
-        feats, targets = [], []
         for i in range(model.depth):
             model.run_block(i, state)
             err = (model.readout(state) - eps).abs().flatten(1).mean(1)
             targets.append(torch.tanh(err))
-            feats.append(state.h.mean(dim=1))
-    pooled = torch.stack(feats)  # (depth, B, D)
-    pred = torch.sigmoid(model.lte(pooled)).squeeze(-1)  # (depth, B)
-    loss = F.mse_loss(pred, torch.stack(targets))
+            with torch.enable_grad():  # the head alone learns (it reads the state detached)
+                preds.append(lte_score(model, state))
+    loss = F.mse_loss(torch.stack(preds), torch.stack(targets))  # (depth, B) each
     return loss, {"loss": loss.item(), "lte": loss.item()}
 
 
@@ -165,7 +165,7 @@ class UEMLoss:
         for i in range(model.depth):
             model.run_block(i, state)
             eps_i = model.readout(state)
-            u_i = model.uncertainty(i, state)
+            u_i = uncertainty(model, i, state)
             err = eps_i - eps
             mse.append(err.pow(2).mean())
             l_u = l_u + F.mse_loss(u_i, torch.tanh(err.detach().abs()))

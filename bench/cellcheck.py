@@ -196,10 +196,10 @@ def check_training(cell: Cell) -> None:
 
 
 def _check_dit(cell: Cell) -> None:
-    """What a DiT (models.dit) cannot do: exit heads, pruning, text conditioning."""
-    heads = RECIPES[cell.recipe].heads
-    if heads != "none" or RECIPES[cell.recipe].prepare is not None:
-        usable = [r for r, rec in RECIPES.items() if rec.heads == "none" and rec.prepare is None]
+    """What a DiT (models.dit) cannot do: DyDiT's routers, pruning, text conditioning. (UEM and
+    LTE exit heads attach to it: models.heads.)"""
+    if RECIPES[cell.recipe].prepare is not None:
+        usable = [r for r, rec in RECIPES.items() if rec.prepare is None]
         raise ValueError(
             f"model {cell.model!r} is a DiT: recipe {cell.recipe!r} needs parts it lacks; "
             f"valid recipes: {', '.join(usable)}"

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from blockloop.cost import CostModel, FlopMeter
 from blockloop.model import BlockState, LayerwiseModel, require
+from models.heads import lte_score, uncertainty
 
 __all__ = ["CachePolicy", "ExitContext", "ExitPolicy", "check_composition"]
 
@@ -55,12 +56,12 @@ class ExitContext:
     def uncertainty(self) -> Tensor:
         """DeeDiff UEM map (b, C, H, W) at this block (FLOPs counted)."""
         self.meter.add(self.costs.uem[self.layer] * self.t.shape[0])
-        return self.model.uncertainty(self.layer, self.state)
+        return uncertainty(self.model, self.layer, self.state)
 
     def lte(self) -> Tensor:
         """BERxiT LTE score (b,) at this block (FLOPs counted)."""
         self.meter.add(self.costs.lte * self.t.shape[0])
-        return self.model.lte_score(self.state)
+        return lte_score(self.model, self.state)
 
 
 class ExitPolicy(ABC):

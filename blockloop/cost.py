@@ -13,6 +13,7 @@ import torch
 
 from blockloop.flops import count_flops
 from blockloop.model import BlockState, LayerwiseModel, capabilities
+from models.heads import lte_score, uncertainty
 
 __all__ = ["CostModel", "FlopMeter"]
 
@@ -43,11 +44,11 @@ class CostModel:
                     self.mlp.append(f - self.fuse[-1] - self.attn[-1])
             self.readout, _ = count_flops(model.readout, state)
             self.uem = (
-                [count_flops(model.uncertainty, i, state)[0] for i in range(model.depth)]
+                [count_flops(uncertainty, model, i, state)[0] for i in range(model.depth)]
                 if "uem" in heads
                 else [0] * model.depth
             )
-            self.lte = count_flops(model.lte_score, state)[0] if "lte" in heads else 0
+            self.lte = count_flops(lte_score, model, state)[0] if "lte" in heads else 0
 
     def _parts(self, model: LayerwiseModel, i: int, state: BlockState) -> None:
         """Measure block ``i``'s long-skip fusion and attention branch on copies of ``state``."""

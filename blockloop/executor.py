@@ -29,6 +29,7 @@ from torch import Tensor
 from blockloop.contracts import CachePolicy, ExitContext, ExitPolicy, check_composition
 from blockloop.cost import CostModel, FlopMeter
 from blockloop.model import BlockState, LayerwiseModel
+from models.heads import exit_heads_of
 
 __all__ = ["EarlyExitDenoiser", "ExitTrace"]
 
@@ -106,7 +107,7 @@ class EarlyExitDenoiser:
         costs: CostModel | None = None,
         cache: CachePolicy | None = None,
     ) -> None:
-        policy.check_model(model.exit_heads, model.depth)
+        policy.check_model(exit_heads_of(model), model.depth)
         if paired and policy.batch_mean:
             raise ValueError(
                 f"policy {policy.name!r} decides once for the whole batch; paired (CFG) exits "

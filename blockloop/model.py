@@ -23,7 +23,7 @@ running. ``run_block`` updates the state in place and returns it.
   modulated final layer (DiT's adaLN) can read the time and class embedding;
 - ``null_cond()`` (guidance's unconditional condition, broadcastable; None if unconditional)
   and ``example_cond(batch)`` (``batch`` of them, for tracing and cost measurement);
-- ``parameters()`` (an ``nn.Module``'s) and ``exit_heads``: ``"uem"``, ``"lte"`` or None.
+- ``parameters()`` (an ``nn.Module``'s).
 
 **Capabilities** (optional; a policy that needs one names it, :func:`require`):
 
@@ -31,8 +31,11 @@ running. ``run_block`` updates the state in place and returns it.
   reusing given residual branches (FORA, Learning-to-Cache, TaylorSeer, DeepCache's parts);
 - ``long_skips``: the model has U-Net-like long skips from in-blocks to out-blocks and says
   so with ``long_skips = True`` (DeepCache reuses the deep path between them);
-- ``uem``: ``uncertainty(i, state) -> (B, C, H, W)`` in (0, 1) (DeeDiff's UEM heads);
-- ``lte``: ``lte_score(state) -> (B,)`` (BERxiT's learning-to-exit head).
+- ``uem`` / ``lte``: DeeDiff's UEM heads / BERxiT's learning-to-exit head, carried as the
+  modules of :mod:`models.heads` (``model.uem`` / ``model.lte``), which any model with
+  ``exit_inputs(state) -> (patch tokens, time embedding)`` can be given
+  (:func:`models.heads.attach_exit_heads`); read through :func:`models.heads.uncertainty`
+  and :func:`models.heads.lte_score`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,16 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["CAPABILITIES", "BlockState", "LayerwiseModel", "capabilities", "forward_all", "require"]
+from models.heads import exit_heads_of
+
+__all__ = [
+    "CAPABILITIES",
+    "BlockState",
+    "LayerwiseModel",
+    "capabilities",
+    "forward_all",
+    "require",
+]
 
 
 @runtime_checkable
@@ -60,8 +72,6 @@ class BlockState(Protocol):
 class LayerwiseModel(Protocol):
     """What every layer-wise backbone provides (module docstring, **Core**); the optional
     capabilities are checked with :func:`capabilities` and :func:`require`."""
-
-    exit_heads: str | None
 
     @property
     def depth(self) -> int:
@@ -109,8 +119,8 @@ class LayerwiseModel(Protocol):
 CAPABILITIES: dict[str, str] = {
     "block_parts": "block_parts(i, state, attn, mlp): a block's attention / MLP branches",
     "long_skips": "long skips from in-blocks to out-blocks (long_skips = True)",
-    "uem": "DeeDiff's UEM heads (uncertainty(i, state); train with --recipe uem)",
-    "lte": "BERxiT's LTE head (lte_score(state); train with --recipe berxit)",
+    "uem": "DeeDiff's UEM heads (models.heads.UEMHeads as model.uem; --recipe uem)",
+    "lte": "BERxiT's LTE head (models.heads.LTEHead as model.lte; --recipe berxit)",
 }
 
 
@@ -121,7 +131,7 @@ def capabilities(model: Any) -> frozenset[str]:
         have.add("block_parts")
     if getattr(model, "long_skips", False) is True:
         have.add("long_skips")
-    heads = getattr(model, "exit_heads", None)
+    heads = exit_heads_of(model)
     if heads in ("uem", "lte"):
         have.add(heads)
     return frozenset(have)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.uvit import unpatchify
+from models.heads import HEAD_KINDS, attach_exit_heads
+from models.layout import unpatchify
 
 __all__ = ["DiTAdapter", "DiTState", "load_dit", "make_dit", "tiny_dit"]
 
@@ -48,16 +49,15 @@ class DiTAdapter(nn.Module):
     layer-wise model: ``embed`` patchifies, ``run_block(i)`` runs transformer block ``i``,
     ``readout`` applies the adaLN final layer and unpatchifies. ``forward`` equals ``dit``'s
     own forward (its eps half). Block parts (attention / MLP branches) for the branch caches;
-    no exit heads and no long skips: exit policies that read the readout (static, CALM, PABEE,
-    ...) and every cache but DeepCache apply; UEM / LTE and DeepCache say what is missing.
+    no long skips (DeepCache says what is missing). ``exit_heads`` ("uem" / "lte") attaches
+    DeeDiff's UEMs or BERxiT's LTE (:mod:`models.heads`), reading the patch tokens and the
+    timestep's own embedding (:meth:`exit_inputs`).
 
     ``conditional=False`` serves an unconditional model: every row gets the null label (DiT's
     label embedding is then one learned vector) and ``num_classes`` is 0, so the pipeline
     never draws labels for it."""
 
-    exit_heads = "none"
-
-    def __init__(self, dit: nn.Module, conditional: bool = True) -> None:
+    def __init__(self, dit: nn.Module, conditional: bool = True, exit_heads: str = "none") -> None:
         super().__init__()
         cfg = dit.config
         if cfg.norm_type != "ada_norm_zero" or not cfg.num_embeds_ada_norm:
@@ -68,6 +68,13 @@ class DiTAdapter(nn.Module):
             )
         self.dit = dit
         self.conditional = conditional
+        width = cfg.num_attention_heads * cfg.attention_head_dim
+        attach_exit_heads(self, exit_heads, (width, cfg.patch_size, cfg.in_channels))
+
+    @property
+    def exit_heads(self) -> str:
+        """The exit heads it carries: "uem", "lte" or "none"."""
+        return "uem" if self.uem is not None else "lte" if self.lte is not None else "none"
 
     @property
     def depth(self) -> int:
@@ -137,6 +144,13 @@ class DiTAdapter(nn.Module):
         state.h = h + m
         return a, m
 
+    def exit_inputs(self, state: DiTState) -> tuple[Tensor, Tensor]:
+        """What exit heads read: the patch tokens (B, L, D) and the embedding of the timestep
+        alone (B, D; the time half of block 0's adaLN conditioning, without the label)."""
+        emb = self.dit.transformer_blocks[0].norm1.emb
+        temb = emb.timestep_embedder(emb.time_proj(state.t).to(state.h.dtype))
+        return state.h, temb
+
     def readout(self, state: DiTState) -> Tensor:
         """The adaLN-modulated final layer on any block's state: (B, C, H, W) eps."""
         dit, h = self.dit, state.h
@@ -189,11 +203,12 @@ def make_dit(
     """A fresh DiT of a registered size (:data:`models.MODELS`) for ``in_chans x img_size x
     img_size`` images, trained by the suite like its U-ViTs: adaLN-Zero on the time and class
     embedding (``num_classes`` 0: unconditional, every row the null label), no learned sigma
-    (the suite trains eps only). DiT has no exit heads: a recipe that needs them is refused."""
-    if exit_heads != "none":
+    (the suite trains eps only). ``exit_heads``: "uem" or "lte" attaches those heads; DyDiT's
+    routers attach to U-ViT blocks only and are refused."""
+    if exit_heads not in HEAD_KINDS:
         raise ValueError(
-            f"a DiT has no {exit_heads!r} exit heads; its recipes are those without heads "
-            "(full, full-ft, layerwise, pabee)"
+            f"a DiT carries exit heads {', '.join(HEAD_KINDS)}, not {exit_heads!r} (DyDiT's "
+            "routers attach to U-ViT blocks)"
         )
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
@@ -214,7 +229,7 @@ def make_dit(
     )
     for block in dit.transformer_blocks:  # diffusers drops 10% of labels per block in train();
         block.norm1.emb.class_embedder.dropout_prob = 0.0  # the suite's p_uncond does it once
-    return DiTAdapter(dit, conditional=num_classes > 0)
+    return DiTAdapter(dit, conditional=num_classes > 0, exit_heads=exit_heads)
 
 
 def load_dit(folder: str | Path) -> DiTAdapter:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from models.dit import pretrained_folder
-from models.uvit import unpatchify
+from models.layout import unpatchify
 
 __all__ = ["PixArtAdapter", "PixArtState", "load_pixart", "tiny_pixart"]
 

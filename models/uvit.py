@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.heads import LTEHead, UEMHeads, lte_score, uncertainty
+from models.layout import unpatchify
+
 __all__ = [
     "EXIT_HEADS",
     "UViT",
@@ -36,15 +39,6 @@ __all__ = [
     "timestep_embedding",
     "unpatchify",
 ]
-
-
-def unpatchify(x: Tensor, patch: int, channels: int) -> Tensor:
-    """Patch tokens of a square image back to pixels: (B, g*g, p*p*C) -> (B, C, g*p, g*p), each
-    token's features ordered (row in patch, column in patch, channel). The one home of this
-    layout for the U-ViT and the diffusers adapters."""
-    g = math.isqrt(x.shape[1])
-    x = x.reshape(-1, g, g, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
-    return x.reshape(-1, channels, g * patch, g * patch)
 
 
 @dataclass(frozen=True)
@@ -221,13 +215,10 @@ class UViT(nn.Module):
         self.norm = nn.LayerNorm(D)
         self.decoder_pred = nn.Linear(D, p * p * C)
         self.final_layer = nn.Conv2d(C, C, 3, padding=1) if cfg.conv_out else nn.Identity()
-        # DeeDiff's UEMs (one per block, on [patch token, time embedding]) or BERxiT's shared LTE.
-        self.uem = (
-            nn.ModuleList(nn.Linear(2 * D, p * p * C) for _ in range(cfg.depth))
-            if cfg.exit_heads == "uem"
-            else None
-        )
-        self.lte = nn.Linear(D, 1) if cfg.exit_heads == "lte" else None
+        # DeeDiff's UEMs (one per block) or BERxiT's shared LTE (models.heads), built here
+        # so that their initialisation draws in the same order as before they were modules.
+        self.uem = UEMHeads(cfg.depth, D, p, C) if cfg.exit_heads == "uem" else None
+        self.lte = LTEHead(D) if cfg.exit_heads == "lte" else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -356,25 +347,19 @@ class UViT(nn.Module):
         x = self.decoder_pred(self.norm(state.h))[:, self.cfg.extras :]  # (B, L, p*p*C)
         return self.final_layer(self._unpatchify(x))  # (B, C, H, W)
 
-    def uncertainty(self, i: int, state: UViTState) -> Tensor:
-        """DeeDiff's UEM after block ``i``: a per-pixel uncertainty map in (0, 1), (B, C, H, W).
+    def exit_inputs(self, state: UViTState) -> tuple[Tensor, Tensor]:
+        """What exit heads read (:mod:`models.heads`): the patch tokens (B, L, D) and the time
+        embedding (B, D)."""
+        return state.h[:, self.cfg.extras :], state.temb
 
-        A linear layer + sigmoid per patch token on the *detached* hidden state, made
-        timestep-aware by concatenating the (detached) time embedding (DeeDiff Sec. 4.1).
-        """
-        if self.uem is None:
-            raise ValueError("this model has no UEM heads (train it with --recipe uem)")
-        patches = state.h[:, self.cfg.extras :].detach()  # (B, L, D)
-        temb = state.temb.detach()[:, None].expand_as(patches)  # (B, L, D)
-        u = self.uem[i](torch.cat([patches, temb], dim=-1))  # (B, L, p*p*C)
-        return torch.sigmoid(self._unpatchify(u))  # (B, C, H, W)
+    def uncertainty(self, i: int, state: UViTState) -> Tensor:
+        """DeeDiff's UEM map after block ``i``, (B, C, H, W) in (0, 1)
+        (:func:`models.heads.uncertainty`)."""
+        return uncertainty(self, i, state)
 
     def lte_score(self, state: UViTState) -> Tensor:
-        """BERxiT's learning-to-exit module: one shared linear + sigmoid on the mean-pooled,
-        detached hidden state; predicts the readout's error. (B,)"""
-        if self.lte is None:
-            raise ValueError("this model has no LTE head (train it with --recipe berxit)")
-        return torch.sigmoid(self.lte(state.h.detach().mean(dim=1))).squeeze(-1)  # (B,)
+        """BERxiT's LTE score (B,) (:func:`models.heads.lte_score`)."""
+        return lte_score(self, state)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """eps (B, C, H, W) of x (B, C, H, W), t (B,) and cond: every block, then the readout."""

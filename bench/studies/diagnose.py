@@ -11,6 +11,10 @@ with the offline extractor (:mod:`bench.metrics`). Candidates (:data:`CANDIDATES
 - ``p2``: 2x2 patches (196 tokens) at half the width, so a step costs about as much;
 - ``small-batch``: ``tiny13-p4`` with batch 32 (twice the updates per CPU second), longer
   warm-up;
+- ``low-lr``: ``tiny13-p4`` with batch 32 at lr 3e-4 (U-ViT's and DiT's papers train at
+  1e-4 to 2e-4; the digits recipe's high rate may not suit 13 blocks of 49 tokens);
+- ``dit``: a diffusers DiT (adaLN-Zero, no long skips) with the same 4x4 patches and width, 8
+  blocks (1.6M parameters, as ``tiny13-p4``): whether the U-ViT's architecture is the cause;
 - ``unet``: a small convolutional U-Net (diffusers' ``UNet2DModel``) through the same data,
   loss, sampler and metric path: if it draws digits where the U-ViTs do not, the cause is the
   transformer's recipe, not the pipeline.
@@ -93,6 +97,12 @@ def _uvit(**overrides) -> Callable[[int, int], nn.Module]:
     return lambda size, ch: make_model("tiny13-p4", size, ch, **overrides)
 
 
+def _dit(size: int, channels: int) -> nn.Module:
+    from models.dit import make_dit
+
+    return make_dit(size, channels, 0, patch_size=4, embed_dim=96, depth=8, num_heads=4)
+
+
 CANDIDATES: dict[str, Candidate] = {
     c.name: c
     for c in (
@@ -100,6 +110,8 @@ CANDIDATES: dict[str, Candidate] = {
         Candidate("p2", _uvit(patch_size=2, embed_dim=48, num_heads=3)),
         Candidate("small-batch", _uvit(), batch_size=32, warmup=500),
         Candidate("unet", UNetDenoiser),
+        Candidate("low-lr", _uvit(), batch_size=32, lr=3e-4, warmup=500),
+        Candidate("dit", _dit, batch_size=32, lr=3e-4, warmup=500),
     )
 }
 
