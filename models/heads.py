@@ -23,6 +23,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.layout import unpatchify
@@ -53,9 +54,15 @@ class UEMHeads(nn.ModuleList):
 
     def uncertainty(self, i: int, tokens: Tensor, temb: Tensor) -> Tensor:
         """The map after block ``i``: tokens (B, L, D), temb (B, D) -> (B, C, H, W)."""
-        temb = temb[:, None].expand_as(tokens)  # (B, L, D)
-        u = self[i](torch.cat([tokens, temb], dim=-1))  # (B, L, p*p*C)
-        return torch.sigmoid(unpatchify(u, self.patch, self.channels))
+        # Linear_i([token ; temb]) with its weight split into the token and time halves: the
+        # time half runs once per row, not per token, and no (B, L, 2D) copy is made (the
+        # concatenation was most of the heads' wall-clock, docs/findings/wall-clock.md).
+        lin, d = self[i], tokens.shape[-1]
+        u = (
+            F.linear(tokens, lin.weight[:, :d])
+            + F.linear(temb, lin.weight[:, d:], lin.bias)[:, None]
+        )
+        return torch.sigmoid(unpatchify(u, self.patch, self.channels))  # (B, C, H, W)
 
 
 class LTEHead(nn.Linear):

@@ -73,7 +73,8 @@ def _instrumented(ex, timers: _Timers):
     """Timers around the executor's components (instance attributes, removed afterwards)."""
     model, policy = ex.model, ex.policy
     patches = [(model, "embed", "embed"), (model, "readout", "readout")]
-    patches += [(model, a, "exit heads") for a in ("uncertainty", "lte_score") if hasattr(model, a)]
+    heads = [(getattr(model, "uem", None), "uncertainty"), (getattr(model, "lte", None), "score")]
+    patches += [(obj, a, "exit heads") for obj, a in heads if obj is not None]  # models.heads
     owner = policy if policy.runs_blocks else model
     patches += [(owner, "run_block", "blocks"), (policy, "decide", "rule"), (ex, "_exit", "exit")]
     for obj, attr, name in patches:
