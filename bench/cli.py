@@ -16,7 +16,14 @@ from pathlib import Path
 from bench.cache import ArtifactCache, preflight
 from bench.plugins import PluginError, load_plugins, plugins_in
 
-__all__ = ["HelpFormatter", "add_run_options", "add_save_every", "make_parser", "plain_text"]
+__all__ = [
+    "HelpFormatter",
+    "add_run_options",
+    "add_save_every",
+    "at_least",
+    "make_parser",
+    "plain_text",
+]
 
 _ROLE = re.compile(r":(?:func|mod|class|meth|attr|data|obj|ref|doc):`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
@@ -101,6 +108,21 @@ def add_run_options(p: argparse.ArgumentParser, out: str | None = None) -> None:
         p.add_argument("--out", default=out, help="output folder")
     p.add_argument("--cache-dir", default=None, help="artifact cache (default: <repo>/.cache)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``, else an argparse error (exit code 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def add_save_every(p: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from adaptive.policies import POLICIES
 from bench.cell import CELL_CHOICES, Cell
-from bench.cli import make_parser
+from bench.cli import at_least, make_parser
 from bench.data import DataSource
 from bench.devices import resolve_device
 from bench.executors import EXECUTORS, RunOptions
@@ -278,7 +278,7 @@ def _parser(prog: str = "bench.grid") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-cells",
-        type=int,
+        type=at_least(1),
         default=MAX_CELLS,
         help="refuse a --config that expands to more cells than this",
     )

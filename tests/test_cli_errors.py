@@ -130,6 +130,7 @@ CASES = [
     ("bench.grid", "--config {cifar} --out {out}", "CIFAR-10 not found (no --data-root given)"),
     ("bench.grid", "--config {inception} --out {out}", "InceptionV3 weights not found"),
     ("bench.grid", "--config {huge} --out {out}", "expands to 12,000 cells, more than"),
+    ("bench.grid", "--quick --max-cells 0 --out {out}", "--max-cells: must be >= 1, got 0"),
     (
         "bench.grid",
         "--quick --executor dask --scheduler tcp://127.0.0.1:9 --out {out}",
