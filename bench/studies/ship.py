@@ -80,9 +80,11 @@ class _Recorder(ArtifactCache):
 
 
 def shipped_cells() -> list:
-    """The cells whose artifacts ship: the default sweep, and the 13-block (U-ViT-S depth)
-    `full` and `uem` digits models of the DeeDiff ablation."""
+    """The cells whose artifacts ship: the default sweep, the 13-block (U-ViT-S depth) `full`
+    and `uem` digits models of the DeeDiff ablation, and the DiT's (`dit-tiny`) `full` and `uem`
+    models (12,000 steps of CPU training; the DiT sweep's other fine-tunes take minutes)."""
     extra = [Cell(model="tiny13"), Cell(model="tiny13", recipe="uem", policy="uem")]
+    extra += [Cell(model="dit-tiny"), Cell(model="dit-tiny", recipe="uem", policy="uem")]
     return default_cells() + extra
 
 
