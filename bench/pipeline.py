@@ -250,7 +250,8 @@ def _cache_spec(
         options["branches"] = 2  # a batch-level rule decides per guidance branch
     cls = spec.policy_class
     if cls.needs_fit and not all(name in options for name in cls.fitted):
-        options.update(load_or_fit(built, cls, model_key, cache, conditions))
+        inputs = {k: options[k] for k in cls.fit_inputs if k in options}
+        options.update(load_or_fit(built, cls, model_key, cache, conditions, inputs))
     if spec.policy_class.needs_router:
         router_cond = None
         if cell.text is not None:  # the router learns on the cell's own prompts
@@ -311,16 +312,18 @@ TEACACHE_FIT = dict(n=64, batch=16, seed=0)
 
 
 def load_or_fit(
-    built: _Built, cls: type, model_key: str, cache: ArtifactCache, conditions
+    built: _Built, cls: type, model_key: str, cache: ArtifactCache, conditions, inputs=None
 ) -> dict[str, Any]:
     """The fitted options of cache class ``cls`` (``cls.fitted``, and ``calls`` per run) for
-    the cell's model, sampler, steps and guidance: from the cache, or fitted and cached under
-    ``cls.fit_kind``."""
+    the cell's model, sampler, steps and guidance and the fit's ``inputs`` (the cell's options
+    of ``cls.fit_inputs``): from the cache, or fitted and cached under ``cls.fit_kind``."""
+    inputs = inputs or {}
     cell = built.cell
     key = config_hash(
         {"model": model_key, "sampler": cell.sampler, "steps": cell.steps,
          "sampler_kw": built.sampler_kw, "guidance": cell.guidance,
-         **({"prompts": cell.prompts} if cell.text is not None else {}), **TEACACHE_FIT},
+         **({"prompts": cell.prompts} if cell.text is not None else {}), **TEACACHE_FIT,
+         **inputs},
         kind=cls.fit_kind,
     )  # fmt: skip
     n = TEACACHE_FIT["batch"]
@@ -334,7 +337,7 @@ def load_or_fit(
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
         fitted, info = cls.fit(
             built.model, built.schedule, cell.sampler, cell.steps, guidance=cell.guidance,
-            cond=cond, sampler_kw=built.sampler_kw, **TEACACHE_FIT,
+            cond=cond, sampler_kw=built.sampler_kw, **TEACACHE_FIT, **inputs,
         )  # fmt: skip
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in fitted.items()}, info
 

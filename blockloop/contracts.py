@@ -174,6 +174,8 @@ class CachePolicy(ABC):
     # ``fit_kind``, keyed by model, sampler, steps and guidance).
     fitted: ClassVar[tuple[str, ...]] = ()
     fit_kind: ClassVar[str] = ""
+    # Options the fit depends on (passed to :meth:`fit` and part of its artifact key when set).
+    fit_inputs: ClassVar[tuple[str, ...]] = ()
     # Optional model capabilities the rule needs (blockloop.model.CAPABILITIES).
     requires: ClassVar[tuple[str, ...]] = ()
     revision: ClassVar[int] = 0
@@ -183,6 +185,7 @@ class CachePolicy(ABC):
         self.model: LayerwiseModel | None = None
         self.costs: CostModel | None = None
         self.peak_bytes = 0  # the most bytes the cache held at once, over every run
+        self.plan_flops = 0.0  # FLOPs the last plan executed (a signal it computed), metered
         self.reused = 0.0  # reused (row x block) FLOPs-weighted units, over every run
         self.total = 0.0
         self.reset()
@@ -239,6 +242,7 @@ class CachePolicy(ABC):
             self._batch = state.h.shape[0]
         self._last_t = t_now
         self.call += 1
+        self.plan_flops = 0.0
         return self.plan(state)
 
     @abstractmethod

@@ -30,11 +30,15 @@ class CostModel:
         cond = model.example_cond(1)  # the null class or empty prompt: costs as any other
         with torch.inference_mode():
             self.embed, state = count_flops(model.embed, x, t, cond)
+            heads = capabilities(model)
+            # TeaCache's modulated signal, computed on top of the embedding when a cache reads it.
+            self.signal = (
+                count_flops(model.cache_signal, state)[0] if "cache_signal" in heads else 0
+            )
             self.blocks = []
             # A block's parts, for step-level caches that reuse some of them: the long-skip
             # fusion (out-blocks), the attention branch and the MLP branch.
             self.fuse, self.attn, self.mlp = [], [], []
-            heads = capabilities(model)
             for i in range(model.depth):
                 if "block_parts" in heads:
                     self._parts(model, i, state)

@@ -213,6 +213,8 @@ class EarlyExitDenoiser:
             cached=self.cache is not None,
         )
         served = None if self.cache is None else self.cache.begin(t, state)
+        if self.cache is not None:
+            run.meter.add(self.cache.plan_flops)
         if served is not None and bool(served.any()):
             idx = served.nonzero().squeeze(1)
             served_state = state.select(idx)

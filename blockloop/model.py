@@ -29,6 +29,9 @@ running. ``run_block`` updates the state in place and returns it.
 
 - ``block_parts``: ``block_parts(i, state, attn, mlp, mix) -> (attn, mlp)`` runs block ``i``
   reusing given residual branches (FORA, Learning-to-Cache, TaylorSeer, DeepCache's parts);
+- ``cache_signal``: ``cache_signal(state) -> Tensor`` (B, ...), the timestep-modulated input of
+  block 0 (an adaLN model's ``norm(h) * (1 + scale) + shift``): TeaCache's signal, read by
+  ``teacache-batch`` with ``signal = "modulated"``;
 - ``long_skips``: the model has U-Net-like long skips from in-blocks to out-blocks and says
   so with ``long_skips = True`` (DeepCache reuses the deep path between them);
 - ``uem`` / ``lte``: DeeDiff's UEM heads / BERxiT's learning-to-exit head, carried as the
@@ -118,6 +121,7 @@ class LayerwiseModel(Protocol):
 # capability -> (how a model shows it has it, what it is for)
 CAPABILITIES: dict[str, str] = {
     "block_parts": "block_parts(i, state, attn, mlp): a block's attention / MLP branches",
+    "cache_signal": "cache_signal(state): the timestep-modulated input of block 0 (TeaCache)",
     "long_skips": "long skips from in-blocks to out-blocks (long_skips = True)",
     "uem": "DeeDiff's UEM heads (models.heads.UEMHeads as model.uem; --recipe uem)",
     "lte": "BERxiT's LTE head (models.heads.LTEHead as model.lte; --recipe berxit)",
@@ -129,6 +133,8 @@ def capabilities(model: Any) -> frozenset[str]:
     have = set()
     if callable(getattr(model, "block_parts", None)):
         have.add("block_parts")
+    if callable(getattr(model, "cache_signal", None)):
+        have.add("cache_signal")
     if getattr(model, "long_skips", False) is True:
         have.add("long_skips")
     heads = exit_heads_of(model)

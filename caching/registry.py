@@ -36,7 +36,7 @@ CACHE_OPTIONS: dict[str, tuple[str, ...]] = {
     "deepcache": ("branch",),
     "l2c": ("router",),
     "fbcache": ("branches",),
-    "teacache-batch": ("coefficients", "calls", "branches"),
+    "teacache-batch": ("coefficients", "calls", "branches", "signal"),
     "magcache": ("ratios", "calls", "max_skips", "retention", "branches"),
     "taylorseer": ("order",),
 }

@@ -9,14 +9,18 @@ embedding and readout run; otherwise it computes and the accumulator resets. The
 of a run and its last (``calls``, where known) always compute. The per-row rule the suite had
 first stays as ``teacache`` (:class:`caching.policies.TeaCache`).
 
-The signal: the model's embedded input (``embed(x, t, cond).h``). On U-ViT it holds the time
-token beside the patch tokens, the closest analogue of the modulated input of an adaLN model;
-on a DiT (``models.dit.DiTAdapter``) it is the patch embedding. ``branches=2`` decides the two
-halves of a classifier-free-guidance batch separately (upstream keeps one state per branch).
+The signal (option ``signal``, :data:`SIGNALS`): ``"embed"`` (the default), the model's embedded
+input (``embed(x, t, cond).h``; on U-ViT it holds the time token beside the patch tokens, the
+closest analogue of the modulated input of an adaLN model; on a DiT only the patch embedding);
+``"modulated"``, upstream's: block 0's timestep-modulated input, from a model with the
+``cache_signal`` capability (:mod:`blockloop.model`; the DiT adapter), its FLOPs counted every
+call. ``branches=2`` decides the two halves of a classifier-free-guidance batch separately
+(upstream keeps one state per branch).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,13 +29,19 @@ import torch
 from torch import Tensor
 
 import samplers
-from blockloop.model import BlockState, LayerwiseModel
+from blockloop.model import BlockState, LayerwiseModel, require
 from caching.policies import ResidualCache
 from samplers import ClassifierFreeGuidance, VPSchedule
 
-__all__ = ["TeaCacheBatch", "fit_rescale", "recorded_runs", "rel_l1"]
+__all__ = ["SIGNALS", "TeaCacheBatch", "fit_rescale", "recorded_runs", "rel_l1"]
 
 IDENTITY = (1.0, 0.0)  # no rescaling: the polynomial x
+SIGNALS = ("embed", "modulated")  # what the rule compares between calls (module docstring)
+
+
+def _signal(model: LayerwiseModel, state: BlockState, signal: str) -> Tensor:
+    """The input the rule compares: the embedded tokens or block 0's modulated input."""
+    return state.h if signal == "embed" else model.cache_signal(state)
 
 
 def rel_l1(now: Tensor, prev: Tensor) -> float:
@@ -52,6 +62,7 @@ class TeaCacheBatch(ResidualCache):
     needs_fit = True  # coefficients fitted per model x sampler x steps (bench.pipeline)
     fitted = ("coefficients",)
     fit_kind = "teacache-fit"
+    fit_inputs = ("signal",)
 
     def __init__(
         self,
@@ -59,7 +70,12 @@ class TeaCacheBatch(ResidualCache):
         coefficients: tuple[float, ...] | list[float] = IDENTITY,
         calls: int | None = None,
         branches: int = 1,
+        signal: str = "embed",
     ) -> None:
+        if signal not in SIGNALS:
+            raise ValueError(
+                f"teacache-batch: unknown signal {signal!r}; valid choices: {', '.join(SIGNALS)}"
+            )
         coefficients = tuple(float(c) for c in coefficients)
         if not coefficients or not all(np.isfinite(coefficients)):
             raise ValueError(
@@ -72,12 +88,19 @@ class TeaCacheBatch(ResidualCache):
         if branches not in (1, 2):
             raise ValueError(f"teacache-batch: branches must be 1 or 2, got {branches!r}")
         self.rescale = np.poly1d(coefficients)
-        self.calls, self.branches = calls, branches
+        self.calls, self.branches, self.signal = calls, branches, signal
         super().__init__(knob)
+
+    def bind(self, model: LayerwiseModel, costs) -> None:
+        """:meth:`CachePolicy.bind`, and the ``cache_signal`` capability for ``"modulated"``."""
+        if self.signal == "modulated":
+            require(model, ("cache_signal",), "teacache-batch with signal 'modulated'")
+        super().bind(model, costs)
 
     @staticmethod
     def fit(model, schedule, sampler: str, steps: int, **run: Any) -> tuple[dict, dict]:
-        """The rescaling polynomial (:func:`fit_rescale`) as the ``coefficients`` option."""
+        """The rescaling polynomial (:func:`fit_rescale`, on ``run["signal"]``) as the
+        ``coefficients`` option."""
         coefficients, info = fit_rescale(model, schedule, sampler, steps, **run)
         return {"coefficients": coefficients}, info
 
@@ -87,16 +110,20 @@ class TeaCacheBatch(ResidualCache):
         return tuple(float(c) for c in self.rescale.c)
 
     def __repr__(self) -> str:
-        return f"TeaCacheBatch(threshold={self.knob:g}, coefficients={self.coefficients})"
+        signal = "" if self.signal == "embed" else f", signal={self.signal!r}"
+        return f"TeaCacheBatch(threshold={self.knob:g}, coefficients={self.coefficients}{signal})"
 
     def plan(self, state: BlockState) -> Tensor | None:
-        """Add the rescaled relative L1 change of the embedded input to each guidance branch's sum;
+        """Add the rescaled relative L1 change of the signal to each guidance branch's sum;
         a branch below ``threshold`` is served wholly from the cache (the first and last calls are
         computed). Returns the mask of served rows, or None when no row is served."""
-        h0 = state.h
+        h0 = _signal(self.model, state, self.signal)
+        if self.signal != "embed":
+            self.plan_flops = self.costs.signal * h0.shape[0]
         halves = h0.chunk(self.branches) if h0.shape[0] % self.branches == 0 else (h0,)
-        prev = self.store.get("prev")
-        self.store["prev"] = h0
+        key = "prev" if self.signal == "embed" else "signal"  # "prev": h, the residual's shape
+        prev = self.store.get(key)
+        self.store["prev"], self.store[key] = state.h, h0
         acc = self.store.setdefault("acc", [0.0] * len(halves))
         forced = self.call == 0 or (self.calls is not None and self.call >= self.calls - 1)
         serve = []
@@ -113,15 +140,15 @@ class TeaCacheBatch(ResidualCache):
 
 
 class _Signals:
-    """A denoiser that runs ``model`` whole and records, per call, the embedded input and the
-    output (the pairs :func:`fit_rescale` fits)."""
+    """A denoiser that runs ``model`` whole and records, per call, the signal (``signal``, of
+    :data:`SIGNALS`) and the output (the pairs :func:`fit_rescale` fits)."""
 
-    def __init__(self, model: LayerwiseModel) -> None:
-        self.model, self.inputs, self.outputs = model, [], []
+    def __init__(self, model: LayerwiseModel, signal: str = "embed") -> None:
+        self.model, self.signal, self.inputs, self.outputs = model, signal, [], []
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         state = self.model.embed(x, t, cond)
-        self.inputs.append(state.h.float().cpu())
+        self.inputs.append(_signal(self.model, state, self.signal).float().cpu())
         for i in range(self.model.depth):
             self.model.run_block(i, state)
         eps = self.model.readout(state)
@@ -157,10 +184,13 @@ def fit_rescale(
     """Fit TeaCache's rescaling polynomial (degree 4, as upstream) of ``model`` for ``sampler``
     at ``steps``: full runs of ``run["n"]`` samples in batches of ``run["batch"]`` (seeded by
     ``run["seed"]``; ``guidance`` / ``cond`` / ``sampler_kw`` as the cell samples), the relative
-    L1 change of the output between consecutive calls against that of the embedded input,
-    ``numpy.polyfit``. Returns (coefficients, info: ``calls`` per run and what was fitted on)."""
+    L1 change of the output between consecutive calls against that of the signal
+    (``run["signal"]``, default ``"embed"``), ``numpy.polyfit``. Returns (coefficients, info:
+    ``calls`` per run and what was fitted on)."""
     xs, ys = [], []
-    for rec in recorded_runs(model, schedule, sampler, steps, _Signals, **run):
+    signal = run.pop("signal", "embed")
+    record = functools.partial(_Signals, signal=signal)
+    for rec in recorded_runs(model, schedule, sampler, steps, record, **run):
         for k in range(1, len(rec.inputs)):
             xs.append(rel_l1(rec.inputs[k], rec.inputs[k - 1]))
             ys.append(rel_l1(rec.outputs[k], rec.outputs[k - 1]))

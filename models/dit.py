@@ -144,6 +144,12 @@ class DiTAdapter(nn.Module):
         state.h = h + m
         return a, m
 
+    def cache_signal(self, state: DiTState) -> Tensor:
+        """TeaCache's signal (Liu et al. 2024, Sec. 3.3): block 0's adaLN-modulated input
+        ``norm(h) * (1 + scale) + shift`` (B, L, D), as upstream's DiT-family loops read it."""
+        block = self.dit.transformer_blocks[0]
+        return block.norm1(state.h, state.t, state.y, hidden_dtype=state.h.dtype)[0]
+
     def exit_inputs(self, state: DiTState) -> tuple[Tensor, Tensor]:
         """What exit heads read: the patch tokens (B, L, D) and the embedding of the timestep
         alone (B, D; the time half of block 0's adaLN conditioning, without the label)."""

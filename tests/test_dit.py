@@ -17,6 +17,7 @@ from adaptive.policies import make_policy
 from bench.cell import Cell
 from bench.train import TrainConfig, load_or_train
 from blockloop.executor import EarlyExitDenoiser
+from blockloop.flops import flop_counter
 from blockloop.model import LayerwiseModel, capabilities, forward_all
 from caching import make_cache
 from models.dit import DiTAdapter, load_dit, tiny_dit
@@ -38,7 +39,7 @@ def _inputs(b: int = 6):
 def test_the_dit_adapter_keeps_the_contract_and_equals_the_dit():
     model = _dit()
     assert isinstance(model, LayerwiseModel)
-    assert capabilities(model) == frozenset({"block_parts"})  # no long skips, no exit heads
+    assert capabilities(model) == frozenset({"block_parts", "cache_signal"})  # no skips, heads
     x, t, y = _inputs()
     ex = EarlyExitDenoiser(model, make_policy("full"), T)
     with torch.inference_mode():
@@ -148,3 +149,50 @@ def test_the_registered_dit_trains_with_the_suites_recipes(cache):
 def test_a_dit_cell_that_needs_what_a_dit_lacks_is_refused_when_read(fields, match):
     with pytest.raises(ValueError, match=match):
         Cell(model="dit-tiny", **fields)
+
+
+def test_teacache_reads_the_modulated_signal_of_a_dit_and_counts_it():
+    model = _dit()
+    assert "cache_signal" in capabilities(model)
+    x, t, y = _inputs()
+    with torch.inference_mode():
+        state = model.embed(x, t, y)
+        early, late = model.cache_signal(state), model.cache_signal(model.embed(x, t * 0.5, y))
+    assert early.shape == state.h.shape and (early - late).abs().max() > 0.01  # depends on t
+    assert (model.embed(x, t * 0.5, y).h - state.h).abs().max() == 0  # the embedding does not
+    cache = make_cache("teacache-batch", 0.5, signal="modulated")
+    ex = EarlyExitDenoiser(model, make_policy("full"), T, cache=cache)
+    assert ex.costs.signal > 0
+    measured = []
+    for step in range(3):
+        with torch.inference_mode(), flop_counter() as fc:
+            ex(x, t * (1 - step / 3), y)
+        measured.append(fc.get_total_flops())
+    assert ex.executed_flops == pytest.approx(sum(measured), rel=0.02)
+
+
+def test_the_modulated_signal_needs_the_capability_and_a_known_name():
+    from models import make_model
+
+    uvit = make_model("micro", 8, 1)
+    with pytest.raises(ValueError, match=r"signal 'modulated' needs.*cache_signal"):
+        EarlyExitDenoiser(
+            uvit,
+            make_policy("full"),
+            T,
+            cache=make_cache("teacache-batch", 0.5, signal="modulated"),
+        )
+    with pytest.raises(ValueError, match="unknown signal 'input'; valid choices: embed, modulated"):
+        make_cache("teacache-batch", 0.5, signal="input")
+
+
+def test_a_cell_asks_for_the_modulated_signal_under_its_own_key():
+    plain = Cell(model="dit-tiny", cache="teacache-batch", target_flop_ratio=0.5)
+    modulated = Cell(
+        model="dit-tiny",
+        cache="teacache-batch",
+        target_flop_ratio=0.5,
+        cache_args={"signal": "modulated"},
+    )
+    assert modulated.key != plain.key and "signal" in modulated.label()
+    assert modulated.cache_spec.build().signal == "modulated"

@@ -65,7 +65,7 @@ def test_the_uvit_keeps_its_checkpoint_keys_and_its_uem_map():
 def test_a_dit_given_heads_has_the_capability_and_reads_them(kind):
     model = _headed_dit(kind)
     assert exit_heads_of(model) == kind and model.exit_heads == kind
-    assert capabilities(model) == frozenset({"block_parts", kind})
+    assert capabilities(model) == frozenset({"block_parts", "cache_signal", kind})
     x, t, y = _inputs()
     state = model.run_block(0, model.embed(x, t, y))
     out = uncertainty(model, 0, state) if kind == "uem" else lte_score(model, state)
