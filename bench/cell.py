@@ -350,7 +350,7 @@ def cell_train_config(cell: Cell) -> TrainConfig:
         kw.update(flop_target=cell.target_flop_ratio)
     budget = BUDGETS.get(cell.model)
     if budget is not None:
-        kw.update(steps=budget.steps, finetune_steps=budget.finetune_steps)
+        kw.update(steps=budget.steps, finetune_steps=budget.finetune_steps, **budget.optimiser())
     if cell.finetune_steps is not None:
         kw.update(finetune_steps=cell.finetune_steps)
     return TrainConfig(**kw).normalised()

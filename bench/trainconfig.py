@@ -183,11 +183,20 @@ _FINETUNE_ONLY = {
 
 @dataclass(frozen=True)
 class Budget:
-    """Training lengths of a model size where they differ from the defaults (smoke models)."""
+    """Training lengths of a model size where they differ from the defaults (smoke models), and
+    its pre-training optimiser settings where they do (None: :class:`TrainConfig`'s)."""
 
     steps: int
     finetune_steps: int
     prune_finetune_steps: int
+    batch_size: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+
+    def optimiser(self) -> dict[str, Any]:
+        """The TrainConfig fields this budget sets besides the lengths."""
+        fields = {"batch_size": self.batch_size, "lr": self.lr, "warmup": self.warmup}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 # The default length (12,000 steps) is where the digits `tiny` model's held-out FID stops
@@ -200,6 +209,16 @@ BUDGETS: dict[str, Budget] = {
     "micro": Budget(steps=200, finetune_steps=50, prune_finetune_steps=50),
     "tiny13-p4": Budget(steps=4000, finetune_steps=500, prune_finetune_steps=500),
     "tiny13": Budget(steps=4000, finetune_steps=1000, prune_finetune_steps=4000),
+    # The 28x28 DiT the MNIST diagnosis picked (docs/findings/mnist.md): batch 32 at lr 3e-4, as
+    # diagnosed; the length is the curve run's, being measured (not known to converge).
+    "dit-p4": Budget(
+        steps=40000,
+        finetune_steps=2000,
+        prune_finetune_steps=2000,
+        batch_size=32,
+        lr=3e-4,
+        warmup=500,
+    ),
 }
 
 

@@ -29,6 +29,9 @@ MODELS: dict[str, dict[str, Any]] = {
     # width and parameter count: 6 blocks of 96 make 1.23M parameters against tiny's 1.15M
     # (each DiT block carries its own time / label embedding and adaLN modulation).
     "dit-tiny": dict(arch="dit", patch_size=2, embed_dim=96, depth=6, num_heads=4),
+    # The 28x28 MNIST DiT: 4x4 patches (49 tokens) at the same width, 8 blocks for tiny13-p4's
+    # 1.6M parameters; the MNIST diagnosis's best transformer (docs/findings/mnist.md).
+    "dit-p4": dict(arch="dit", patch_size=4, embed_dim=96, depth=8, num_heads=4),
 }
 
 

@@ -278,8 +278,18 @@ def _parser():
         help="training steps (default: the model's budget in bench.train.BUDGETS, else 4000)",
     )
     d = TrainConfig()
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warm-up, cosine)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"images per step (default: the model's budget's, else {d.batch_size})",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate, warm-up then cosine (default: the budget's, else {d.lr})",
+    )
     p.add_argument("--every", type=int, default=500, help="steps between snapshots")
     p.add_argument("--samples", type=int, default=1000, help="samples scored per snapshot")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="sampler")
@@ -302,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         budget = BUDGETS.get(a.model)
         steps = a.steps or (budget.steps if budget is not None else TrainConfig().steps)
-        cfg = TrainConfig(
-            dataset=a.dataset, model=a.model, steps=steps, batch_size=a.batch_size, lr=a.lr
-        ).normalised()
+        given = {"batch_size": a.batch_size, "lr": a.lr}
+        kw = {**(budget.optimiser() if budget else {}), **{k: v for k, v in given.items() if v}}
+        cfg = TrainConfig(dataset=a.dataset, model=a.model, steps=steps, **kw).normalised()
         opts = CurveOptions(
             samples=a.samples,
             sampler=a.sampler,
