@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from models.dit import pretrained_folder
+from models.heads import attach_exit_heads
 from models.layout import unpatchify
 
 __all__ = ["PixArtAdapter", "PixArtState", "load_pixart", "tiny_pixart"]
@@ -47,17 +48,27 @@ class PixArtState:
         return PixArtState(self.h[idx], self.mod[idx], self.temb[idx], self.ctx[idx])
 
 
+def _modulation(block: nn.Module, state: PixArtState) -> tuple[Tensor, ...]:
+    """A block's six adaLN-single modulations (B, 1, D) each: shift, scale and gate of the
+    self-attention, then of the MLP (PixArt-alpha Sec. 2.3)."""
+    mods = block.scale_shift_table[None] + state.mod.reshape(state.h.shape[0], 6, -1)
+    return mods.chunk(6, dim=1)
+
+
 class PixArtAdapter(nn.Module):
     """``pixart`` (a diffusers ``PixArtTransformer2DModel``) as a text-conditional layer-wise
     model: ``cond`` is the caption's token states (B, Lc, caption_channels); ``null_cond`` the
     ``null_context`` given (default: ``context_len`` zero tokens; PixArt's own pipeline encodes
-    the empty prompt, which a user passes here). Block parts for the branch caches; no exit heads
-    and no long skips."""
-
-    exit_heads = "none"
+    the empty prompt, which a user passes here). Block parts for the branch caches, TeaCache's
+    modulated signal (:meth:`cache_signal`), UEM / LTE exit heads when ``exit_heads`` names
+    them (:mod:`models.heads`); no long skips."""
 
     def __init__(
-        self, pixart: nn.Module, null_context: Tensor | None = None, context_len: int = 8
+        self,
+        pixart: nn.Module,
+        null_context: Tensor | None = None,
+        context_len: int = 8,
+        exit_heads: str = "none",
     ) -> None:
         super().__init__()
         cfg = pixart.config
@@ -73,6 +84,13 @@ class PixArtAdapter(nn.Module):
         if null_context is None:
             null_context = torch.zeros(context_len, cfg.caption_channels)
         self.register_buffer("null_context", null_context.float())
+        width = cfg.num_attention_heads * cfg.attention_head_dim
+        attach_exit_heads(self, exit_heads, (width, cfg.patch_size, cfg.in_channels))
+
+    @property
+    def exit_heads(self) -> str:
+        """The exit heads it carries: "uem", "lte" or "none"."""
+        return "uem" if self.uem is not None else "lte" if self.lte is not None else "none"
 
     @property
     def depth(self) -> int:
@@ -127,8 +145,7 @@ class PixArtAdapter(nn.Module):
         branches (``attn`` / ``mlp`` given are reused, ``mix(p, fresh)`` blends a computed one);
         the cross-attention between them is always computed. Returns the branches used."""
         block, h = self.pixart.transformer_blocks[i], state.h
-        mods = block.scale_shift_table[None] + state.mod.reshape(h.shape[0], 6, -1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = _modulation(block, state)
         if attn is None:
             a = gate_msa * block.attn1(block.norm1(h) * (1 + scale_msa) + shift_msa)
             a = mix(0, a) if mix is not None else a
@@ -143,6 +160,17 @@ class PixArtAdapter(nn.Module):
             m = mlp
         state.h = h + m
         return a, m
+
+    def exit_inputs(self, state: PixArtState) -> tuple[Tensor, Tensor]:
+        """What exit heads read: the patch tokens (B, L, D) and the time embedding (B, D)."""
+        return state.h, state.temb
+
+    def cache_signal(self, state: PixArtState) -> Tensor:
+        """TeaCache's signal: block 0's time-modulated input ``norm1(h) * (1 + scale) + shift``
+        (B, L, D) (Liu et al. 2024, Sec. 3.3)."""
+        block = self.pixart.transformer_blocks[0]
+        shift, scale = _modulation(block, state)[:2]
+        return block.norm1(state.h) * (1 + scale) + shift
 
     def readout(self, state: PixArtState) -> Tensor:
         """The time-modulated final layer on any block's state: (B, C, H, W) eps."""

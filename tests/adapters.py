@@ -23,10 +23,12 @@ def jittered(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def check_flop_meter(model, policy: str, knob, cache: str | None, x, t, cond) -> None:
+def check_flop_meter(model, policy: str, knob, cache: str | None, x, t, cond, **options) -> None:
     """The executor's executed FLOPs over three calls of a run equal FlopCounterMode's count
-    (within 2%), and fall below the full model exactly when something skips."""
-    cp = None if cache is None else make_cache(cache, 0.5 if cache == "teacache" else None)
+    (within 2%), and fall below the full model exactly when something skips. ``options``: the
+    cache's."""
+    knob_c = 0.5 if cache in ("teacache", "teacache-batch") else None
+    cp = None if cache is None else make_cache(cache, knob_c, **options)
     ex = EarlyExitDenoiser(model, make_policy(policy, knob), T, cache=cp)
     measured = []
     for step in range(3):  # a sampling run's calls: the cache reuses on the later ones

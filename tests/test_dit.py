@@ -17,7 +17,6 @@ from adaptive.policies import make_policy
 from bench.cell import Cell
 from bench.train import TrainConfig, load_or_train
 from blockloop.executor import EarlyExitDenoiser
-from blockloop.flops import flop_counter
 from blockloop.model import LayerwiseModel, capabilities, forward_all
 from caching import make_cache
 from models.dit import DiTAdapter, load_dit, tiny_dit
@@ -160,15 +159,7 @@ def test_teacache_reads_the_modulated_signal_of_a_dit_and_counts_it():
         early, late = model.cache_signal(state), model.cache_signal(model.embed(x, t * 0.5, y))
     assert early.shape == state.h.shape and (early - late).abs().max() > 0.01  # depends on t
     assert (model.embed(x, t * 0.5, y).h - state.h).abs().max() == 0  # the embedding does not
-    cache = make_cache("teacache-batch", 0.5, signal="modulated")
-    ex = EarlyExitDenoiser(model, make_policy("full"), T, cache=cache)
-    assert ex.costs.signal > 0
-    measured = []
-    for step in range(3):
-        with torch.inference_mode(), flop_counter() as fc:
-            ex(x, t * (1 - step / 3), y)
-        measured.append(fc.get_total_flops())
-    assert ex.executed_flops == pytest.approx(sum(measured), rel=0.02)
+    check_flop_meter(model, "full", None, "teacache-batch", *_inputs(8), signal="modulated")
 
 
 def test_the_modulated_signal_needs_the_capability_and_a_known_name():

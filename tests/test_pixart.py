@@ -15,6 +15,7 @@ import samplers
 from adaptive.policies import make_policy
 from blockloop.executor import EarlyExitDenoiser
 from blockloop.model import LayerwiseModel, capabilities
+from models.heads import attach_exit_heads
 from models.pixart import PixArtAdapter, load_pixart, tiny_pixart
 from samplers import ClassifierFreeGuidance
 
@@ -35,7 +36,7 @@ def _inputs(b: int = 6):
 def test_the_pixart_adapter_keeps_the_contract_and_equals_pixart():
     model = _pixart()
     assert isinstance(model, LayerwiseModel) and model.num_classes == 0
-    assert capabilities(model) == frozenset({"block_parts"})
+    assert capabilities(model) == frozenset({"block_parts", "cache_signal"})
     x, t, c = _inputs()
     ex = EarlyExitDenoiser(model, make_policy("full"), T)
     with torch.inference_mode():
@@ -94,3 +95,11 @@ def test_a_from_pretrained_folder_round_trips_and_bad_folders_say_why(tmp_path):
         load_pixart(tmp_path / "dit", model.null_cond())
     with pytest.raises(ValueError, match="resolution / aspect-ratio conditioning"):
         tiny_pixart(use_additional_conditions=True)
+
+
+def test_pixart_carries_exit_heads_and_teacaches_signal_with_their_flops_counted():
+    model = _pixart()
+    uem = jittered(attach_exit_heads(tiny_pixart(), "uem"))
+    assert capabilities(uem) == frozenset({"block_parts", "cache_signal", "uem"})
+    check_flop_meter(uem, "uem", 0.99, None, *_inputs(8))
+    check_flop_meter(model, "full", None, "teacache-batch", *_inputs(8), signal="modulated")
