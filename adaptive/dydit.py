@@ -26,16 +26,15 @@ and slices the weights, so saved FLOPs are real.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adaptive.dydit_blocks import BlockView, view_of
+
 __all__ = [
     "LOGIT_SCALE",
     "MODES",
-    "BlockCost",
     "DyDiTRouters",
     "attach_routers",
     "dydit_loss",
@@ -90,9 +89,10 @@ class DyDiTRouters(nn.Module):
 
 
 def attach_routers(model: nn.Module, mode: str = "both") -> nn.Module:
-    """Give a U-ViT DyDiT routers (``model.routers``); returns the model."""
-    cfg = model.cfg
-    model.routers = DyDiTRouters(cfg.embed_dim, cfg.num_heads, cfg.depth, mode)
+    """Give a U-ViT or a DiT (:func:`adaptive.dydit_blocks.view_of`) DyDiT routers
+    (``model.routers``); returns the model."""
+    view = view_of(model)
+    model.routers = DyDiTRouters(view.dim, view.heads, view.depth, mode)
     return model
 
 
@@ -110,79 +110,33 @@ def with_head0(mask: Tensor) -> Tensor:
     return torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
 
 
-@dataclass(frozen=True)
-class BlockCost:
-    """Per-row FLOPs of one U-ViT block's parts (2 x multiply-adds, as :mod:`blockloop.flops`),
-    for ``tokens`` tokens of width ``dim``, ``heads`` heads and an MLP of ``hidden`` channels."""
-
-    tokens: int
-    dim: int
-    heads: int
-    hidden: int
-    skip: bool
-
-    def fixed(self, width: bool, token: bool) -> float:
-        """What runs whatever the masks: long-skip fusion and the routers."""
-        n, d = self.tokens, self.dim
-        f = 2 * n * 2 * d * d if self.skip else 0
-        f += 2 * 2 * d * (self.heads - 1) if width else 0
-        f += 2 * n * d * max(1, d // 16) + 2 * n * max(1, d // 16) if token else 0
-        return f
-
-    def attn(self, heads_on: Tensor | float) -> Tensor | float:
-        """Attention with ``heads_on`` heads: qkv and proj slices, QK^T and AV."""
-        n, d, hd = self.tokens, self.dim, self.dim // self.heads
-        return heads_on * (2 * n * d * 3 * hd + 4 * n * n * hd + 2 * n * hd * d)
-
-    def mlp(self, groups_on: Tensor | float, tokens_on: Tensor | float) -> Tensor | float:
-        """The MLP on ``tokens_on`` tokens with ``groups_on`` channel groups."""
-        return tokens_on * groups_on * 4 * self.dim * (self.hidden // self.heads)
-
-
-def block_costs(model: nn.Module) -> list[BlockCost]:
-    cfg = model.cfg
-    n = cfg.extras + cfg.num_patches
-    hidden = int(cfg.embed_dim * cfg.mlp_ratio)
-    half = cfg.depth // 2
-    return [
-        BlockCost(n, cfg.embed_dim, cfg.num_heads, hidden, skip=i > half) for i in range(cfg.depth)
-    ]
-
-
 def hard_mask(logits: Tensor) -> Tensor:
     """The inference mask at DyDiT's threshold: ``sigmoid(logits) > 0.5`` as 0/1 floats."""
     return (logits > 0).to(logits.dtype)
 
 
-def _masked_block(model, i: int, state, masks: dict[str, Tensor], mask_fn) -> None:
+def _masked_block(view: BlockView, i: int, state, masks: dict[str, Tensor], mask_fn) -> None:
     """Block ``i`` with multiplied masks (training): ``masks`` holds per-row ``heads`` (B, H)
     and ``groups`` (B, H) when the width is dynamic, and a ``tokens`` entry, replaced by the
     (B, N) token mask ``mask_fn`` makes of the token router's logits, when tokens are."""
-    block, skip = model.block_at(i, state)
-    x = state.h
-    if skip is not None:
-        x = block.skip_linear(torch.cat([x, skip], dim=-1))
-    att = block.attn
+    block, x, mod = view.enter(i, state)
+    w_qkv, b_qkv, w_proj, b_proj = view.attn_weights(block)
     B, N, D = x.shape
-    qkv = att.qkv(block.norm1(x)).reshape(B, N, 3, att.num_heads, D // att.num_heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    qkv = F.linear(view.attn_input(block, x, mod), w_qkv, b_qkv)
+    q, k, v = qkv.reshape(B, N, 3, view.heads, D // view.heads).permute(2, 0, 3, 1, 4)
     o = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
     if "heads" in masks:
         o = o * masks["heads"][:, :, None, None]
-    x = x + att.proj(o.transpose(1, 2).reshape(B, N, D))
-    fc1, act, fc2 = block.mlp
-    hid = fc1(block.norm2(x))  # (B, N, 4D)
+    x = view.add(x, F.linear(o.transpose(1, 2).reshape(B, N, D), w_proj, b_proj), mod, 0)
+    w1, b1, w2, b2 = view.mlp_weights(block)
+    hid = F.linear(view.mlp_input(block, x, mod), w1, b1)  # (B, N, hidden)
     if "groups" in masks:
-        hid = (
-            hid * masks["groups"].repeat_interleave(hid.shape[-1] // att.num_heads, dim=1)[:, None]
-        )
-    m = fc2(act(hid))
+        hid = hid * masks["groups"].repeat_interleave(hid.shape[-1] // view.heads, dim=1)[:, None]
+    m = F.linear(view.act(block, hid), w2, b2)
     if "tokens" in masks:
-        masks["tokens"] = mask_fn(model.routers.tokens[i](x))  # on the residual stream
+        masks["tokens"] = mask_fn(view.model.routers.tokens[i](x))  # on the residual stream
         m = m * masks["tokens"][..., None]
-    state.h = x + m
-    if i < model.cfg.depth // 2:
-        state.skips.append(state.h)
+    view.leave(i, state, view.add(x, m, mod, 1))
 
 
 def ends_cost(model, x_t: Tensor, t: Tensor, cond) -> float:
@@ -199,21 +153,23 @@ def dynamic_forward(model, x_t: Tensor, t: Tensor, cond, mask_fn=gumbel_mask):
     """(eps, per-row FLOP ratio r (B,)) of the masked model; r counts the whole model:
     embedding, blocks, routers and readout. ``mask_fn``: logits -> 0/1 mask (training: Gumbel
     samples, straight-through; :func:`hard_mask`: the inference decision)."""
-    r = model.routers
+    r, view = model.routers, view_of(model)
     if getattr(r, "ends", None) is None:
         r.ends = ends_cost(model, x_t, t, cond)
     state = model.embed(x_t, t, cond)
-    costs = block_costs(model)
+    if getattr(r, "costs", None) is None:
+        r.costs = view.costs()
+    costs = r.costs
     flops = torch.full((x_t.shape[0],), float(r.ends), device=x_t.device)
     static = float(r.ends)
     for i, c in enumerate(costs):
         masks: dict[str, Tensor] = {}
         if r.width:
-            hl, gl = r.width_logits(i, state.temb)
+            hl, gl = r.width_logits(i, view.router_input(state))
             masks["heads"], masks["groups"] = with_head0(mask_fn(hl)), with_head0(mask_fn(gl))
         if r.token:
             masks["tokens"] = torch.empty(0)  # sampled inside, on the post-attention stream
-        _masked_block(model, i, state, masks, mask_fn)
+        _masked_block(view, i, state, masks, mask_fn)
         heads = masks["heads"].sum(1) if r.width else c.heads
         groups = masks["groups"].sum(1) if r.width else c.heads
         tokens = masks["tokens"].sum(1) if r.token else c.tokens

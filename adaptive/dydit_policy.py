@@ -7,7 +7,9 @@ exactly). Heads and channel groups depend on t alone, so a sampling step's batch
 pattern; rows are grouped by pattern anyway (a batch of mixed timesteps is valid input). Tokens
 a block's token router turns off are gathered out of its MLP and pass through unchanged. Sliced
 weights are cached per (block, pattern). The FLOPs returned per block are the analytic count
-:class:`adaptive.dydit.BlockCost` (a test checks it against FlopCounterMode on random patterns).
+:class:`adaptive.dydit_blocks.BlockCost` (a test checks it against FlopCounterMode on random
+patterns). The block's architecture is reached through :mod:`adaptive.dydit_blocks` (the
+U-ViT's and the DiT adapter's).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adaptive.dydit import BlockCost, block_costs, with_head0
+from adaptive.dydit import with_head0
+from adaptive.dydit_blocks import BlockCost, BlockView, view_of
 from blockloop.contracts import ExitContext, ExitPolicy
 
 __all__ = ["DyDiT"]
@@ -57,6 +60,7 @@ class DyDiT(ExitPolicy):
         self.widths: list[dict[str, object]] = []  # per call: t and active fractions per block
         self._weights: dict[tuple, tuple[Tensor, ...]] = {}
         self._costs: list[BlockCost] | None = None
+        self._view: BlockView | None = None
 
     def begin(self, ctx: ExitContext) -> None:
         """Open this call's record in :attr:`widths` (its t; fractions filled per block)."""
@@ -75,92 +79,90 @@ class DyDiT(ExitPolicy):
         b, dev = ctx.state.h.shape[0], ctx.state.h.device
         return torch.zeros(b, dtype=torch.bool, device=dev), torch.full((b,), math.nan, device=dev)
 
-    def _masks(self, model, i: int, temb: Tensor) -> tuple[Tensor, Tensor]:
+    def _masks(self, model, i: int, temb: Tensor, heads: int) -> tuple[Tensor, Tensor]:
         """(heads, groups) bool masks (B, H), head / group 0 always on."""
         r = model.routers
-        B, H = temb.shape[0], model.cfg.num_heads
         if not r.width:
-            on = torch.ones(B, H, dtype=torch.bool, device=temb.device)
+            on = torch.ones(temb.shape[0], heads, dtype=torch.bool, device=temb.device)
             return on, on
         hl, gl = r.width_logits(i, temb)
         return with_head0(hl > self._logit), with_head0(gl > self._logit)
 
-    def _attn_weights(self, i: int, att, idx: Tensor) -> tuple[Tensor, ...]:
+    def _attn_weights(self, i: int, block, idx: Tensor) -> tuple[Tensor, ...]:
         key = (i, "attn", tuple(idx.tolist()))
         if key not in self._weights:
-            D = att.proj.out_features
-            d = D // att.num_heads
+            w_qkv, b_qkv, w_proj, b_proj = self._view.attn_weights(block)
+            D = w_proj.shape[0]
+            d = D // self._view.heads
             part = torch.arange(3, device=idx.device)[:, None, None] * D
             cols = (part + idx[None, :, None] * d + torch.arange(d, device=idx.device)).reshape(-1)
             inner = (idx[:, None] * d + torch.arange(d, device=idx.device)).reshape(-1)
-            b = None if att.qkv.bias is None else att.qkv.bias[cols]
-            self._weights[key] = (att.qkv.weight[cols], b, att.proj.weight[:, inner])
+            b = None if b_qkv is None else b_qkv[cols]
+            self._weights[key] = (w_qkv[cols], b, w_proj[:, inner], b_proj)
         return self._weights[key]
 
-    def _attention(self, i: int, att, x: Tensor, heads: Tensor) -> Tensor:
-        """The attention branch (B, N, D) of ``x`` (normed) with each row's active heads."""
+    def _attention(self, i: int, block, x: Tensor, heads: Tensor) -> Tensor:
+        """The attention branch (B, N, D) of ``x`` (its input) with each row's active heads."""
         out = torch.empty_like(x)
         for rows, idx in _groups(heads):
             xs = x if rows is None else x[rows]
-            w_qkv, b_qkv, w_proj = self._attn_weights(i, att, idx)
+            w_qkv, b_qkv, w_proj, b_proj = self._attn_weights(i, block, idx)
             b, n, _ = xs.shape
             qkv = F.linear(xs, w_qkv, b_qkv).reshape(b, n, 3, idx.shape[0], -1)
             q, k, v = qkv.permute(2, 0, 3, 1, 4)
             o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
-            y = F.linear(o, w_proj, att.proj.bias)
+            y = F.linear(o, w_proj, b_proj)
             if rows is None:
                 return y
             out[rows] = y
         return out
 
-    def _mlp_weights(self, i: int, mlp, idx: Tensor, heads: int) -> tuple[Tensor, ...]:
+    def _mlp_weights(self, i: int, block, idx: Tensor, heads: int) -> tuple[Tensor, ...]:
         key = (i, "mlp", tuple(idx.tolist()))
         if key not in self._weights:
-            fc1, _, fc2 = mlp
-            c = fc1.out_features // heads
+            w1, b1, w2, b2 = self._view.mlp_weights(block)
+            c = w1.shape[0] // heads
             ch = (idx[:, None] * c + torch.arange(c, device=idx.device)).reshape(-1)
-            self._weights[key] = (fc1.weight[ch], fc1.bias[ch], fc2.weight[:, ch])
+            self._weights[key] = (w1[ch], b1[ch], w2[:, ch], b2)
         return self._weights[key]
 
-    def _mlp(self, i: int, block, x: Tensor, groups: Tensor, tokens: Tensor | None) -> Tensor:
-        """``x`` plus the MLP branch, run on the tokens ``tokens`` (B, N) lets through (all if
-        None) with each row's active channel groups."""
+    def _mlp(self, i: int, block, xn: Tensor, groups: Tensor, tokens: Tensor | None) -> Tensor:
+        """The MLP branch (B, N, D) of its input ``xn``, run on the tokens ``tokens`` (B, N)
+        lets through (zero for the others; all if None) with each row's active channel
+        groups."""
         if tokens is not None and bool(tokens.all()):
             tokens = None  # no gather / scatter when no token skips
-        xn = block.norm2(x)
         out = None
         for rows, idx in _groups(groups):
-            w1, b1, w2 = self._mlp_weights(i, block.mlp, idx, groups.shape[1])
+            w1, b1, w2, b2 = self._mlp_weights(i, block, idx, groups.shape[1])
             xr = xn if rows is None else xn[rows]
             flat = xr.reshape(-1, xr.shape[-1])
             sel = None if tokens is None else (tokens if rows is None else tokens[rows]).reshape(-1)
-            y = F.linear(F.gelu(F.linear(flat if sel is None else flat[sel], w1, b1)), w2)
-            y = y + block.mlp[2].bias
+            hid = self._view.act(block, F.linear(flat if sel is None else flat[sel], w1, b1))
+            y = F.linear(hid, w2) + b2
             if sel is not None:
                 y = torch.zeros_like(flat).index_put_((sel,), y)
             if rows is None:
-                return x + y.view_as(x)
-            out = x.clone() if out is None else out
-            out[rows] += y.view_as(xr)
+                return y.view_as(xn)
+            out = torch.zeros_like(xn) if out is None else out
+            out[rows] = y.view_as(xr)
         return out
 
     def run_block(self, model, i: int, state) -> float:
         """Run block ``i`` in place on ``state`` at the routed width; return its FLOPs."""
-        if self._costs is None:
-            self._costs = block_costs(model)
-        c, r = self._costs[i], model.routers
-        block, skip = model.block_at(i, state)
-        x = state.h
-        if skip is not None:
-            x = block.skip_linear(torch.cat([x, skip], dim=-1))
-        heads, groups = self._masks(model, i, state.temb)
-        x = x + self._attention(i, block.attn, block.norm1(x), heads)
+        if self._view is None or self._view.model is not model:
+            self._view = view_of(model)
+            self._costs = self._view.costs()
+        view, r = self._view, model.routers
+        c = self._costs[i]
+        block, x, mod = view.enter(i, state)
+        heads, groups = self._masks(model, i, view.router_input(state), view.heads)
+        x = view.add(x, self._attention(i, block, view.attn_input(block, x, mod), heads), mod, 0)
         tokens = None
         if r.token:
             tokens = r.tokens[i](x) > self._logit  # (B, N)
-        state.h = self._mlp(i, block, x, groups, tokens)
-        if i < model.cfg.depth // 2:
-            state.skips.append(state.h)
+        m = self._mlp(i, block, view.mlp_input(block, x, mod), groups, tokens)
+        view.leave(i, state, view.add(x, m, mod, 1))
         n_tok = tokens.sum(1).float() if tokens is not None else float(c.tokens)
         h_on, g_on = heads.sum(1).float(), groups.sum(1).float()
         rec = self.widths[-1] if self.widths else None

@@ -196,14 +196,8 @@ def check_training(cell: Cell) -> None:
 
 
 def _check_dit(cell: Cell) -> None:
-    """What a DiT (models.dit) cannot do: DyDiT's routers, pruning, text conditioning. (UEM and
-    LTE exit heads attach to it: models.heads.)"""
-    if RECIPES[cell.recipe].prepare is not None:
-        usable = [r for r, rec in RECIPES.items() if rec.prepare is None]
-        raise ValueError(
-            f"model {cell.model!r} is a DiT: recipe {cell.recipe!r} needs parts it lacks; "
-            f"valid recipes: {', '.join(usable)}"
-        )
+    """What a DiT (models.dit) cannot do: pruning, text conditioning, DeepCache. (UEM and LTE
+    exit heads attach to it, models.heads; DyDiT's routers too, adaptive.dydit_blocks.)"""
     if cell.prune_ratio:
         raise ValueError(f"model {cell.model!r} is a DiT: pruning supports the U-ViT sizes")
     if cell.text is not None:

@@ -38,10 +38,11 @@ class DiTState:
     h: Tensor  # (B, L, D)
     t: Tensor  # (B,) timesteps
     y: Tensor  # (B,) class labels (the null class: num_classes)
+    temb: Tensor  # (B, D) the timestep's own embedding (exit heads' and routers' input)
 
     def select(self, idx: Tensor) -> DiTState:
         """The state of the rows ``idx``."""
-        return DiTState(self.h[idx], self.t[idx], self.y[idx])
+        return DiTState(self.h[idx], self.t[idx], self.y[idx], self.temb[idx])
 
 
 class DiTAdapter(nn.Module):
@@ -73,7 +74,9 @@ class DiTAdapter(nn.Module):
 
     @property
     def exit_heads(self) -> str:
-        """The exit heads it carries: "uem", "lte" or "none"."""
+        """The exit parts it carries: "uem", "lte", "dydit" (DyDiT's routers) or "none"."""
+        if getattr(self, "routers", None) is not None:
+            return "dydit"
         return "uem" if self.uem is not None else "lte" if self.lte is not None else "none"
 
     @property
@@ -104,7 +107,10 @@ class DiTAdapter(nn.Module):
     def embed(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> DiTState:
         """x (B, C, H, W), t (B,), cond (B,) labels (None: the null class) -> state."""
         y = self.example_cond(x.shape[0]) if cond is None or not self.conditional else cond.long()
-        return DiTState(h=self.dit.pos_embed(x), t=t, y=y)  # h: (B, L, D)
+        h = self.dit.pos_embed(x)  # (B, L, D)
+        emb = self.dit.transformer_blocks[0].norm1.emb  # the time half of block 0's conditioning
+        temb = emb.timestep_embedder(emb.time_proj(t).to(h.dtype))  # once per call, not per read
+        return DiTState(h=h, t=t, y=y, temb=temb)
 
     def run_block(self, i: int, state: DiTState) -> DiTState:
         """Run block ``i`` in place on ``state`` and return it."""
@@ -151,11 +157,10 @@ class DiTAdapter(nn.Module):
         return block.norm1(state.h, state.t, state.y, hidden_dtype=state.h.dtype)[0]
 
     def exit_inputs(self, state: DiTState) -> tuple[Tensor, Tensor]:
-        """What exit heads read: the patch tokens (B, L, D) and the embedding of the timestep
-        alone (B, D; the time half of block 0's adaLN conditioning, without the label)."""
-        emb = self.dit.transformer_blocks[0].norm1.emb
-        temb = emb.timestep_embedder(emb.time_proj(state.t).to(state.h.dtype))
-        return state.h, temb
+        """What exit heads and DyDiT's routers read: the patch tokens (B, L, D) and the
+        embedding of the timestep alone (B, D; the time half of block 0's adaLN conditioning,
+        computed once by :meth:`embed`)."""
+        return state.h, state.temb
 
     def readout(self, state: DiTState) -> Tensor:
         """The adaLN-modulated final layer on any block's state: (B, C, H, W) eps."""
@@ -209,12 +214,12 @@ def make_dit(
     """A fresh DiT of a registered size (:data:`models.MODELS`) for ``in_chans x img_size x
     img_size`` images, trained by the suite like its U-ViTs: adaLN-Zero on the time and class
     embedding (``num_classes`` 0: unconditional, every row the null label), no learned sigma
-    (the suite trains eps only). ``exit_heads``: "uem" or "lte" attaches those heads; DyDiT's
-    routers attach to U-ViT blocks only and are refused."""
-    if exit_heads not in HEAD_KINDS:
+    (the suite trains eps only). ``exit_heads``: "uem" or "lte" attaches those heads;
+    "dydit" attaches none (the DyDiT recipe attaches its routers,
+    :func:`adaptive.dydit.attach_routers`)."""
+    if exit_heads not in (*HEAD_KINDS, "dydit"):
         raise ValueError(
-            f"a DiT carries exit heads {', '.join(HEAD_KINDS)}, not {exit_heads!r} (DyDiT's "
-            "routers attach to U-ViT blocks)"
+            f"unknown exit heads {exit_heads!r}; valid choices: {', '.join(HEAD_KINDS)}, dydit"
         )
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
@@ -235,7 +240,8 @@ def make_dit(
     )
     for block in dit.transformer_blocks:  # diffusers drops 10% of labels per block in train();
         block.norm1.emb.class_embedder.dropout_prob = 0.0  # the suite's p_uncond does it once
-    return DiTAdapter(dit, conditional=num_classes > 0, exit_heads=exit_heads)
+    heads = "none" if exit_heads == "dydit" else exit_heads
+    return DiTAdapter(dit, conditional=num_classes > 0, exit_heads=heads)
 
 
 def load_dit(folder: str | Path) -> DiTAdapter:

@@ -140,7 +140,6 @@ def test_the_registered_dit_trains_with_the_suites_recipes(cache):
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        (dict(recipe="dydit", policy="dydit", target_flop_ratio=0.5), "recipe 'dydit' needs parts"),
         (dict(prune_ratio=0.3), "pruning supports the U-ViT sizes"),
         (dict(cache="deepcache"), "deepcache.*long_skips"),
     ],

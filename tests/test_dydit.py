@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapters import jittered
 
 from adaptive.dydit import MODES, attach_routers, dydit_loss, dynamic_forward, hard_mask
 from adaptive.dydit_policy import DyDiT
@@ -16,6 +17,7 @@ from blockloop import EarlyExitDenoiser
 from blockloop.flops import count_flops
 from caching import make_cache
 from models import make_model
+from models.dit import make_dit
 
 T = 1000
 
@@ -28,16 +30,23 @@ def _random_routers(model, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
-def _model(mode: str, seed: int = 0):
+def _model(mode: str, seed: int = 0, arch: str = "uvit"):
     torch.manual_seed(seed)
-    m = attach_routers(make_model("micro", 8, 1, exit_heads="dydit"), mode).eval()
+    if arch == "dit":  # a tiny DiT (adaLN-Zero gates moved off zero) behind the adapter
+        base = jittered(make_dit(8, 1, 0, patch_size=2, embed_dim=32, depth=4, num_heads=4))
+    else:
+        base = make_model("micro", 8, 1, exit_heads="dydit")
+    m = attach_routers(base, mode).eval()
     _random_routers(m, seed)
     return m
 
 
+@pytest.mark.parametrize("arch", ["uvit", "dit"])
 @pytest.mark.parametrize("mode", MODES)
-def test_sliced_inference_equals_masked_forward_and_flop_counter(mode):
-    m = _model(mode)
+def test_sliced_inference_equals_masked_forward_and_flop_counter(mode, arch):
+    if arch == "dit":
+        pytest.importorskip("diffusers")
+    m = _model(mode, arch=arch)
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([10.0, 10.0, 400.0, 400.0, 900.0, 900.0])  # three width patterns
     ex = EarlyExitDenoiser(m, DyDiT(), T)
@@ -128,6 +137,8 @@ def test_bad_cells_and_models():
         make_policy("dydit", 1.5)
     with pytest.raises(ValueError, match="mode"):
         attach_routers(make_model("micro", 8, 1), "depth")
+    with pytest.raises(ValueError, match="U-ViT's and the DiT adapter's blocks, not to a Linear"):
+        attach_routers(torch.nn.Linear(2, 2), "both")
     m = _model("both")
     with pytest.raises(ValueError, match="compose"):
         EarlyExitDenoiser(m, DyDiT(), T, cache=make_cache("fora", 2))
@@ -168,3 +179,15 @@ def test_width_study_bad_arguments_exit_2(argv, tmp_path):
     with pytest.raises(SystemExit) as e:
         dydit_widths.main([*argv, "--out", str(tmp_path / "w")])
     assert e.value.code == 2 and not (tmp_path / "w").exists()
+
+
+def test_the_registered_dit_takes_routers_from_the_recipe():
+    pytest.importorskip("diffusers")
+    m = build_model(TrainConfig(model="dit-tiny", recipe="dydit", flop_target=0.65))
+    assert m.exit_heads == "dydit" and len(m.routers.head) == m.depth
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 300.0)
+    loss, logs = dydit_loss(m, x, t, None, torch.randn_like(x), flop_target=0.65)
+    loss.backward()
+    assert all(p.grad is not None for p in m.routers.head.parameters())
+    assert 0 < logs["ratio"] <= 1.02
+    Cell(model="dit-tiny", policy="dydit", recipe="dydit", target_flop_ratio=0.65)  # accepted
