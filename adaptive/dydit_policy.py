@@ -153,6 +153,7 @@ class DyDiT(ExitPolicy):
         if self._view is None or self._view.model is not model:
             self._view = view_of(model)
             self._costs = self._view.costs()
+            self._weights.clear()  # slices of the previous model's weights
         view, r = self._view, model.routers
         c = self._costs[i]
         block, x, mod = view.enter(i, state)

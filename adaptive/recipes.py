@@ -20,8 +20,7 @@ from torch import Tensor
 
 from adaptive.dydit import attach_routers, dydit_loss
 from blockloop.contracts import ExitPolicy
-from blockloop.model import forward_all
-from models import UViT
+from blockloop.model import LayerwiseModel, forward_all
 from models.heads import lte_score, uncertainty
 
 __all__ = [
@@ -55,7 +54,7 @@ class Recipe:
     # old meaning get new keys (0 keeps the keys of before revisions existed).
     revision: int = 0
     # Adds the recipe's learned parts that the model does not build itself (DyDiT's routers).
-    prepare: Callable[[UViT], object] | None = None
+    prepare: Callable[[torch.nn.Module], object] | None = None  # a U-ViT or a DiT
 
 
 def _per_layer_mse(outs: list[Tensor], eps: Tensor) -> Tensor:
@@ -63,20 +62,20 @@ def _per_layer_mse(outs: list[Tensor], eps: Tensor) -> Tensor:
     return torch.stack([F.mse_loss(o, eps) for o in outs])
 
 
-def full_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
+def full_loss(model: LayerwiseModel, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
     """L_simple (Ho et al. 2020, Eq. 14): MSE of the final layer's eps."""
     loss = F.mse_loss(model(x_t, t, cond), eps)
     return loss, {"loss": loss.item()}
 
 
-def layerwise_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
+def layerwise_loss(model: LayerwiseModel, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
     """Uniform average of every layer's readout MSE (the plain early-exit training loss)."""
     per_layer = _per_layer_mse(forward_all(model, x_t, t, cond), eps)
     loss = per_layer.mean()
     return loss, {"loss": loss.item(), "final": per_layer[-1].item()}
 
 
-def pabee_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
+def pabee_loss(model: LayerwiseModel, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
     """PABEE (Zhou et al. 2020, Eq. 5): layer i's loss weighted by i + 1, normalised."""
     per_layer = _per_layer_mse(forward_all(model, x_t, t, cond), eps)
     w = torch.arange(1, len(per_layer) + 1, dtype=per_layer.dtype, device=per_layer.device)
@@ -84,7 +83,7 @@ def pabee_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, d
     return loss, {"loss": loss.item(), "final": per_layer[-1].item()}
 
 
-def berxit_loss(model: UViT, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
+def berxit_loss(model: LayerwiseModel, x_t, t, cond, eps, step: int = 0) -> tuple[Tensor, dict]:
     """BERxiT (Xin et al. 2021, Sec. 3.2), alternating steps.
 
     Even steps train the backbone with the layer-wise loss; odd steps train the shared LTE alone
@@ -116,7 +115,7 @@ class UEMLoss:
     ``mos_layer_wise``).
 
     - UEM_i predicts a per-pixel uncertainty u_i from the detached h_i (see
-      :meth:`models.UViT.uncertainty`); its target is the pseudo-uncertainty
+      :func:`models.heads.uncertainty`); its target is the pseudo-uncertainty
       ``u_hat_i = tanh(|eps_i - eps|)``, detached (0 = exact). The official module predicts the
       certainty ``1 - u``; the MSE is the same.
     - ``L_u = mean_i MSE(u_i, u_hat_i)``.
@@ -149,7 +148,7 @@ class UEMLoss:
 
     def __call__(
         self,
-        model: UViT,
+        model: LayerwiseModel,
         x_t,
         t,
         cond,

@@ -116,6 +116,14 @@ def check_cache(cell: Cell) -> None:
             raise ValueError(f"{name} applies to cache {cache!r}, not {cell.cache!r}")
     spec = cell.cache_spec
     spec.policy_class.check_knob(spec.knob)
+    if (cell.cache_args or {}).get("signal") == "modulated" and MODELS[cell.model].get(
+        "arch"
+    ) != "dit":
+        raise ValueError(
+            f"cache_args signal 'modulated' needs a model with the cache_signal capability "
+            f"(block 0's adaLN modulation: the DiT sizes); model {cell.model!r} has none, use "
+            "signal 'embed'"
+        )
     if not spec.policy_class.needs_router:  # (the l2c router is learned by the pipeline)
         spec.build().check_model(MODELS[cell.model]["depth"])
     if POLICIES[cell.policy].runs_blocks:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -250,7 +251,12 @@ def _cache_spec(
         options["branches"] = 2  # a batch-level rule decides per guidance branch
     cls = spec.policy_class
     if cls.needs_fit and not all(name in options for name in cls.fitted):
-        inputs = {k: options[k] for k in cls.fit_inputs if k in options}
+        defaults = inspect.signature(cls.__init__).parameters
+        inputs = {  # an option left at its default keeps the fit's key
+            k: options[k]
+            for k in cls.fit_inputs
+            if options.get(k, defaults[k].default) != defaults[k].default
+        }
         options.update(load_or_fit(built, cls, model_key, cache, conditions, inputs))
     if spec.policy_class.needs_router:
         router_cond = None

@@ -13,9 +13,9 @@ The signal (option ``signal``, :data:`SIGNALS`): ``"embed"`` (the default), the 
 input (``embed(x, t, cond).h``; on U-ViT it holds the time token beside the patch tokens, the
 closest analogue of the modulated input of an adaLN model; on a DiT only the patch embedding);
 ``"modulated"``, upstream's: block 0's timestep-modulated input, from a model with the
-``cache_signal`` capability (:mod:`blockloop.model`; the DiT adapter), its FLOPs counted every
-call. ``branches=2`` decides the two halves of a classifier-free-guidance batch separately
-(upstream keeps one state per branch).
+``cache_signal`` capability (:mod:`blockloop.model`; the DiT and PixArt adapters), its FLOPs
+counted every call. ``branches=2`` decides the two halves of a classifier-free-guidance batch
+separately (upstream keeps one state per branch).
 """
 
 from __future__ import annotations
@@ -189,6 +189,8 @@ def fit_rescale(
     ``calls`` per run and what was fitted on)."""
     xs, ys = [], []
     signal = run.pop("signal", "embed")
+    if signal == "modulated":
+        require(model, ("cache_signal",), "teacache-batch with signal 'modulated'")
     record = functools.partial(_Signals, signal=signal)
     for rec in recorded_runs(model, schedule, sampler, steps, record, **run):
         for k in range(1, len(rec.inputs)):

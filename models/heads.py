@@ -111,22 +111,24 @@ def attach_exit_heads(model: nn.Module, kind: str, geometry: tuple[int, int, int
     if kind == "none":
         return model
     dim, patch, channels = geometry if geometry is not None else _geometry(model)
-    if kind == "uem":
-        model.uem = UEMHeads(model.depth, dim, patch, channels)
-    else:
-        model.lte = LTEHead(dim)
+    head = UEMHeads(model.depth, dim, patch, channels) if kind == "uem" else LTEHead(dim)
+    param = next(model.parameters(), None)
+    if param is not None:  # where the model already is (a GPU, bf16)
+        head = head.to(device=param.device, dtype=param.dtype)
+    setattr(model, kind, head)
     return model
 
 
 def exit_heads_of(model: Any) -> str:
     """The exit heads ``model`` carries: "uem", "lte" or "none" (a model whose class says more,
-    e.g. the U-ViT's "dydit", answers with its own ``exit_heads``)."""
+    e.g. the U-ViT's "dydit", answers with its own ``exit_heads``; one that claims "uem" or
+    "lte" without carrying these modules has none)."""
     if isinstance(getattr(model, "uem", None), UEMHeads):
         return "uem"
     if isinstance(getattr(model, "lte", None), LTEHead):
         return "lte"
     own = getattr(model, "exit_heads", "none")
-    return own if isinstance(own, str) else "none"
+    return own if isinstance(own, str) and own not in HEAD_KINDS else "none"
 
 
 def uncertainty(model: Any, i: int, state: Any) -> Tensor:

@@ -172,6 +172,8 @@ def test_the_modulated_signal_needs_the_capability_and_a_known_name():
             T,
             cache=make_cache("teacache-batch", 0.5, signal="modulated"),
         )
+    with pytest.raises(ValueError, match="signal 'modulated' needs a model with the cache_sig"):
+        Cell(cache="teacache-batch", target_flop_ratio=0.5, cache_args={"signal": "modulated"})
     with pytest.raises(ValueError, match="unknown signal 'input'; valid choices: embed, modulated"):
         make_cache("teacache-batch", 0.5, signal="input")
 

@@ -115,3 +115,11 @@ def test_the_registered_dit_trains_its_heads_with_the_recipes(cache, recipe, kin
     with torch.inference_mode():
         assert torch.isfinite(ex(x, t)).all()
     Cell(model="dit-tiny", recipe=recipe, policy=recipe, knob=0.5)  # a sweep may ask for it
+
+
+def test_a_model_that_claims_heads_without_the_modules_has_none():
+    class Claims(nn.Module):
+        exit_heads = "uem"
+
+    assert exit_heads_of(Claims()) == "none"
+    assert exit_heads_of(make_model("micro", 8, 1, exit_heads="dydit")) == "dydit"

@@ -313,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         budget = BUDGETS.get(a.model)
         steps = a.steps or (budget.steps if budget is not None else TrainConfig().steps)
         given = {"batch_size": a.batch_size, "lr": a.lr}
-        kw = {**(budget.optimiser() if budget else {}), **{k: v for k, v in given.items() if v}}
+        kw = {
+            **(budget.optimiser() if budget else {}),
+            **{k: v for k, v in given.items() if v is not None},
+        }
         cfg = TrainConfig(dataset=a.dataset, model=a.model, steps=steps, **kw).normalised()
         opts = CurveOptions(
             samples=a.samples,

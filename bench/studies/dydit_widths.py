@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         budget = BUDGETS.get(a.model)
         extra = (
-            {} if budget is None else dict(steps=budget.steps, finetune_steps=budget.finetune_steps)
+            {}
+            if budget is None
+            else dict(
+                steps=budget.steps, finetune_steps=budget.finetune_steps, **budget.optimiser()
+            )
         )
         cfgs = {
             t: TrainConfig(
