@@ -204,10 +204,9 @@ def check_training(cell: Cell) -> None:
 
 
 def _check_dit(cell: Cell) -> None:
-    """What a DiT (models.dit) cannot do: pruning, text conditioning, DeepCache. (UEM and LTE
-    exit heads attach to it, models.heads; DyDiT's routers too, adaptive.dydit_blocks.)"""
-    if cell.prune_ratio:
-        raise ValueError(f"model {cell.model!r} is a DiT: pruning supports the U-ViT sizes")
+    """What a DiT (models.dit) cannot do: text conditioning, DeepCache. (UEM and LTE exit
+    heads attach to it, models.heads; DyDiT's routers too, adaptive.dydit_blocks; pruning
+    handles its attention, pruning.core.)"""
     if cell.text is not None:
         raise ValueError(f"model {cell.model!r} is a DiT: no text conditioning")
     missing = set(CACHES[cell.cache].requires) - {"block_parts"} if cell.cache != "none" else set()

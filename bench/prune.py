@@ -107,10 +107,6 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         check_prune(self.ratio, self.importance, self.rounds)
-        if MODELS[self.base.model].get("arch") == "dit":
-            raise ValueError(
-                f"model {self.base.model!r} is a DiT: pruning supports the U-ViT sizes"
-            )
         check_seed(self.seed)
         if isinstance(self.finetune_steps, bool) or not isinstance(self.finetune_steps, int):
             raise ValueError(f"finetune_steps must be an integer, got {self.finetune_steps!r}")

@@ -1,4 +1,4 @@
-"""Structured pruning of the U-ViT through torch-pruning's dependency graph.
+"""Structured pruning of the U-ViT and the DiT adapter through torch-pruning's dependency graph.
 
 What is removed: whole attention heads (``qkv`` rows of a head, and the matching ``proj``
 inputs) and MLP hidden channels, each by ``ratio``. The embedding width is kept: the exit heads
@@ -24,6 +24,11 @@ and calling ``between`` (e.g. a fine-tune) after every round but the last.
 A pruned model is saved as a *recipe*: base checkpoint id, ratio, criterion, torch-pruning's
 pruning history and the head counts, and rebuilt by :func:`replay` on a fresh base model
 (torch-pruning's ``load_pruning_history``), never as a pickled module.
+
+Architectures (:func:`_arch`): the suite's U-ViT (a fused ``qkv`` linear, ``mlp[0]``) and a
+diffusers DiT behind :class:`models.dit.DiTAdapter` (``to_q`` / ``to_k`` / ``to_v`` pruned by
+the same whole heads, the feed-forward's first linear; diffusers' attention reads its head
+count from ``attn.heads``, written back after every step).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from models import UViT
+from models.heads import exit_heads_of, lte_score, uncertainty
 from models.uvit import Attention
 
 __all__ = [
@@ -156,15 +162,46 @@ class PruneResult:
     num_heads: dict[str, int]  # attention module name -> heads kept
 
 
-def _example_inputs(model: UViT) -> tuple[Tensor, Tensor, Tensor | None]:
-    cfg = model.cfg
+def _example_inputs(model: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
     dev = next(model.parameters()).device
-    x = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
+    x = torch.zeros(2, *model.input_shape, device=dev)
     t = torch.tensor([10.0, 500.0], device=dev)
     return x, t, model.example_cond(2)
 
 
-def _forward(model: UViT, inputs) -> Tensor:
+def _arch(model: nn.Module) -> str:
+    """ "uvit" or "dit"; a ValueError names what pruning supports."""
+    from models.dit import DiTAdapter
+
+    if isinstance(model, UViT):
+        return "uvit"
+    if isinstance(model, DiTAdapter):
+        return "dit"
+    raise ValueError(
+        f"pruning supports the U-ViT and the DiT adapter, not a {type(model).__name__}"
+    )
+
+
+def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """The linears that produce each attention's heads -> its head count (torch-pruning's
+    ``num_heads``): U-ViT's fused ``qkv``; a DiT's ``to_q``, ``to_k`` and ``to_v``."""
+    if _arch(model) == "uvit":
+        return {m.qkv: m.num_heads for m in model.modules() if isinstance(m, Attention)}
+    out = {}
+    for block in model.dit.transformer_blocks:
+        a = block.attn1
+        out.update({lin: a.heads for lin in (a.to_q, a.to_k, a.to_v)})
+    return out
+
+
+def _mlp_inputs(model: nn.Module) -> list[nn.Module]:
+    """Each block's first MLP linear (its hidden channels are pruned)."""
+    if _arch(model) == "uvit":
+        return [blk.mlp[0] for blk in model.blocks]
+    return [block.ff.net[0].proj for block in model.dit.transformer_blocks]
+
+
+def _forward(model: nn.Module, inputs) -> Tensor:
     """What torch-pruning traces: every block's readout and exit head, summed into one output,
     so that the shared output head (and the UEM / LTE heads) couple to every block's hidden
     state. Tracing the plain forward alone would let width pruning decouple the in-block stream
@@ -174,20 +211,18 @@ def _forward(model: UViT, inputs) -> Tensor:
     for i in range(model.depth):
         model.run_block(i, state)
         total = total + model.readout(state)
-        if model.uem is not None:
-            total = total + model.uncertainty(i, state)
-        if model.lte is not None:
-            total = total + model.lte_score(state).view(-1, 1, 1, 1)
+        heads = exit_heads_of(model)
+        if heads == "uem":
+            total = total + uncertainty(model, i, state)
+        if heads == "lte":
+            total = total + lte_score(model, state).view(-1, 1, 1, 1)
     return total
 
 
-def _ignored_layers(model: UViT) -> list[nn.Module]:
+def _ignored_layers(model: nn.Module) -> list[nn.Module]:
     """Layers whose *output* channels must not be pruned (torch-pruning's ignored_layers): all but
-    ``qkv`` (pruned by whole heads) and the first MLP linear of every block."""
-    roots: set[nn.Module] = set()
-    for blk in model.blocks:
-        roots.add(blk.attn.qkv)
-        roots.add(blk.mlp[0])
+    the head projections (pruned by whole heads) and the first MLP linear of every block."""
+    roots = set(_attention_heads(model)) | set(_mlp_inputs(model))
     return [
         m
         for m in model.modules()
@@ -212,8 +247,14 @@ def head_schedule(heads: int, ratio: float, rounds: int) -> list[float]:
     return sched
 
 
-def _pruner(model: UViT, importance, ratio: float, rounds: int = 1) -> tp.pruner.BasePruner:
-    attn = {m.qkv: m.num_heads for m in model.modules() if isinstance(m, Attention)}
+def _unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters torch-pruning must follow outside modules: U-ViT's learned position
+    embedding (a DiT's is a fixed buffer)."""
+    return [(model.pos_embed, 2)] if _arch(model) == "uvit" else []
+
+
+def _pruner(model: nn.Module, importance, ratio: float, rounds: int = 1) -> tp.pruner.BasePruner:
+    attn = _attention_heads(model)
     pruner = tp.pruner.BasePruner(
         model,
         _example_inputs(model),
@@ -224,7 +265,7 @@ def _pruner(model: UViT, importance, ratio: float, rounds: int = 1) -> tp.pruner
         prune_head_dims=False,
         head_pruning_ratio=ratio,
         ignored_layers=_ignored_layers(model),
-        unwrapped_parameters=[(model.pos_embed, 2)],
+        unwrapped_parameters=_unwrapped(model),
         forward_fn=_forward,
         round_to=None,
         iterative_steps=rounds,
@@ -236,9 +277,16 @@ def _pruner(model: UViT, importance, ratio: float, rounds: int = 1) -> tp.pruner
     return pruner
 
 
-def _write_back_heads(model: UViT) -> dict[str, int]:
-    """Store each attention module's head count after its qkv lost whole heads."""
+def _write_back_heads(model: nn.Module) -> dict[str, int]:
+    """Store each attention module's head count after its projections lost whole heads."""
     heads = {}
+    if _arch(model) == "dit":
+        head_dim = model.dit.config.attention_head_dim
+        for name, m in model.named_modules():
+            if name.endswith(".attn1"):
+                m.heads = m.to_q.out_features // head_dim  # diffusers' processors read it
+                heads[name] = m.heads
+        return heads
     for name, m in model.named_modules():
         if isinstance(m, Attention):
             m.num_heads = m.qkv.out_features // (3 * m.head_dim)
@@ -351,7 +399,7 @@ def replay(model: UViT, history: list, num_heads: dict[str, int]) -> UViT:
             model,
             example_inputs=_example_inputs(model),
             forward_fn=_forward,
-            unwrapped_parameters=[(model.pos_embed, 2)],
+            unwrapped_parameters=_unwrapped(model),
         )
         dg.load_pruning_history([(n, bool(o), list(i)) for n, o, i in history])
     got = _write_back_heads(model)

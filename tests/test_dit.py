@@ -4,6 +4,8 @@ the caches and the calibrator."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ import samplers
 from adaptive.calibrate import CalibrationRun, calibrate
 from adaptive.policies import make_policy
 from bench.cell import Cell
+from bench.prune import PruneConfig, load_or_prune
 from bench.train import TrainConfig, load_or_train
 from blockloop.executor import EarlyExitDenoiser
 from blockloop.model import LayerwiseModel, capabilities, forward_all
@@ -140,7 +143,6 @@ def test_the_registered_dit_trains_with_the_suites_recipes(cache):
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        (dict(prune_ratio=0.3), "pruning supports the U-ViT sizes"),
         (dict(cache="deepcache"), "deepcache.*long_skips"),
     ],
 )
@@ -188,3 +190,26 @@ def test_a_cell_asks_for_the_modulated_signal_under_its_own_key():
     )
     assert modulated.key != plain.key and "signal" in modulated.label()
     assert modulated.cache_spec.build().signal == "modulated"
+
+
+def test_a_dit_prunes_by_whole_heads_replays_exactly_and_loads_from_the_cache(cache):
+    from pruning import prune, replay
+
+    model = _dit()
+    fresh = copy.deepcopy(model)
+    x, t, y = _inputs()
+    res = prune(model, 0.3, "magnitude")
+    for block in model.dit.transformer_blocks:  # 2 heads of 16, 128 hidden channels: 30% off
+        a = block.attn1
+        assert a.heads == 1 and a.to_q.out_features == a.to_v.out_features == 16
+        assert block.ff.net[0].proj.out_features == 89 == block.ff.net[2].in_features
+    rebuilt = replay(fresh, res.history, res.num_heads)
+    with torch.inference_mode():
+        assert (
+            torch.equal(rebuilt(x, t, y), model(x, t, y)) and torch.isfinite(model(x, t, y)).all()
+        )
+    check_flop_meter(model, "calm", 0.9, None, *_inputs(8))  # exits on the pruned DiT
+    pc = PruneConfig(base=TrainConfig(model="dit-tiny", steps=3, batch_size=8), finetune_steps=2)
+    pm = load_or_prune(pc, cache, progress=False)
+    assert sum(p.numel() for p in pm.model.parameters()) < 0.8 * 1.23e6
+    assert torch.isfinite(pm.model(torch.randn(2, 1, 8, 8), torch.full((2,), 500.0))).all()
