@@ -251,12 +251,8 @@ def _cache_spec(
         options["branches"] = 2  # a batch-level rule decides per guidance branch
     cls = spec.policy_class
     if cls.needs_fit and not all(name in options for name in cls.fitted):
-        defaults = inspect.signature(cls.__init__).parameters
-        inputs = {  # an option left at its default keeps the fit's key
-            k: options[k]
-            for k in cls.fit_inputs
-            if options.get(k, defaults[k].default) != defaults[k].default
-        }
+        default = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        inputs = {k: options[k] for k in cls.fit_inputs if options.get(k, default[k]) != default[k]}
         options.update(load_or_fit(built, cls, model_key, cache, conditions, inputs))
     if spec.policy_class.needs_router:
         router_cond = None

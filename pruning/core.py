@@ -25,10 +25,8 @@ A pruned model is saved as a *recipe*: base checkpoint id, ratio, criterion, tor
 pruning history and the head counts, and rebuilt by :func:`replay` on a fresh base model
 (torch-pruning's ``load_pruning_history``), never as a pickled module.
 
-Architectures (:func:`_arch`): the suite's U-ViT (a fused ``qkv`` linear, ``mlp[0]``) and a
-diffusers DiT behind :class:`models.dit.DiTAdapter` (``to_q`` / ``to_k`` / ``to_v`` pruned by
-the same whole heads, the feed-forward's first linear; diffusers' attention reads its head
-count from ``attn.heads``, written back after every step).
+Architectures: the suite's U-ViT and a diffusers DiT behind :class:`models.dit.DiTAdapter`
+(:mod:`pruning.arch`: which linears hold the heads and channels, where head counts go back).
 """
 
 from __future__ import annotations
@@ -47,7 +45,13 @@ from torch import Tensor, nn
 
 from models import UViT
 from models.heads import exit_heads_of, lte_score, uncertainty
-from models.uvit import Attention
+from pruning.arch import (
+    attention_heads,
+    example_inputs,
+    mlp_inputs,
+    unwrapped,
+    write_back_heads,
+)
 
 __all__ = [
     "DEFAULT_IMPORTANCE",
@@ -162,45 +166,6 @@ class PruneResult:
     num_heads: dict[str, int]  # attention module name -> heads kept
 
 
-def _example_inputs(model: nn.Module) -> tuple[Tensor, Tensor, Tensor | None]:
-    dev = next(model.parameters()).device
-    x = torch.zeros(2, *model.input_shape, device=dev)
-    t = torch.tensor([10.0, 500.0], device=dev)
-    return x, t, model.example_cond(2)
-
-
-def _arch(model: nn.Module) -> str:
-    """ "uvit" or "dit"; a ValueError names what pruning supports."""
-    from models.dit import DiTAdapter
-
-    if isinstance(model, UViT):
-        return "uvit"
-    if isinstance(model, DiTAdapter):
-        return "dit"
-    raise ValueError(
-        f"pruning supports the U-ViT and the DiT adapter, not a {type(model).__name__}"
-    )
-
-
-def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """The linears that produce each attention's heads -> its head count (torch-pruning's
-    ``num_heads``): U-ViT's fused ``qkv``; a DiT's ``to_q``, ``to_k`` and ``to_v``."""
-    if _arch(model) == "uvit":
-        return {m.qkv: m.num_heads for m in model.modules() if isinstance(m, Attention)}
-    out = {}
-    for block in model.dit.transformer_blocks:
-        a = block.attn1
-        out.update({lin: a.heads for lin in (a.to_q, a.to_k, a.to_v)})
-    return out
-
-
-def _mlp_inputs(model: nn.Module) -> list[nn.Module]:
-    """Each block's first MLP linear (its hidden channels are pruned)."""
-    if _arch(model) == "uvit":
-        return [blk.mlp[0] for blk in model.blocks]
-    return [block.ff.net[0].proj for block in model.dit.transformer_blocks]
-
-
 def _forward(model: nn.Module, inputs) -> Tensor:
     """What torch-pruning traces: every block's readout and exit head, summed into one output,
     so that the shared output head (and the UEM / LTE heads) couple to every block's hidden
@@ -222,7 +187,7 @@ def _forward(model: nn.Module, inputs) -> Tensor:
 def _ignored_layers(model: nn.Module) -> list[nn.Module]:
     """Layers whose *output* channels must not be pruned (torch-pruning's ignored_layers): all but
     the head projections (pruned by whole heads) and the first MLP linear of every block."""
-    roots = set(_attention_heads(model)) | set(_mlp_inputs(model))
+    roots = set(attention_heads(model)) | set(mlp_inputs(model))
     return [
         m
         for m in model.modules()
@@ -247,17 +212,11 @@ def head_schedule(heads: int, ratio: float, rounds: int) -> list[float]:
     return sched
 
 
-def _unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
-    """Parameters torch-pruning must follow outside modules: U-ViT's learned position
-    embedding (a DiT's is a fixed buffer)."""
-    return [(model.pos_embed, 2)] if _arch(model) == "uvit" else []
-
-
 def _pruner(model: nn.Module, importance, ratio: float, rounds: int = 1) -> tp.pruner.BasePruner:
-    attn = _attention_heads(model)
+    attn = attention_heads(model)
     pruner = tp.pruner.BasePruner(
         model,
-        _example_inputs(model),
+        example_inputs(model),
         importance=importance,
         pruning_ratio=ratio,
         num_heads=attn,
@@ -265,7 +224,7 @@ def _pruner(model: nn.Module, importance, ratio: float, rounds: int = 1) -> tp.p
         prune_head_dims=False,
         head_pruning_ratio=ratio,
         ignored_layers=_ignored_layers(model),
-        unwrapped_parameters=_unwrapped(model),
+        unwrapped_parameters=unwrapped(model),
         forward_fn=_forward,
         round_to=None,
         iterative_steps=rounds,
@@ -275,23 +234,6 @@ def _pruner(model: nn.Module, importance, ratio: float, rounds: int = 1) -> tp.p
         raise ValueError(f"pruning needs one head count across blocks, got {sorted(heads)}")
     pruner.per_step_head_pruning_ratio = head_schedule(heads.pop(), ratio, rounds)
     return pruner
-
-
-def _write_back_heads(model: nn.Module) -> dict[str, int]:
-    """Store each attention module's head count after its projections lost whole heads."""
-    heads = {}
-    if _arch(model) == "dit":
-        head_dim = model.dit.config.attention_head_dim
-        for name, m in model.named_modules():
-            if name.endswith(".attn1"):
-                m.heads = m.to_q.out_features // head_dim  # diffusers' processors read it
-                heads[name] = m.heads
-        return heads
-    for name, m in model.named_modules():
-        if isinstance(m, Attention):
-            m.num_heads = m.qkv.out_features // (3 * m.head_dim)
-            heads[name] = m.num_heads
-    return heads
 
 
 def _accumulate_gradients(
@@ -385,7 +327,7 @@ def _prune_with_grad(
             criterion.prepare(model, grads.data, grads.alphas_cumprod, grads.batches, gen)
         pruner.step()
         model.zero_grad(set_to_none=True)
-        heads = _write_back_heads(model)
+        heads = write_back_heads(model)
         if between is not None and r < rounds - 1:
             between(r, model)
     history = _jsonable(pruner.pruning_history())
@@ -397,12 +339,12 @@ def replay(model: UViT, history: list, num_heads: dict[str, int]) -> UViT:
     with torch.enable_grad():  # torch-pruning traces the graph through autograd
         dg = tp.DependencyGraph().build_dependency(
             model,
-            example_inputs=_example_inputs(model),
+            example_inputs=example_inputs(model),
             forward_fn=_forward,
-            unwrapped_parameters=_unwrapped(model),
+            unwrapped_parameters=unwrapped(model),
         )
         dg.load_pruning_history([(n, bool(o), list(i)) for n, o, i in history])
-    got = _write_back_heads(model)
+    got = write_back_heads(model)
     if got != num_heads:
         raise ValueError(f"replayed head counts {got} differ from the recipe's {num_heads}")
     return model
