@@ -19,7 +19,7 @@ import json
 import logging
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from bench.measure import wall_table
 from blockloop.executor import EarlyExitDenoiser
 from models import MODELS, make_model
 
-__all__ = ["ThroughputSpec", "main", "measure_throughput"]
+__all__ = ["ThroughputSpec", "main", "measure_throughput", "uem_executors"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class ThroughputSpec:
     num_heads: int | None = None
     T: int = 1000
     seed: int = 0
+    geometry: tuple[int, int] | None = None  # (img_size, channels) instead of the dataset's
 
 
 @torch.inference_mode()
@@ -84,6 +85,8 @@ def measure_throughput(spec: ThroughputSpec = ThroughputSpec()) -> list[dict]:
         check_target(target)
     dev = resolve_device(spec.device)
     info = dataset_info(spec.dataset)
+    if spec.geometry is not None:  # e.g. ImageNet-256 latents (32x32x4): no data set needed
+        info = replace(info, img_size=spec.geometry[0], channels=spec.geometry[1])
     model = _model(spec.model_name, info, spec.official, spec.num_heads, spec.seed).to(dev).eval()
     g = torch.Generator().manual_seed(spec.seed)
     shape = (spec.batch, info.channels, info.img_size, info.img_size)
@@ -91,7 +94,7 @@ def measure_throughput(spec: ThroughputSpec = ThroughputSpec()) -> list[dict]:
     t = torch.linspace(0, spec.T - 1, spec.batch).to(dev)
     never = EarlyExitDenoiser(model, make_policy("full"), spec.T)
     with amp_context(dev, AUTOCAST[spec.autocast]):
-        executors = _executors(never, x, t, spec.targets)
+        executors = uem_executors(never, x, t, spec.targets)
         rows = wall_table(model, executors, x, t, spec.repeats)
     env = {
         "model": spec.model_name,
@@ -105,7 +108,7 @@ def measure_throughput(spec: ThroughputSpec = ThroughputSpec()) -> list[dict]:
     return [{**env, **r} for r in rows]
 
 
-def _executors(
+def uem_executors(
     never: EarlyExitDenoiser, x: Tensor, t: Tensor, targets: tuple[float, ...]
 ) -> dict[str, EarlyExitDenoiser]:
     """``never`` (the never-exiting executor) and, per target FLOP ratio of ``targets`` in
