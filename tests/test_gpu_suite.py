@@ -26,7 +26,8 @@ def test_the_dry_run_runs_every_part_and_writes_its_results(tmp_path, shared_cac
     assert [p["part"] for p in doc["parts"]] == list(PARTS)
     assert all(p["rows"] and "error" not in p for p in doc["parts"]), doc["parts"]
     rows = {p["part"]: p["rows"] for p in doc["parts"]}
-    assert {r["executor"].split()[0] for r in rows["throughput"]} == {"never-exit", "uem"}
+    executors = {r["executor"].split()[0] for r in rows["throughput"]}
+    assert executors == {"never-exit", "uem", "uem-official"}
     assert 0 < rows["prune"][0]["FLOP ratio"] < 0.8  # 30% of heads and channels removed
     assert rows["cell"][0]["flop_ratio_per_call"] == pytest.approx(0.65, abs=0.02)
     assert "## cell" in (out / "results.md").read_text()

@@ -59,6 +59,8 @@ def throughput(plan, clock, cache: ArtifactCache) -> list[dict]:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             got = measure_throughput(plan.spec(size, batch))
+            if batch == min(plan.batches):  # the official evaluation: batch-mean exits
+                got += measure_throughput(plan.spec(size, batch, policy="uem-official"))[1:]
             peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
             rows += [{**r, "peak_mb": peak} for r in got]
     return rows

@@ -8,7 +8,8 @@ measures, part by part (:data:`PARTS`), and rewrites ``results.json`` and ``resu
 - ``throughput``: U-ViT-S/2 at CIFAR-10 geometry and U-ViT-L/2 at ImageNet-256 latent geometry
   (32x32x4), random weights with UEM heads, batch 1 / 64 / 256: the plain forward and the `uem`
   executor at FLOP ratios 0.8 / 0.65 / 0.5 (thresholds bisected on the batch), side by side
-  (:func:`bench.studies.throughput.measure_throughput`), peak memory;
+  (:func:`bench.studies.throughput.measure_throughput`), at batch 1 also `uem-official` (the
+  official evaluation's one decision per batch), peak memory;
 - ``compile``: the plain forward eager and under ``torch.compile``, and the `uem` executor at
   0.65 against both;
 - ``caches``: a DDIM-20 sampling run of one batch through the executor with no cache, TaylorSeer

@@ -73,6 +73,7 @@ class ThroughputSpec:
     T: int = 1000
     seed: int = 0
     geometry: tuple[int, int] | None = None  # (img_size, channels) instead of the dataset's
+    policy: str = "uem"  # or "uem-official" (one exit decision per batch, AdaDiff's evaluation)
 
 
 @torch.inference_mode()
@@ -94,7 +95,7 @@ def measure_throughput(spec: ThroughputSpec = ThroughputSpec()) -> list[dict]:
     t = torch.linspace(0, spec.T - 1, spec.batch).to(dev)
     never = EarlyExitDenoiser(model, make_policy("full"), spec.T)
     with amp_context(dev, AUTOCAST[spec.autocast]):
-        executors = uem_executors(never, x, t, spec.targets)
+        executors = uem_executors(never, x, t, spec.targets, spec.policy)
         rows = wall_table(model, executors, x, t, spec.repeats)
     env = {
         "model": spec.model_name,
@@ -109,21 +110,26 @@ def measure_throughput(spec: ThroughputSpec = ThroughputSpec()) -> list[dict]:
 
 
 def uem_executors(
-    never: EarlyExitDenoiser, x: Tensor, t: Tensor, targets: tuple[float, ...]
+    never: EarlyExitDenoiser,
+    x: Tensor,
+    t: Tensor,
+    targets: tuple[float, ...],
+    policy: str = "uem",
 ) -> dict[str, EarlyExitDenoiser]:
     """``never`` (the never-exiting executor) and, per target FLOP ratio of ``targets`` in
-    order, the `uem` executor whose threshold the calibrator's bisection finds on the batch
-    ``(x, t)``; keyed by the names the table shows."""
+    order, the ``policy`` executor (`uem`, or `uem-official`: AdaDiff's batch-mean rule) whose
+    threshold the calibrator's bisection finds on the batch ``(x, t)``; keyed by the names the
+    table shows."""
     executors = {"never-exit": never}
     for target in targets:
 
         def run(tau: float | None) -> tuple[float, float]:
-            ex = never.with_policy(make_policy("uem", tau))
+            ex = never.with_policy(make_policy(policy, tau))
             ex(x, t)
             return ex.flop_ratio, ex.layer_ratio
 
-        tau = search_knob("uem", target, run, never.model.depth, iters=20, tol=0.0).knob
-        executors[f"uem tau={tau:.4f}"] = never.with_policy(make_policy("uem", tau))
+        tau = search_knob(policy, target, run, never.model.depth, iters=20, tol=0.0).knob
+        executors[f"{policy} tau={tau:.4f}"] = never.with_policy(make_policy(policy, tau))
     return executors
 
 
