@@ -36,17 +36,6 @@ def _readme_block(lang: str) -> str:
     return next(code for _, language, code in _blocks(README.read_text()) if language == lang)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread than on two (and far faster on a busy machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_readme_is_short_and_shows_its_examples_early():
     text = README.read_text()
     assert len(text.splitlines()) <= 200

@@ -11,14 +11,6 @@ import torch
 from bench.studies.gpu_suite import PARTS, main
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_the_dry_run_runs_every_part_and_writes_its_results(tmp_path, shared_cache_dir, one_thread):
     out = tmp_path / "gpu"
     assert main(["--dry-run", "--out", str(out), "--cache-dir", str(shared_cache_dir)]) == 0
