@@ -39,6 +39,13 @@ IDENTITY = (1.0, 0.0)  # no rescaling: the polynomial x
 SIGNALS = ("embed", "modulated")  # what the rule compares between calls (module docstring)
 
 
+def _check_signal(model: LayerwiseModel, signal: str) -> None:
+    """A ValueError unless ``model`` can give ``signal`` (the modulated one needs
+    ``cache_signal``)."""
+    if signal == "modulated":
+        require(model, ("cache_signal",), "teacache-batch with signal 'modulated'")
+
+
 def _signal(model: LayerwiseModel, state: BlockState, signal: str) -> Tensor:
     """The input the rule compares: the embedded tokens or block 0's modulated input."""
     return state.h if signal == "embed" else model.cache_signal(state)
@@ -93,8 +100,7 @@ class TeaCacheBatch(ResidualCache):
 
     def bind(self, model: LayerwiseModel, costs) -> None:
         """:meth:`CachePolicy.bind`, and the ``cache_signal`` capability for ``"modulated"``."""
-        if self.signal == "modulated":
-            require(model, ("cache_signal",), "teacache-batch with signal 'modulated'")
+        _check_signal(model, self.signal)
         super().bind(model, costs)
 
     @staticmethod
@@ -189,8 +195,7 @@ def fit_rescale(
     ``calls`` per run and what was fitted on)."""
     xs, ys = [], []
     signal = run.pop("signal", "embed")
-    if signal == "modulated":
-        require(model, ("cache_signal",), "teacache-batch with signal 'modulated'")
+    _check_signal(model, signal)
     record = functools.partial(_Signals, signal=signal)
     for rec in recorded_runs(model, schedule, sampler, steps, record, **run):
         for k in range(1, len(rec.inputs)):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.heads import HEAD_KINDS, attach_exit_heads
+from models.heads import HEAD_KINDS, attach_exit_heads, carried_heads
 from models.layout import unpatchify
 
 __all__ = ["DiTAdapter", "DiTState", "load_dit", "make_dit", "tiny_dit"]
@@ -75,9 +75,7 @@ class DiTAdapter(nn.Module):
     @property
     def exit_heads(self) -> str:
         """The exit parts it carries: "uem", "lte", "dydit" (DyDiT's routers) or "none"."""
-        if getattr(self, "routers", None) is not None:
-            return "dydit"
-        return "uem" if self.uem is not None else "lte" if self.lte is not None else "none"
+        return "dydit" if getattr(self, "routers", None) is not None else carried_heads(self)
 
     @property
     def depth(self) -> int:

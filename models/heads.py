@@ -33,6 +33,7 @@ __all__ = [
     "LTEHead",
     "UEMHeads",
     "attach_exit_heads",
+    "carried_heads",
     "exit_heads_of",
     "lte_score",
     "uncertainty",
@@ -119,14 +120,23 @@ def attach_exit_heads(model: nn.Module, kind: str, geometry: tuple[int, int, int
     return model
 
 
-def exit_heads_of(model: Any) -> str:
-    """The exit heads ``model`` carries: "uem", "lte" or "none" (a model whose class says more,
-    e.g. the U-ViT's "dydit", answers with its own ``exit_heads``; one that claims "uem" or
-    "lte" without carrying these modules has none)."""
+def carried_heads(model: Any) -> str:
+    """The head modules ``model`` carries: "uem", "lte" or "none" (its attributes alone; an
+    adapter's ``exit_heads`` property reads this)."""
     if isinstance(getattr(model, "uem", None), UEMHeads):
         return "uem"
     if isinstance(getattr(model, "lte", None), LTEHead):
         return "lte"
+    return "none"
+
+
+def exit_heads_of(model: Any) -> str:
+    """The exit heads ``model`` carries: "uem", "lte" or "none" (a model whose class says more,
+    e.g. the U-ViT's "dydit", answers with its own ``exit_heads``; one that claims "uem" or
+    "lte" without carrying these modules has none)."""
+    carried = carried_heads(model)
+    if carried != "none":
+        return carried
     own = getattr(model, "exit_heads", "none")
     return own if isinstance(own, str) and own not in HEAD_KINDS else "none"
 

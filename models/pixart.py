@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from models.dit import pretrained_folder
-from models.heads import attach_exit_heads
+from models.heads import attach_exit_heads, carried_heads
 from models.layout import unpatchify
 
 __all__ = ["PixArtAdapter", "PixArtState", "load_pixart", "tiny_pixart"]
@@ -90,7 +90,7 @@ class PixArtAdapter(nn.Module):
     @property
     def exit_heads(self) -> str:
         """The exit heads it carries: "uem", "lte" or "none"."""
-        return "uem" if self.uem is not None else "lte" if self.lte is not None else "none"
+        return carried_heads(self)
 
     @property
     def depth(self) -> int:
