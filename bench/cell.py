@@ -22,8 +22,10 @@ from bench.cellcheck import (
     check_cache,
     check_conditioning,
     check_policy,
+    check_pretrained,
     check_training,
     check_types,
+    model_size,
 )
 from bench.data import DATASETS, SPLITS
 from bench.devices import AUTOCAST
@@ -34,6 +36,7 @@ from bench.train import BUDGETS, TrainConfig
 from bench.trainconfig import check_seed
 from caching import CACHES, CacheSpec
 from models import MODELS
+from models.pretrained import describe, is_folder
 from pruning import DEFAULT_IMPORTANCE, IMPORTANCES, check_prune
 from samplers import SAMPLERS, check_options
 
@@ -72,7 +75,7 @@ class Cell:
 
     # The data and the model (bench.data, models.MODELS, adaptive.recipes).
     dataset: str = "digits"  # the images the model trains on and FID is measured against
-    model: str = "tiny"  # the U-ViT size (`micro` for smoke runs)
+    model: str = "tiny"  # a size (`micro` for smoke runs), or a from_pretrained folder (a path)
     recipe: str = "full"  # how the model is trained: plain, or with an exit method's heads/loss
     # Structured pruning (pruning, bench.prune): heads and MLP channels, then a fine-tune.
     prune_ratio: float = 0.0  # share of heads / MLP channels removed, in [0, 1); 0: unpruned
@@ -86,6 +89,7 @@ class Cell:
     prune_distill_features: float | None = None
     prune_rounds: int | None = None
     prune_scratch: bool = False
+    prune_round_to: int | None = None  # MLP channels kept: a multiple of this (GEMM-friendly)
     prune_teacher: str | None = None  # distillation teacher: "base" or a checkpoint key
     # Early exits (adaptive.policies): the policy, and its knob set or calibrated.
     policy: str = "full"  # the exit rule after each block (`full`: never exit)
@@ -145,7 +149,9 @@ class Cell:
                 object.__setattr__(self, name, dict(value) or None)
         check_types(self)
         for name, registry in CELL_CHOICES.items():
-            if getattr(self, name) not in registry:
+            if name == "model":
+                model_size(self.model)  # a registered size or a from_pretrained folder
+            elif getattr(self, name) not in registry:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(registry)}"
                 )
@@ -166,13 +172,17 @@ class Cell:
             )
         check_policy(self)
         check_training(self)
-        tcfg = cell_train_config(self)  # validates the training fields (steps, loss weights)
-        if self.prune_ratio > 0:
-            cell_prune_config(self, tcfg)  # validates the fine-tune fields
-        T = tcfg.T
+        if is_folder(self.model):
+            schedule = check_pretrained(self)
+        else:
+            tcfg = cell_train_config(self)  # validates the training fields (steps, loss weights)
+            if self.prune_ratio > 0:
+                cell_prune_config(self, tcfg)  # validates the fine-tune fields
+            schedule = tcfg.make_schedule()
+        T = schedule.T
         if self.steps > T:
             raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
-        check_options(self.sampler, self.steps, T=T, schedule=tcfg.schedule, **self.sampler_options)
+        check_options(self.sampler, self.steps, T=T, schedule=schedule, **self.sampler_options)
         check_conditioning(self)
 
     def _sets(self, name: str) -> bool:
@@ -268,6 +278,7 @@ class Cell:
             ("prune_distill", "kd"),
             ("prune_distill_features", "fkd"),
             ("prune_rounds", "r"),
+            ("prune_round_to", "x"),
         ):
             if getattr(self, name) is not None:
                 parts.append(f"{short}{getattr(self, name):g}")
@@ -364,6 +375,7 @@ PRUNE_FIELDS = {
     "prune_distill_features": "distill_features",
     "prune_rounds": "rounds",
     "prune_scratch": "scratch",
+    "prune_round_to": "round_to",
     "prune_teacher": "teacher",
 }
 
@@ -379,7 +391,10 @@ def cell_prune_config(cell: Cell, tcfg: TrainConfig) -> PruneConfig:
 
 
 def cell_model_key(cell: Cell) -> str:
-    """The artifact key of the model the cell runs (its pruned model's, or its checkpoint's).
-    Records carry it, so a record made before its model was retrained is not reused."""
+    """The artifact key of the model the cell runs (its pruned model's, its checkpoint's, or
+    a ``from_pretrained`` folder's fingerprint). Records carry it, so a record made before its
+    model was retrained (or the folder's weights changed) is not reused."""
+    if is_folder(cell.model):
+        return describe(cell.model).key
     tcfg = cell_train_config(cell)
     return cell_prune_config(cell, tcfg).key if cell.prune_ratio > 0 else tcfg.key

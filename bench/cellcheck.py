@@ -19,6 +19,8 @@ from bench.data import dataset_info
 from bench.text import PROMPT_SETS, check_text
 from caching import CACHES, check_composition
 from models import MODELS
+from models.pretrained import describe, is_folder
+from samplers import VPSchedule
 
 # A bench.cell.Cell: not imported, since bench.cell imports this module (no import circle).
 Cell = Any
@@ -29,8 +31,10 @@ __all__ = [
     "check_cache",
     "check_conditioning",
     "check_policy",
+    "check_pretrained",
     "check_training",
     "check_types",
+    "model_size",
 ]
 
 # Cell fields that are a cache policy's options, and the cache each applies to.
@@ -54,6 +58,48 @@ class NoneOr(Mapping):
 
     def __len__(self) -> int:
         return 1 + len(self._registry)
+
+
+def model_size(model: str) -> dict[str, Any]:
+    """The size entry of a cell's ``model``: the registered size, or a ``from_pretrained``
+    folder's (:meth:`models.pretrained.PretrainedFolder.size`, read from its config)."""
+    if is_folder(model):
+        return describe(model).size
+    if model not in MODELS:
+        raise ValueError(
+            f"unknown model {model!r}; valid choices: {', '.join(MODELS)}, or a local diffusers "
+            "from_pretrained folder (a path containing '/')"
+        )
+    return MODELS[model]
+
+
+def check_pretrained(cell: Cell) -> VPSchedule:
+    """A cell whose ``model`` is a ``from_pretrained`` folder runs the weights as they are:
+    recipe ``full`` (so no policy that needs trained heads), no pruning, no text, no training
+    fields; its images have the data set's shape (FID compares them); guidance asks for the
+    data set's classes, which the model must take. Returns the folder's noise schedule."""
+    spec = describe(cell.model)
+    what = [f for f in ("finetune_steps", "prune_ratio", "text") if getattr(cell, f)]
+    what += [f"recipe {cell.recipe!r}"] if cell.recipe != "full" else []
+    if what:
+        raise ValueError(
+            f"model {cell.model!r} is pretrained weights, run as loaded: {', '.join(what)} would "
+            "train it (use recipe 'full', no pruning, no text; exit policies that need no heads: "
+            f"{', '.join(p for p, c in POLICIES.items() if c.heads == 'none')})"
+        )
+    info = dataset_info(cell.dataset)
+    want = (info.channels, info.img_size, info.img_size)
+    if spec.image_shape != want:
+        raise ValueError(
+            f"model {cell.model!r} makes {spec.image_shape} images, data set {cell.dataset!r} "
+            f"holds {want}: FID needs the same shape"
+        )
+    if cell.guidance is not None and spec.num_classes != info.num_classes:
+        raise ValueError(
+            f"guidance asks for {cell.dataset!r}'s {info.num_classes} classes; model "
+            f"{cell.model!r} takes {spec.num_classes}"
+        )
+    return VPSchedule(spec.betas(), name=f"pretrained:{spec.root}")
 
 
 def check_types(cell: Cell) -> None:
@@ -116,16 +162,15 @@ def check_cache(cell: Cell) -> None:
             raise ValueError(f"{name} applies to cache {cache!r}, not {cell.cache!r}")
     spec = cell.cache_spec
     spec.policy_class.check_knob(spec.knob)
-    if (cell.cache_args or {}).get("signal") == "modulated" and MODELS[cell.model].get(
-        "arch"
-    ) != "dit":
+    size = model_size(cell.model)
+    if (cell.cache_args or {}).get("signal") == "modulated" and size.get("arch") != "dit":
         raise ValueError(
             f"cache_args signal 'modulated' needs a model with the cache_signal capability "
             f"(block 0's adaLN modulation: the DiT sizes); model {cell.model!r} has none, use "
             "signal 'embed'"
         )
     if not spec.policy_class.needs_router:  # (the l2c router is learned by the pipeline)
-        spec.build().check_model(MODELS[cell.model]["depth"])
+        spec.build().check_model(size["depth"])
     if POLICIES[cell.policy].runs_blocks:
         raise ValueError(
             f"policy {cell.policy!r} runs every block itself; it does not compose with a "
@@ -152,7 +197,7 @@ def check_policy(cell: Cell) -> None:
     check_pairing(cls, cell.recipe)
     _check_args(cell.policy_args, "policy_args", {"patience": "patience"})
     policy = cell.exit_spec.build()  # the knob's range, the options
-    policy.check_model(RECIPES[cell.recipe].heads, MODELS[cell.model]["depth"], cell.model)
+    policy.check_model(RECIPES[cell.recipe].heads, model_size(cell.model)["depth"], cell.model)
 
 
 def _check_exit_flop_ratio(cell: Cell) -> None:
@@ -188,7 +233,7 @@ def check_training(cell: Cell) -> None:
             )
         if cell.prune_ratio:
             raise ValueError(f"recipe {cell.recipe!r} does not compose with pruning (prune_ratio)")
-    if MODELS[cell.model].get("arch") == "dit":
+    if model_size(cell.model).get("arch") == "dit":
         _check_dit(cell)
     if cell.finetune_steps is not None and not recipe.finetune:
         raise ValueError(f"finetune_steps applies to fine-tuned recipes, not {cell.recipe!r}")

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from bench.cache import ArtifactCache
-from bench.cell import Cell
+from bench.cell import Cell, cell_model_key
 from bench.pipeline import build_pipeline
+from models.pretrained import is_folder
 
 __all__ = [
     "PAIRED_FIELDS",
@@ -88,7 +89,9 @@ def reference_samples(cell: Cell, cache: ArtifactCache, data=None) -> Tensor:
         images, _ = pipe.sample(ref.samples, ref.seed)
         return {"images": images.float().cpu()}, {"cell": ref.key, "label": ref.label()}
 
-    tensors, _, _ = cache.get_or_build("reference-samples", ref.key, build)
+    key = ref.key  # a folder's weights may change under the same path: its hash joins the key
+    key += f"-{cell_model_key(ref)}" if is_folder(ref.model) else ""
+    tensors, _, _ = cache.get_or_build("reference-samples", key, build)
     return tensors["images"]
 
 

@@ -23,28 +23,33 @@ from torch import Tensor
 
 from adaptive.calibrate import Calibration, CalibrationRun, calibrate
 from adaptive.policies import ExitSpec
-from bench.cache import ArtifactCache, config_hash
+from bench.cache import ArtifactCache
+from bench.cachefits import (
+    L2C_TRAINING,
+    cell_conditions,
+    load_or_fit,
+    load_or_learn_router,
+)
 from bench.cell import Cell, cell_prune_config, cell_train_config
 from bench.data import DatasetInfo, DataSource, dataset_info
 from bench.devices import AUTOCAST, autocast, resolve_device
 from bench.metrics import class_agreement, evaluate, get_extractor
+from bench.pretrained import PretrainedModel, load_pretrained_model
 from bench.prune import load_or_prune
 from bench.sampling import generate, image_sampler_options
 from bench.text import TextContext, load_context
 from bench.train import TrainedModel, load_or_train
 from blockloop import CostModel, EarlyExitDenoiser
 from caching import CACHE_OPTIONS, CacheSpec
-from caching.l2c import train_router
 from models import UViT
+from models.pretrained import is_folder
 from samplers import ClassifierFreeGuidance, Denoiser, VPSchedule
 
 __all__ = [
     "CALIBRATION_SAMPLES",
-    "L2C_TRAINING",
     "TIMING_BATCH",
     "Pipeline",
     "build_pipeline",
-    "load_or_learn_router",
 ]
 
 # Samples are generated in batches of this size (the wall-clock unit of a cell).
@@ -58,7 +63,7 @@ class Pipeline:
 
     cell: Cell
     device: torch.device
-    base: TrainedModel  # the unpruned checkpoint (the FLOP and wall-clock reference)
+    base: TrainedModel | PretrainedModel  # the unpruned model (the FLOP and wall-clock reference)
     model: UViT  # what runs: the base model or its pruned version
     executor: EarlyExitDenoiser
     calibration: Calibration | None
@@ -79,8 +84,8 @@ class Pipeline:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one sample."""
-        return (self.info.channels, self.info.img_size, self.info.img_size)
+        """(C, H, W) of what the sampler draws (a latent model's latents)."""
+        return tuple(self.model.input_shape)
 
     @property
     def rows_per_sample(self) -> int:
@@ -122,9 +127,10 @@ class Pipeline:
         timings: list[float] | None = None,
         batch_size: int = TIMING_BATCH,
     ) -> tuple[Tensor, int]:
-        """``n`` samples (on the CPU) and the NFE per batch, under the cell's autocast."""
+        """``n`` images (on the CPU) and the NFE per batch, under the cell's autocast: the
+        samples, decoded by a pretrained latent model's VAE (:mod:`bench.pretrained`)."""
         with self.autocast():
-            return generate(
+            images, nfe = generate(
                 self.denoiser() if denoiser is None else denoiser,
                 self.schedule,
                 self.cell.sampler,
@@ -138,6 +144,9 @@ class Pipeline:
                 timings=timings,
                 **self.cell.sampler_options,
             )
+        if isinstance(self.base, PretrainedModel):
+            images = self.base.decode(images)
+        return images, nfe
 
     def evaluate(self, images: Tensor, cache: ArtifactCache) -> dict[str, Any]:
         """FID / KID of ``images`` with the cell's extractor and reference split, and for
@@ -157,20 +166,6 @@ class Pipeline:
             )
             out["agreement"] = class_agreement(images, classes, clf)
         return out
-
-
-def cell_conditions(
-    cell: Cell, n: int, info: DatasetInfo, context: TextContext | None
-) -> tuple[Tensor | None, Tensor | None]:
-    """``n`` samples' conditions and target classes (see :meth:`Pipeline.conditions`)."""
-    if cell.text is not None:
-        if context is None:
-            raise ValueError("a text cell needs its encoded prompts (bench.text.load_context)")
-        return context.conditions(n, cell.prompts)
-    if cell.guidance is None:
-        return None, None
-    labels = torch.arange(n) % info.num_classes
-    return labels, labels
 
 
 def build_pipeline(
@@ -227,6 +222,9 @@ class _Built:
 def _models(cell, cache, device, data, progress, phase) -> tuple[TrainedModel, UViT, str]:
     """The base checkpoint, the model that runs (it, or its pruned version) and that model's
     artifact key."""
+    if is_folder(cell.model):
+        base = load_pretrained_model(cell, device)
+        return base, base.model, base.key
     tcfg = cell_train_config(cell)
     phase("train")
     base = load_or_train(tcfg, cache, device, data, progress=progress)
@@ -306,93 +304,3 @@ def _calibrate(
     if cell.calibrates_cache:
         return exit_spec, cache_spec.with_knob(cal.knob), cal
     return exit_spec.with_knob(cal.knob), cache_spec, cal
-
-
-# The fits of needs_fit caches (TeaCache's rescaling, MagCache's magnitude ratios): full runs
-# of this many samples in batches of this size. Part of the fit's artifact key.
-TEACACHE_FIT = dict(n=64, batch=16, seed=0)
-
-
-def load_or_fit(
-    built: _Built, cls: type, model_key: str, cache: ArtifactCache, conditions, inputs=None
-) -> dict[str, Any]:
-    """The fitted options of cache class ``cls`` (``cls.fitted``, and ``calls`` per run) for
-    the cell's model, sampler, steps and guidance and the fit's ``inputs`` (the cell's options
-    of ``cls.fit_inputs``): from the cache, or fitted and cached under ``cls.fit_kind``."""
-    inputs = inputs or {}
-    cell = built.cell
-    key = config_hash(
-        {"model": model_key, "sampler": cell.sampler, "steps": cell.steps,
-         "sampler_kw": built.sampler_kw, "guidance": cell.guidance,
-         **({"prompts": cell.prompts} if cell.text is not None else {}), **TEACACHE_FIT,
-         **inputs},
-        kind=cls.fit_kind,
-    )  # fmt: skip
-    n = TEACACHE_FIT["batch"]
-    cond = None
-    if cell.text is not None:
-        info, context = conditions
-        cond = cell_conditions(cell, n, info, context)[0].to(built.device)
-    elif cell.guidance is not None:
-        cond = torch.arange(n, device=built.device) % built.model.num_classes
-
-    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
-        fitted, info = cls.fit(
-            built.model, built.schedule, cell.sampler, cell.steps, guidance=cell.guidance,
-            cond=cond, sampler_kw=built.sampler_kw, **TEACACHE_FIT, **inputs,
-        )  # fmt: skip
-        return {k: torch.tensor(v, dtype=torch.float64) for k, v in fitted.items()}, info
-
-    tensors, meta, _ = cache.get_or_build(cls.fit_kind, key, build)
-    return {**{k: tensors[k].tolist() for k in cls.fitted}, "calls": int(meta["calls"])}
-
-
-# Learning-to-Cache's router training (caching.l2c.train_router): trajectories of this many
-# samples, iterations, batch and sparsity weight. Part of the router's artifact key.
-# alternate: full and cache calls alternate, as the authors run it (caching.l2c).
-L2C_TRAINING = dict(n=256, iters=400, batch=64, lam=1e-3, lr=0.05, seed=0, alternate=True)
-
-
-def load_or_learn_router(
-    model: UViT,
-    model_key: str,
-    schedule: VPSchedule,
-    cell: Cell,
-    sampler_kw: dict[str, Any],
-    cache: ArtifactCache,
-    *,
-    progress: bool = True,
-    cond: Tensor | None = None,
-) -> Tensor:
-    """The Learning-to-Cache router of ``model`` (artifact key ``model_key``) for the cell's
-    sampler, steps, options and guidance: from the cache, or learned and cached."""
-    key = config_hash(
-        {
-            "model": model_key,
-            "sampler": cell.sampler,
-            "steps": cell.steps,
-            "sampler_kw": sampler_kw,
-            "guidance": cell.guidance,
-            "autocast": cell.autocast,
-            **({"prompts": cell.prompts} if cell.text is not None else {}),
-            **L2C_TRAINING,
-        },
-        kind="l2c",
-    )
-
-    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
-        router, info = train_router(
-            model,
-            schedule,
-            cell.sampler,
-            cell.steps,
-            sampler_kw=sampler_kw,
-            guidance=cell.guidance,
-            progress=progress,
-            cond=cond,
-            **L2C_TRAINING,
-        )
-        return {"router": router}, info
-
-    tensors, _, _ = cache.get_or_build("l2c", key, build)
-    return tensors["router"]

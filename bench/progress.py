@@ -24,8 +24,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bench.cache import ArtifactCache
 from bench.cell import Cell, cell_prune_config, cell_train_config
+from bench.cellcheck import model_size
 from bench.data import dataset_info
-from models import MODELS
+from models.pretrained import describe, is_folder
 
 __all__ = ["PHASES", "Phase", "SweepProgress", "estimated_cost"]
 
@@ -44,9 +45,10 @@ _TRAIN_FACTOR = 3  # forward + backward of a training step, in forward passes
 
 def _forward_flops(cell: Cell) -> float:
     """FLOPs of one row through the cell's unpruned model at full depth (matmuls, analytic)."""
-    m = MODELS[cell.model]
-    info = dataset_info(cell.dataset)
-    tokens = (info.img_size // m["patch_size"]) ** 2 + 1 + (cell.guidance is not None)
+    m = model_size(cell.model)
+    side = describe(cell.model).latent_shape[1] if is_folder(cell.model) else None
+    side = side or dataset_info(cell.dataset).img_size
+    tokens = (side // m["patch_size"]) ** 2 + 1 + (cell.guidance is not None)
     d = m["embed_dim"]
     return 2.0 * m["depth"] * tokens * (12 * d * d + 2 * tokens * d)
 
@@ -61,6 +63,8 @@ def estimated_cost(cell: Cell, cache: ArtifactCache) -> float:
     cost = sampling
     if cell.target_flop_ratio is not None:
         cost += _CALIBRATION_EVALS * 64 * rows * cell.steps * f * ratio
+    if is_folder(cell.model):
+        return cost  # pretrained: nothing to train
     tcfg = cell_train_config(cell)
     if not cache.has("checkpoint", tcfg.key):
         steps = tcfg.steps if tcfg.recipe == "full" else tcfg.finetune_steps

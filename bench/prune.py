@@ -99,6 +99,11 @@ class PruneConfig:
         metadata={"help": "the train-small control: the pruned shape trained from scratch with "
                   "the same total compute (pre-training + fine-tune)"},
     )  # fmt: skip
+    round_to: int | None = field(
+        default=None,
+        metadata={"help": "keep each MLP's channels a multiple of this (GEMM-friendly widths; "
+                  "a little more is pruned)", "omit_default": True},
+    )  # fmt: skip
     teacher: str = field(
         default="base",
         metadata={"help": "distillation teacher: 'base' (the unpruned checkpoint) or a cached "
@@ -122,6 +127,8 @@ class PruneConfig:
             w = getattr(self, name)
             if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        if self.round_to is not None and (type(self.round_to) is not int or self.round_to < 2):
+            raise ValueError(f"round_to must be an integer >= 2 (or unset), got {self.round_to!r}")
         if self.scratch and self.rounds != 1:
             raise ValueError("the scratch control builds the pruned shape once; rounds must be 1")
         if self.teacher != "base":
@@ -279,6 +286,7 @@ def _build(job: _Job) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         seed=pc.seed,
         rounds=pc.rounds,
         between=between,
+        round_to=pc.round_to,
     )
     extra: dict[str, Any] = {}
     if pc.scratch:
@@ -349,6 +357,7 @@ CLI_FIELDS = (
     "rounds",
     "scratch",
     "seed",
+    "round_to",
 )
 
 

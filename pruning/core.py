@@ -212,7 +212,9 @@ def head_schedule(heads: int, ratio: float, rounds: int) -> list[float]:
     return sched
 
 
-def _pruner(model: nn.Module, importance, ratio: float, rounds: int = 1) -> tp.pruner.BasePruner:
+def _pruner(
+    model: nn.Module, importance, ratio: float, rounds: int = 1, round_to: int | None = None
+) -> tp.pruner.BasePruner:
     attn = attention_heads(model)
     pruner = tp.pruner.BasePruner(
         model,
@@ -226,7 +228,7 @@ def _pruner(model: nn.Module, importance, ratio: float, rounds: int = 1) -> tp.p
         ignored_layers=_ignored_layers(model),
         unwrapped_parameters=unwrapped(model),
         forward_fn=_forward,
-        round_to=None,
+        round_to=round_to,  # MLP channels kept: a multiple of it (heads are whole anyway)
         iterative_steps=rounds,
     )
     heads = set(attn.values())
@@ -286,6 +288,7 @@ def prune(
     seed: int = 0,
     rounds: int = 1,
     between: Callable[[int, UViT], None] | None = None,
+    round_to: int | None = None,
     **scoring: Any,
 ) -> PruneResult:
     """Prune ``model`` in place: attention heads and MLP channels, each by ``ratio``.
@@ -295,31 +298,34 @@ def prune(
     needed by the gradient-based criteria, ``timesteps`` are Diff-Pruning's. An unknown
     keyword is a TypeError. ``rounds > 1`` prunes iteratively: importance re-scored before
     each round, and ``between(round, model)`` (a fine-tune that must update ``model``'s
-    weights in place) run after every round but the last.
+    weights in place) run after every round but the last. ``round_to``: keep a multiple of it
+    of each MLP's channels (torch-pruning's ``round_to``: it rounds the kept count down, so
+    a little more is pruned); GEMM-friendly widths for the CPU and GPU kernels.
     """
     check_prune(ratio, importance, rounds)
     grads = GradientScoring(**scoring)
     torch.manual_seed(seed)
+    criterion = IMPORTANCES[importance](grads.timesteps)
+    if criterion.needs_gradients and (grads.data is None or grads.alphas_cumprod is None):
+        raise ValueError(f"importance {importance!r} needs data and the noise schedule")
     with torch.enable_grad():  # torch-pruning traces the graph through autograd
-        return _prune_with_grad(model, ratio, importance, grads, seed, rounds, between)
+        pruner = _pruner(model, criterion.scorer(), ratio, rounds, round_to)
+        return _prune_with_grad(model, pruner, criterion, grads, seed, rounds, between)
 
 
 def _prune_with_grad(
     model: UViT,
-    ratio: float,
-    importance: str,
+    pruner: tp.pruner.BasePruner,
+    criterion,
     grads: GradientScoring,
     seed: int,
     rounds: int,
     between: Callable[[int, UViT], None] | None,
 ) -> PruneResult:
-    """:func:`prune`'s rounds, with autograd on: the criterion re-scored on the current model
+    """:func:`prune`'s rounds with ``pruner`` (built on ``criterion``'s scorer), with autograd
+    on: the criterion re-scored on the current model
     before each round (its gradients drawn from a generator seeded ``seed``), torch-pruning's
     step, the head counts written back, ``between`` after every round but the last."""
-    criterion = IMPORTANCES[importance](grads.timesteps)
-    if criterion.needs_gradients and (grads.data is None or grads.alphas_cumprod is None):
-        raise ValueError(f"importance {importance!r} needs data and the noise schedule")
-    pruner = _pruner(model, criterion.scorer(), ratio, rounds)
     gen = torch.Generator().manual_seed(seed)
     for r in range(rounds):
         if criterion.needs_gradients:

@@ -85,8 +85,8 @@ def describe(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _check_schedule(name: str, T: int) -> VPSchedule:
-    return make_schedule(name, T)
+def _check_schedule(schedule: str | VPSchedule, T: int) -> VPSchedule:
+    return schedule if isinstance(schedule, VPSchedule) else make_schedule(schedule, T)
 
 
 def check_options(
@@ -97,11 +97,12 @@ def check_options(
     spacing: str | None = None,
     end: str | None = None,
     T: int = 1000,
-    schedule: str = "linear",
+    schedule: str | VPSchedule = "linear",
     **flags: bool,
 ) -> None:
     """Raise ``ValueError`` (naming the valid choices) unless ``name`` runs ``steps`` steps with
-    these options on the named ``T``-step schedule; ``None`` means the sampler's default.
+    these options on the named ``T``-step schedule (or this schedule); ``None`` means the
+    sampler's default.
     ``flags`` are boolean options (``lower_order_final``, ``taylor_3m``) the sampler must take."""
     d = defaults(name)
     params = inspect.signature(get_sampler(name)).parameters

@@ -63,6 +63,11 @@ def test_a_killed_curve_run_resumes_training_and_scores_the_same(tmp_path, monke
         with pytest.raises(KeyboardInterrupt):
             curve.training_curve(CFG, 4, tmp_path / "b", other, killed)
     assert list((other.root / "resume").glob("*.safetensors"))
+    # --partial scores what the killed run kept, training nothing.
+    part = curve.training_curve(CFG, 4, tmp_path / "b", other, replace(QUICK, partial=True))
+    assert part["step"].tolist() == [4] and part["fid"].tolist() == whole["fid"].tolist()[:1]
+    with pytest.raises(ValueError, match="no snapshot"):
+        curve.training_curve(CFG, 4, tmp_path / "c", other, replace(QUICK, partial=True))
     again = curve.training_curve(CFG, 4, tmp_path / "b", other, replace(QUICK, save_every=2))
     assert again["fid"].tolist() == whole["fid"].tolist()
     assert not list((other.root / "resume").glob("*.safetensors"))

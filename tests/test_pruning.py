@@ -64,6 +64,24 @@ def test_replaying_history_reproduces_outputs_exactly():
     assert json.loads(json.dumps(res.history)) == res.history
 
 
+def test_round_to_keeps_gemm_friendly_mlp_widths_and_replays():
+    """0.3 of 128 channels leaves 89 (torch-pruning's count); round_to=16 keeps 80, in every
+    block, and the history replays the rounded shape exactly."""
+    plain = prune(_model(), 0.3, "magnitude").model
+    model = _model()
+    fresh = copy.deepcopy(model)
+    res = prune(model, 0.3, "magnitude", round_to=16)
+    widths = {b.mlp[0].out_features for b in model.blocks}
+    assert widths == {80} and plain.blocks[0].mlp[0].out_features not in widths
+    rebuilt = replay(fresh, res.history, res.num_heads)
+    x, t = _inputs()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x, t), model(x, t))
+    assert PruneConfig(round_to=16).key != PruneConfig().key
+    with pytest.raises(ValueError, match="round_to must be an integer >= 2"):
+        PruneConfig(round_to=1)
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [

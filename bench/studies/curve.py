@@ -60,6 +60,7 @@ class CurveOptions:
     data: DataSource | None = None
     progress: bool = True
     save_every: int = DEFAULT_SAVE_EVERY
+    partial: bool = False  # score the snapshots made so far; train no further
 
 
 def _snapshots(out: Path) -> ArtifactCache:
@@ -136,7 +137,11 @@ def training_curve(
     data = opts.data
     steps = _snapshot_steps(cfg, every)
     snaps = _snapshots(out)
-    if not all(snaps.has("snapshot", _snapshot_key(s)) for s in steps):
+    if opts.partial:  # a long run watched while it trains (its snapshots are written atomically)
+        steps = [s for s in steps if snaps.has("snapshot", _snapshot_key(s))]
+        if not steps:
+            raise ValueError(f"--partial: no snapshot of this run in {out} yet")
+    elif not all(snaps.has("snapshot", _snapshot_key(s)) for s in steps):
         _train_with_snapshots(cfg, every, out, cache, opts)
     train_images, _ = as_tensors(data_source(data).load(cfg.dataset, "train"))
     held_images, _ = as_tensors(data_source(data).load(cfg.dataset, "heldout"))
@@ -297,6 +302,12 @@ def _parser():
     add_run_options(p, out="results/curve-mnist")
     add_save_every(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="score the snapshots already in --out and train no further (watch a long run "
+        "while another process trains it; the full run rewrites the curve)",
+    )
     return p
 
 
@@ -325,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             device=resolve_device(a.device),
             progress=not a.no_progress,
             save_every=a.save_every,
+            partial=a.partial,
         )
         df = training_curve(cfg, a.every, Path(a.out), ArtifactCache(a.cache_dir), opts)
     except (DatasetError, ValueError) as e:

@@ -5,7 +5,7 @@ that rescales its input change into an output change), MagCache (``magcache``: t
 residual-magnitude ratios) and Learning-to-Cache (``l2c``: the router). A grid cell fits them on
 first use; ``python -m bench.studies.fitcache --cache teacache-batch magcache l2c --model tiny
 --sampler ddim --steps 20`` fits them ahead of a sweep (from a few full sampling runs of the
-model, :data:`bench.pipeline.TEACACHE_FIT` / :data:`bench.pipeline.L2C_TRAINING`), stores each
+model, :data:`bench.cachefits.TEACACHE_FIT` / :data:`bench.cachefits.L2C_TRAINING`), stores each
 as an artifact of the cache (the same key a cell with these fields uses), and prints what was
 fitted. A fit already in the cache is read, not redone.
 """
