@@ -46,7 +46,7 @@ def main() -> None:
         # The digits data set is the FID reference: the decoded images must be 1x8x8.
         cell = Cell(model=str(folder), policy="ase", target_flop_ratio=0.7, steps=4, samples=32)
         rec = run_cell(cell, ArtifactCache(Path(tmp) / "cache"))
-        print(f"{rec['label']}: model {rec['model_key']}, FID {rec['fid']:.1f} (random weights)")
+        print(f"cell: {rec['label']}; model {rec['model_key']}, FID {rec['fid']:.1f} (random)")
         print(f"FLOP ratio per call {rec['flop_ratio_per_call']:.3f}, PSNR {rec['psnr']:.1f} dB")
 
 
