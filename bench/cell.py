@@ -174,12 +174,12 @@ class Cell:
         check_training(self)
         if is_folder(self.model):
             schedule = check_pretrained(self)
+            T = schedule.T
         else:
             tcfg = cell_train_config(self)  # validates the training fields (steps, loss weights)
             if self.prune_ratio > 0:
                 cell_prune_config(self, tcfg)  # validates the fine-tune fields
-            schedule = tcfg.make_schedule()
-        T = schedule.T
+            schedule, T = tcfg.schedule, tcfg.T  # by name: the checks cache named schedules
         if self.steps > T:
             raise ValueError(f"steps must be <= the schedule's T = {T}, got {self.steps}")
         check_options(self.sampler, self.steps, T=T, schedule=schedule, **self.sampler_options)

@@ -6,7 +6,8 @@ it, so a knob means the same thing everywhere. The exit knob is calibrated on th
 sampler, guidance, device and autocast (calibrated knobs do not transfer across numerics).
 A step-level cache (:mod:`caching`) runs inside the same executor; Learning-to-Cache's router is
 learned for the cell's model, sampler and step count and cached as an artifact
-(:func:`load_or_learn_router`).
+(:func:`bench.cachefits.load_or_learn_router`). A pretrained latent model's samples are decoded
+by its VAE before anything scores them (:mod:`bench.pretrained`).
 """
 
 from __future__ import annotations

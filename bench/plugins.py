@@ -82,6 +82,8 @@ def register(kind: str, obj: Any, name: str | None = None) -> str:
     name = name if name is not None else getattr(obj, "name", None)
     if not isinstance(name, str) or not name:
         raise PluginError(f"a {kind} needs a name (pass name=..., or give it a `name`)")
+    if "/" in name:  # a cell's model with a '/' is a from_pretrained folder (models.pretrained)
+        raise PluginError(f"{kind} name {name!r} may not contain '/'")
     if not ok(obj):
         raise PluginError(f"{kind} {name!r} must be {wanted}, got {obj!r}")
     if name in registry:

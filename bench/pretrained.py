@@ -5,7 +5,8 @@
 pipeline (``model``, ``schedule``, ``key``) and adds :meth:`~PretrainedModel.decode`, the
 latent model's VAE decoder the pipeline applies to its samples before FID and the paired
 metrics. FLOPs and the side-by-side wall ratio count the denoiser only (what every method here
-changes); ``seconds_per_image`` includes the decode.
+changes), and so does ``seconds_per_image`` (the decode, the same for every method, is
+left out).
 """
 
 from __future__ import annotations

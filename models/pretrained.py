@@ -38,6 +38,11 @@ __all__ = [
 
 # The denoiser classes a folder may hold, and the architecture each is adapted as.
 DENOISERS = {"DiTTransformer2DModel": "dit"}
+# A Hub snapshot of the official DiTs names the legacy class; diffusers loads it as a DiT.
+LEGACY = {"Transformer2DModel": "DiTTransformer2DModel"}
+# What the adapter reads from a denoiser's config.
+REQUIRED = ("num_attention_heads", "attention_head_dim", "in_channels", "num_layers",
+            "sample_size", "patch_size", "num_embeds_ada_norm")  # fmt: skip
 VAES = ("AutoencoderKL",)
 # diffusers' scheduler defaults (DDPMScheduler / DDIMScheduler), used where a folder has none.
 SCHEDULER_DEFAULTS = dict(
@@ -60,6 +65,8 @@ def _config(folder: Path, what: str, choices: tuple[str, ...]) -> dict[str, Any]
         cfg = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable JSON config ({e})") from e
+    if cfg.get("_class_name") in LEGACY and LEGACY[cfg["_class_name"]] in choices:
+        cfg = {**cfg, "_class_name": LEGACY[cfg["_class_name"]]}
     if cfg.get("_class_name") not in choices:
         raise ValueError(
             f"{folder}: a {cfg.get('_class_name')!r}; supported {what} classes: "
@@ -74,6 +81,11 @@ def _beta_values(cfg: dict[str, Any]) -> Tensor:
         raise ValueError(
             f"the scheduler predicts {cfg['prediction_type']!r}; the suite's samplers take an "
             "eps-prediction model (prediction_type 'epsilon')"
+        )
+    if cfg.get("rescale_betas_zero_snr"):
+        raise ValueError(
+            "the scheduler rescales its betas to zero terminal SNR (rescale_betas_zero_snr), "
+            "which the suite's schedule does not"
         )
     if cfg.get("trained_betas"):
         return torch.tensor(cfg["trained_betas"], dtype=torch.float64)
@@ -141,7 +153,7 @@ class PretrainedFolder:
     def key(self) -> str:
         """``pretrained-<hash>``: a hash of every config and weight file it loads (so a record
         made before the weights changed is told apart)."""
-        stats = tuple((p, p.stat().st_size, p.stat().st_mtime_ns) for p in _loaded_files(self))
+        stats = tuple((p, *_stat(p)) for p in _loaded_files(self))
         return "pretrained-" + _fingerprint(self.root, stats)
 
 
@@ -154,12 +166,17 @@ def _loaded_files(spec: PretrainedFolder) -> list[Path]:
     return files + ([sched] if sched.is_file() else [])
 
 
+def _stat(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 @functools.lru_cache(maxsize=16)
-def _fingerprint(root: Path, stats: tuple[tuple[Path, int, int], ...]) -> str:
-    """The content hash of the files in ``stats`` (path, size, mtime: the cache's key, so a
-    rewritten file is hashed again)."""
+def _fingerprint(root: Path, stats: tuple[tuple, ...]) -> str:
+    """The content hash of the files in ``stats`` (path, size, times, inode: the cache's key,
+    so a rewritten file is hashed again)."""
     h = hashlib.sha256()
-    for path, _, _ in stats:
+    for path, *_ in stats:
         h.update(str(path.relative_to(root)).encode())
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -169,14 +186,27 @@ def _fingerprint(root: Path, stats: tuple[tuple[Path, int, int], ...]) -> str:
 
 def describe(folder: str | Path) -> PretrainedFolder:
     """The folder's configs; a ``ValueError`` naming what is missing or the supported classes
-    for a missing folder, another class, a non-eps scheduler or an unknown beta schedule."""
+    for a missing folder, another class, a config the adapter cannot read, a non-eps
+    scheduler or an unknown beta schedule. A relative path is relative to the working
+    directory (of every worker, under a distributed executor)."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder (a model that contains '/' is a local "
                          "diffusers from_pretrained folder)")  # fmt: skip
     transformer = root / "transformer" if (root / "transformer").is_dir() else root
     config = _config(transformer, "denoiser", tuple(DENOISERS))
-    vae = _config(root / "vae", "VAE", VAES) if (root / "vae").is_dir() else None
+    missing = [k for k in REQUIRED if not config.get(k)]
+    if missing or config.get("norm_type") != "ada_norm_zero":
+        raise ValueError(
+            f"{transformer}: the suite runs class-conditional adaLN-Zero DiTs (norm_type "
+            f"'ada_norm_zero', num_embeds_ada_norm > 0); this config has norm_type "
+            f"{config.get('norm_type')!r} and lacks {missing or 'nothing else'}"
+        )
+    vae = None
+    if (root / "vae").is_dir():
+        vae = _config(root / "vae", "VAE", VAES)
+        if not vae.get("block_out_channels"):
+            raise ValueError(f"{root / 'vae'}: its config has no block_out_channels")
     sched_path = root / "scheduler" / "scheduler_config.json"
     scheduler = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
     spec = PretrainedFolder(root, transformer, config, vae, scheduler)
@@ -222,5 +252,5 @@ def load_pretrained(spec: PretrainedFolder) -> tuple[nn.Module, LatentDecoder | 
     except OSError as e:
         raise ValueError(f"{spec.root}: the weights do not load ({e}); the suite reads "
                          "safetensors only") from e  # fmt: skip
-    model = DiTAdapter(dit.eval(), conditional=spec.num_classes > 0)
+    model = DiTAdapter(dit.eval())  # class-conditional (describe checked); unguided: null class
     return model, None if vae is None else LatentDecoder(vae.eval())

@@ -303,6 +303,8 @@ def prune(
     a little more is pruned); GEMM-friendly widths for the CPU and GPU kernels.
     """
     check_prune(ratio, importance, rounds)
+    if round_to is not None and (type(round_to) is not int or round_to < 2):
+        raise ValueError(f"round_to must be an integer >= 2 (or None), got {round_to!r}")
     grads = GradientScoring(**scoring)
     torch.manual_seed(seed)
     criterion = IMPORTANCES[importance](grads.timesteps)

@@ -77,9 +77,13 @@ def test_round_to_keeps_gemm_friendly_mlp_widths_and_replays():
     x, t = _inputs()
     with torch.no_grad():
         assert torch.equal(rebuilt(x, t), model(x, t))
-    assert PruneConfig(round_to=16).key != PruneConfig().key
-    with pytest.raises(ValueError, match="round_to must be an integer >= 2"):
-        PruneConfig(round_to=1)
+    from bench.cell import Cell, cell_model_key
+
+    cell = Cell(prune_ratio=0.3, prune_round_to=16)
+    assert "x16" in cell.label() and cell_model_key(cell) != cell_model_key(Cell(prune_ratio=0.3))
+    for bad in (lambda: PruneConfig(round_to=1), lambda: Cell(prune_ratio=0.3, prune_round_to=1)):
+        with pytest.raises(ValueError, match="round_to must be an integer >= 2"):
+            bad()
 
 
 @pytest.mark.parametrize(

@@ -44,11 +44,12 @@ def _mlp_width(model: torch.nn.Module) -> int:
     return widths[0]
 
 
-def prune_wall(model, round_tos: list[int], ratio: float, batch: int, repeats: int) -> pd.DataFrame:
+def prune_wall(
+    model, T: int, round_tos: list[int], ratio: float, batch: int, repeats: int
+) -> pd.DataFrame:
     """One row per ``round_to`` (0: unrounded): the pruned shape's FLOP ratio and its wall
     ratios (plain forward and through the executor) against ``model``'s plain forward, all
-    timed interleaved on one batch of ``batch`` rows at a mid-schedule timestep."""
-    T = 1000
+    timed interleaved on one batch of ``batch`` rows at a mid-schedule timestep (of ``T``)."""
     x = torch.randn(batch, *model.input_shape, generator=torch.Generator().manual_seed(0))
     t = torch.full((batch,), T // 2, dtype=torch.long)
     full = CostModel(model, T).full
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     tm = load_or_train(cell_train_config(cell), ArtifactCache(a.cache_dir))
-    df = prune_wall(tm.model.eval(), a.round_to, a.ratio, a.batch, a.repeats)
+    df = prune_wall(tm.model.eval(), tm.schedule.T, a.round_to, a.ratio, a.batch, a.repeats)
     out = Path(a.out)
     atomic_write_bytes(out / "prunewall.csv", df.to_csv(index=False).encode())
     md = df.to_markdown(index=False, floatfmt=".3f")
