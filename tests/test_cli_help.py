@@ -16,6 +16,7 @@ COMMANDS = [
     "bench.studies.fig_exits",
     "bench.studies.fig_pruning",
     "bench.studies.figures",
+    "bench.studies.prunewall",
     "bench.grid",
     "bench.prune",
     "bench.report",

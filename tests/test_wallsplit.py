@@ -1,5 +1,6 @@
 """bench.studies.wallsplit: the executor's wall-clock split by component adds up, the timers
-leave the executor as they found it, and bad arguments exit 2."""
+leave the executor as they found it, and bad arguments exit 2; bench.studies.prunewall times
+each rounded pruned shape; bench.studies.retime re-times records."""
 
 from __future__ import annotations
 
@@ -75,3 +76,25 @@ def test_retime_without_records_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         retime.main(["--grid", str(tmp_path / "none")])
     assert e.value.code == 2 and "no records to re-time" in capsys.readouterr().err
+
+
+def test_prunewall_times_each_rounded_shape(shared_cache_dir, tmp_path):
+    from bench.studies import prunewall
+
+    out = tmp_path / "pw"
+    argv = ["--model", "micro", "--round-to", "0", "16", "--batch", "4", "--repeats", "1"]
+    assert prunewall.main([*argv, "--out", str(out), "--cache-dir", str(shared_cache_dir)]) == 0
+    df = pd.read_csv(out / "prunewall.csv")
+    assert df["round_to"].tolist() == [0, 16]
+    assert df["mlp_width"].tolist() == [89, 80]  # 0.3 of 128 channels; rounded down to 5 x 16
+    assert df["flop_ratio"].iloc[1] < df["flop_ratio"].iloc[0] < 1
+    assert (df[["plain_wall", "executor_wall"]] > 0).all().all()
+
+
+@pytest.mark.parametrize("argv", [["--round-to", "1"], ["--repeats", "0"], ["--ratio", "1.5"]])
+def test_prunewall_bad_arguments_exit_2(argv, tmp_path):
+    from bench.studies import prunewall
+
+    with pytest.raises(SystemExit) as e:
+        prunewall.main([*argv, "--model", "micro", "--out", str(tmp_path / "pw")])
+    assert e.value.code == 2 and not (tmp_path / "pw").exists()
