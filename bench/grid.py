@@ -205,7 +205,8 @@ def _list_choices() -> str:
         lines.append(f"  {f.name}: {f.default!r}")
     lines.append("Choices:")
     for name, reg in CELL_CHOICES.items():
-        lines.append(f"  {name}: {', '.join(reg)}")
+        folder = ", or a local diffusers from_pretrained folder (a path)" if name == "model" else ""
+        lines.append(f"  {name}: {', '.join(reg)}{folder}")
     lines.append(f"  spacing: {', '.join(SPACINGS)}")
     lines.append(f"  end: {', '.join(ENDS)}")
     lines.append("Text encoders (field text; needs the [text] extra):")
