@@ -52,8 +52,7 @@ __all__ = [
 ]
 
 
-# The registry behind each named axis of a cell (validation and --list share it). Live: a
-# name registered later (bench.plugins) is valid in every cell made after it.
+# The registry behind each named axis (validation and --list share it; live: plugins add names).
 CELL_CHOICES = {
     "dataset": DATASETS,
     "model": MODELS,
@@ -200,9 +199,10 @@ class Cell:
 
     @property
     def calibrates_exit(self) -> bool:
-        """The exit policy's knob is calibrated: to ``target_flop_ratio`` (no calibrated
-        cache), or to ``exit_flop_ratio`` before the cache is calibrated to the total."""
-        own = self.target_flop_ratio is not None and not self.calibrates_cache
+        """The exit knob is calibrated: to ``target_flop_ratio`` (no calibrated cache, no knob set
+        on a model trained for the target), or to ``exit_flop_ratio`` before the cache is."""
+        fixed = self.knob is not None and "flop_target" in RECIPES[self.recipe].weights
+        own = self.target_flop_ratio is not None and not (self.calibrates_cache or fixed)
         return own or self.exit_flop_ratio is not None
 
     @property

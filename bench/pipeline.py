@@ -192,7 +192,7 @@ def build_pipeline(
     built = _Built(cell, model, base.schedule, sampler_kw, device)
     cache_spec = _cache_spec(built, model_key, cache, progress, (info, context))
     exit_spec, calibration = cell.exit_spec, None
-    if cell.target_flop_ratio is not None:
+    if cell.calibrates_exit or cell.calibrates_cache:
         phase("calibrate")
         run = _calibration_run(built, info, context)
         exit_spec, cache_spec, calibration = _calibrate(built, exit_spec, cache_spec, run)

@@ -98,3 +98,18 @@ def test_prunewall_bad_arguments_exit_2(argv, tmp_path):
     with pytest.raises(SystemExit) as e:
         prunewall.main([*argv, "--model", "micro", "--out", str(tmp_path / "pw")])
     assert e.value.code == 2 and not (tmp_path / "pw").exists()
+
+
+def test_retime_keeps_a_dydit_cells_target_and_fixes_its_knob():
+    """DyDiT's target names its model (one per target); re-timing sets the knob it ran, so the
+    cell must not calibrate it again (this cell was refused before)."""
+    import dataclasses
+
+    from bench.cell import Cell
+    from bench.studies import retime
+
+    cell = Cell(recipe="dydit", policy="dydit", target_flop_ratio=0.65)
+    rec = {**dataclasses.asdict(cell), "key": cell.key, "knob_used": 0.7, "cache_knob_used": None}
+    again = retime.cell_as_run(rec)
+    assert again.knob == 0.7 and again.target_flop_ratio == 0.65
+    assert not again.calibrates_exit and cell.calibrates_exit
