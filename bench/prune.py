@@ -111,7 +111,7 @@ class PruneConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        check_prune(self.ratio, self.importance, self.rounds)
+        check_prune(self.ratio, self.importance, self.rounds, self.round_to)
         check_seed(self.seed)
         if isinstance(self.finetune_steps, bool) or not isinstance(self.finetune_steps, int):
             raise ValueError(f"finetune_steps must be an integer, got {self.finetune_steps!r}")
@@ -127,8 +127,6 @@ class PruneConfig:
             w = getattr(self, name)
             if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
-        if self.round_to is not None and (type(self.round_to) is not int or self.round_to < 2):
-            raise ValueError(f"round_to must be an integer >= 2 (or unset), got {self.round_to!r}")
         if self.scratch and self.rounds != 1:
             raise ValueError("the scratch control builds the pruned shape once; rounds must be 1")
         if self.teacher != "base":

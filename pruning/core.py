@@ -143,9 +143,12 @@ IMPORTANCES: dict[str, type[Importance]] = {
 DEFAULT_IMPORTANCE = "diff-pruning"
 
 
-def check_prune(ratio: float, importance: str, rounds: int = 1) -> None:
+def check_prune(
+    ratio: float, importance: str, rounds: int = 1, round_to: int | None = None
+) -> None:
     """The one check of a pruning request: ``ratio`` in [0, 1), a registered criterion,
-    ``rounds`` (prune–fine-tune rounds; 1 = one-shot) an integer >= 1."""
+    ``rounds`` (prune–fine-tune rounds; 1 = one-shot) an integer >= 1, ``round_to`` (the
+    multiple an MLP's kept channels are rounded down to) None or an integer >= 2."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise ValueError(f"prune ratio must be in [0, 1), got {ratio!r}")
     if importance not in IMPORTANCES:
@@ -154,6 +157,10 @@ def check_prune(ratio: float, importance: str, rounds: int = 1) -> None:
         )
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"prune rounds must be an integer >= 1 (1 = one-shot), got {rounds!r}")
+    if round_to is not None and (type(round_to) is not int or round_to < 2):
+        raise ValueError(
+            f"round_to must be an integer >= 2 (or None: no rounding), got {round_to!r}"
+        )
 
 
 @dataclass
@@ -302,9 +309,7 @@ def prune(
     of each MLP's channels (torch-pruning's ``round_to``: it rounds the kept count down, so
     a little more is pruned); GEMM-friendly widths for the CPU and GPU kernels.
     """
-    check_prune(ratio, importance, rounds)
-    if round_to is not None and (type(round_to) is not int or round_to < 2):
-        raise ValueError(f"round_to must be an integer >= 2 (or None), got {round_to!r}")
+    check_prune(ratio, importance, rounds, round_to)
     grads = GradientScoring(**scoring)
     torch.manual_seed(seed)
     criterion = IMPORTANCES[importance](grads.timesteps)
@@ -325,9 +330,9 @@ def _prune_with_grad(
     between: Callable[[int, UViT], None] | None,
 ) -> PruneResult:
     """:func:`prune`'s rounds with ``pruner`` (built on ``criterion``'s scorer), with autograd
-    on: the criterion re-scored on the current model
-    before each round (its gradients drawn from a generator seeded ``seed``), torch-pruning's
-    step, the head counts written back, ``between`` after every round but the last."""
+    on: the criterion re-scored on the current model before each round (its gradients drawn
+    from a generator seeded ``seed``), torch-pruning's step, the head counts written back,
+    ``between`` after every round but the last."""
     gen = torch.Generator().manual_seed(seed)
     for r in range(rounds):
         if criterion.needs_gradients:

@@ -85,8 +85,8 @@ def describe(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _check_schedule(schedule: str | VPSchedule, T: int) -> VPSchedule:
-    return schedule if isinstance(schedule, VPSchedule) else make_schedule(schedule, T)
+def _check_schedule(name: str, T: int) -> VPSchedule:
+    return make_schedule(name, T)
 
 
 def check_options(
@@ -113,7 +113,8 @@ def check_options(
             raise ValueError(
                 f"sampler {name!r} has no {option} option; samplers with one: {', '.join(have)}"
             )
-    sch = _check_schedule(schedule, T)
+    # A named schedule is built once per (name, T); a given one is used as it is.
+    sch = schedule if isinstance(schedule, VPSchedule) else _check_schedule(schedule, T)
     sch.check_steps(steps)
     if name in ORDERS:
         k = d["order"] if order is None else order

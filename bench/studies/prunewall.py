@@ -32,16 +32,9 @@ from bench.train import load_or_train
 from blockloop import CostModel, EarlyExitDenoiser
 from models import MODELS
 from pruning import prune
+from pruning.arch import mlp_inputs
 
 __all__ = ["main", "prune_wall"]
-
-
-def _mlp_width(model: torch.nn.Module) -> int:
-    """The hidden width of the first MLP (every block is pruned alike)."""
-    widths = [
-        m.out_features for n, m in model.named_modules() if n.endswith(("mlp.0", "ff.net.0.proj"))
-    ]
-    return widths[0]
 
 
 def prune_wall(
@@ -66,7 +59,7 @@ def prune_wall(
     rows = []
     for r, (pruned, flop_ratio) in info.items():
         params = sum(p.numel() for p in pruned.parameters())
-        row = {"round_to": r, "mlp_width": _mlp_width(pruned), "params": params}
+        row = {"round_to": r, "mlp_width": mlp_inputs(pruned)[0].out_features, "params": params}
         row["flop_ratio"] = flop_ratio
         for kind in ("plain", "executor"):
             ratios = [a / b for a, b in zip(times[f"{kind} {r}"], base, strict=True)]
